@@ -1,0 +1,70 @@
+"""The duplicate request cache.
+
+A client that does not hear a reply retransmits the call with the same xid.
+For a non-idempotent procedure (SET, CREATE, REMOVE, RENAME, ...) running it
+twice gives a wrong answer (the second REMOVE fails with NOENT), so the server
+remembers recent replies by caller and xid, as knfsd's reply cache does:
+a retransmission of a call still in progress is dropped, and one that has
+finished gets the first reply again.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import OrderedDict
+from typing import Callable, Hashable, Optional, Union
+
+IN_PROGRESS = object()
+
+CacheKey = tuple
+
+
+def request_key(peer: tuple, netid: str, xid: int, prog: int, vers: int, proc: int, args: bytes) -> CacheKey:
+    """Identify a call: caller address and port, transport, xid, procedure, and a checksum of the arguments."""
+    return (peer[0], peer[1], netid, xid, prog, vers, proc, len(args), zlib.crc32(args))
+
+
+class ReplyCache:
+    """A bounded LRU of replies to non-idempotent calls, each kept for ``ttl`` seconds."""
+
+    def __init__(self, size: int = 4096, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: "OrderedDict[Hashable, tuple[float, object]]" = OrderedDict()
+        self.hits = 0
+        self.drops = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def begin(self, key: Hashable) -> Union[None, bytes, object]:
+        """Look a call up.
+
+        Returns ``None`` for a new call (now marked in progress), the cached
+        reply bytes for a finished one, or :data:`IN_PROGRESS`.
+        """
+        now = self.clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            stamp, value = entry
+            if now - stamp <= self.ttl:
+                if value is IN_PROGRESS:
+                    self.drops += 1
+                else:
+                    self.hits += 1
+                return value
+            del self._entries[key]
+        self._entries[key] = (now, IN_PROGRESS)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return None
+
+    def finish(self, key: Hashable, reply: Optional[bytes]) -> None:
+        """Record the reply to a call that :meth:`begin` marked in progress."""
+        if key in self._entries:
+            if reply is None:
+                del self._entries[key]
+            else:
+                self._entries[key] = (self.clock(), reply)

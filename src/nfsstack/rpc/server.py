@@ -1,0 +1,338 @@
+"""The RPC server: one table-driven dispatcher and its TCP and UDP transports.
+
+:class:`Dispatcher` turns a call message into a reply message (RFC 5531
+section 9): program, version and procedure lookup with the standard errors,
+argument decoding (GARBAGE_ARGS), handler errors (SYSTEM_ERR) and the
+duplicate request cache.  :class:`RPCStreamProtocol` carries it over TCP with
+record marking (section 11), many calls in flight and replies in completion
+order; :class:`RPCDatagramProtocol` carries it over UDP.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable, Optional, Union
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, request_key
+from nfsstack.rpc.message import (
+    AcceptStat,
+    CallRejected,
+    NotACall,
+    accepted_reply,
+    auth_error_reply,
+    decode_call,
+    prog_mismatch_reply,
+)
+from nfsstack.rpc.program import AuthDenied, CallContext, GarbageArgs, NoReply, Program
+from nfsstack.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
+from nfsstack.xdr import U32, Packer, Unpacker, XDRError
+
+log = Logger(namespace="nfsstack.rpc")
+
+Reply = Union[bytes, None, defer.Deferred]
+
+#: Default upper bound of one record: a 1 MiB NFS WRITE plus headers.
+DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
+#: Largest UDP payload over IPv4.
+MAX_UDP_PAYLOAD = 65507
+
+
+class BadMessage(Exception):
+    """A message that cannot be answered: the stream is closed, the datagram dropped."""
+
+
+def _address(addr) -> tuple[str, int]:
+    host = getattr(addr, "host", "")
+    port = getattr(addr, "port", 0)
+    return (host, port)
+
+
+class Dispatcher:
+    """Routes call messages to the procedures of its programs."""
+
+    def __init__(self, programs: Iterable[Program] = (), reply_cache: Optional[ReplyCache] = None) -> None:
+        self.programs: dict[int, Program] = {}
+        self.reply_cache = reply_cache if reply_cache is not None else ReplyCache()
+        #: Calls by (prog, vers, proc); errors by accept/reject name.
+        self.calls: collections.Counter = collections.Counter()
+        self.errors: collections.Counter = collections.Counter()
+        for program in programs:
+            self.add(program)
+
+    def add(self, program: Program) -> None:
+        self.programs[program.number] = program
+
+    def handle(self, data: bytes, netid: str, peer: tuple[str, int], local: tuple[str, int]) -> Reply:
+        """Answer one call message.
+
+        Returns the reply message, a Deferred firing with it (or with None),
+        or None when no reply is due.  Raises :class:`BadMessage` for a
+        message that cannot be decoded far enough to answer.
+        """
+        try:
+            header, offset = decode_call(data)
+        except CallRejected as rejected:
+            self.errors[str(rejected)] += 1
+            return rejected.reply
+        except NotACall:
+            return None
+        except XDRError as e:
+            self.errors["undecodable"] += 1
+            raise BadMessage(str(e)) from None
+
+        xid = header.xid
+        program = self.programs.get(header.prog)
+        if program is None:
+            self.errors["PROG_UNAVAIL"] += 1
+            return accepted_reply(xid, AcceptStat.PROG_UNAVAIL)
+        procedures = program.versions.get(header.vers)
+        if procedures is None:
+            self.errors["PROG_MISMATCH"] += 1
+            return prog_mismatch_reply(xid, program.low, program.high)
+        procedure = procedures.get(header.proc)
+        if procedure is None:
+            self.errors["PROC_UNAVAIL"] += 1
+            return accepted_reply(xid, AcceptStat.PROC_UNAVAIL)
+        self.calls[(header.prog, header.vers, header.proc)] += 1
+
+        if procedure.decode is not None:
+            try:
+                args = procedure.decode(Unpacker(data, offset))
+            except (XDRError, ValueError):
+                self.errors["GARBAGE_ARGS"] += 1
+                return accepted_reply(xid, AcceptStat.GARBAGE_ARGS)
+        else:
+            args = None
+
+        key = None
+        if not procedure.idempotent:
+            key = request_key(peer, netid, xid, header.prog, header.vers, header.proc, bytes(data[offset:]))
+            cached = self.reply_cache.begin(key)
+            if cached is IN_PROGRESS:
+                return None
+            if cached is not None:
+                return cached
+
+        ctx = CallContext(header, netid, peer, local, len(data))
+        try:
+            result = procedure.handler(ctx, args)
+        except Exception:
+            reply = self._failure_reply(xid, Failure(), procedure.name)
+        else:
+            if isinstance(result, defer.Deferred):
+                result.addCallback(self._encode, xid, procedure.encode)
+                result.addErrback(self._failure_reply, xid, procedure.name)
+                if key is not None:
+                    result.addCallback(self._remember, key)
+                return result
+            reply = self._encode(result, xid, procedure.encode)
+        if key is not None:
+            self.reply_cache.finish(key, reply)
+        return reply
+
+    def _remember(self, reply: Optional[bytes], key) -> Optional[bytes]:
+        self.reply_cache.finish(key, reply)
+        return reply
+
+    @staticmethod
+    def _encode(result, xid: int, encode) -> bytes:
+        header = accepted_reply(xid)
+        if encode is None:
+            return header
+        p = Packer()
+        p.pack_raw(header)
+        encode(p, result)
+        return p.getvalue()
+
+    def _failure_reply(self, failure: Failure, xid: int, name: str) -> Optional[bytes]:
+        if failure.check(NoReply):
+            return None
+        if failure.check(AuthDenied):
+            self.errors["AUTH_ERROR"] += 1
+            return auth_error_reply(xid, failure.value.stat)
+        if failure.check(GarbageArgs):
+            self.errors["GARBAGE_ARGS"] += 1
+            return accepted_reply(xid, AcceptStat.GARBAGE_ARGS)
+        self.errors["SYSTEM_ERR"] += 1
+        log.failure("procedure {name} failed", failure, name=name)
+        return accepted_reply(xid, AcceptStat.SYSTEM_ERR)
+
+
+class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
+    """RPC over one TCP connection (RFC 5531 section 11).
+
+    Replies leave as their calls complete, so a slow call does not hold up
+    the ones behind it.  Reading pauses while too many calls are in flight or
+    while the peer does not read its replies, so one connection's memory stays
+    bounded; a connection idle for ``idle_timeout`` seconds is closed.
+    """
+
+    def __init__(self, factory: "RPCStreamFactory") -> None:
+        self.factory = factory
+        self.dispatcher = factory.dispatcher
+        self.reader = RecordReader(factory.max_record)
+        self.in_flight = 0
+        self._paused_for_writes = False
+        self._paused_for_calls = False
+        self._open = False
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+
+    def connectionMade(self) -> None:
+        self._open = True
+        self.peer = _address(self.transport.getPeer())
+        self.local = _address(self.transport.getHost())
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)
+        if self.factory.idle_timeout:
+            self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self._open = False
+        self.setTimeout(None)
+        self.factory.connections.discard(self)
+
+    def timeoutConnection(self) -> None:
+        log.debug("closing idle connection from {peer}", peer=self.peer)
+        self.transport.abortConnection()
+
+    # IPushProducer: the transport tells us when its write buffer fills and drains.
+    def pauseProducing(self) -> None:
+        self._paused_for_writes = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused_for_writes = False
+        if not self._paused_for_calls:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.factory.idle_timeout:
+            self.resetTimeout()
+        try:
+            records = self.reader.feed(data)
+        except RecordTooLarge as e:
+            log.warn("closing connection from {peer}: {error}", peer=self.peer, error=e)
+            self.transport.abortConnection()
+            return
+        out = []
+        handle = self.dispatcher.handle
+        for record in records:
+            try:
+                reply = handle(record, self.factory.netid, self.peer, self.local)
+            except BadMessage as e:
+                log.info("closing connection from {peer}: {error}", peer=self.peer, error=e)
+                if out:
+                    self.transport.writeSequence(out)
+                self.transport.loseConnection()
+                return
+            if reply is None:
+                continue
+            if type(reply) is bytes:
+                out.append(U32.pack(LAST_FRAGMENT | len(reply)))
+                out.append(reply)
+            else:
+                self.in_flight += 1
+                reply.addBoth(self._late_reply)
+        if out:
+            self.transport.writeSequence(out)
+        if self.in_flight >= self.factory.max_in_flight and not self._paused_for_calls:
+            self._paused_for_calls = True
+            self.transport.pauseProducing()
+
+    def _late_reply(self, reply) -> None:
+        self.in_flight -= 1
+        if isinstance(reply, Failure):
+            log.failure("reply failed", reply)
+            reply = None
+        if reply is not None and self._open:
+            self.transport.writeSequence([U32.pack(LAST_FRAGMENT | len(reply)), reply])
+        if self._paused_for_calls and self.in_flight < self.factory.max_in_flight // 2:
+            self._paused_for_calls = False
+            if self._open and not self._paused_for_writes:
+                self.transport.resumeProducing()
+
+
+class RPCStreamFactory(protocol.ServerFactory):
+    """Builds :class:`RPCStreamProtocol`; refuses connections beyond ``max_connections``."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        netid: str = "tcp",
+        max_record: int = DEFAULT_MAX_RECORD,
+        idle_timeout: float = 360.0,
+        max_connections: int = 1024,
+        max_in_flight: int = 128,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.netid = netid
+        self.max_record = max_record
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.connections: set[RPCStreamProtocol] = set()
+        self.refused = 0
+
+    def buildProtocol(self, addr) -> Optional[RPCStreamProtocol]:
+        if len(self.connections) >= self.max_connections:
+            self.refused += 1
+            log.warn("refusing connection from {addr}: {n} connections open", addr=addr, n=len(self.connections))
+            return None
+        return RPCStreamProtocol(self)
+
+
+class RPCDatagramProtocol(protocol.DatagramProtocol):
+    """RPC over UDP: one call per datagram, one reply per call."""
+
+    noisy = False
+
+    def __init__(self, dispatcher: Dispatcher, netid: str = "udp") -> None:
+        self.dispatcher = dispatcher
+        self.netid = netid
+        self.dropped = 0
+        self.local: tuple[str, int] = ("", 0)
+
+    def startProtocol(self) -> None:
+        self.local = _address(self.transport.getHost())
+        # Twisted reads at most maxPacketSize bytes of a datagram (8 KiB by default).
+        self.transport.maxPacketSize = 65536
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        peer = (addr[0], addr[1])
+        try:
+            reply = self.dispatcher.handle(data, self.netid, peer, self.local)
+        except BadMessage:
+            self.dropped += 1
+            return
+        if reply is None:
+            return
+        if type(reply) is bytes:
+            self._send(reply, peer)
+        else:
+            reply.addCallback(self._send_late, peer)
+            reply.addErrback(lambda f: log.failure("reply failed", f))
+
+    def _send_late(self, reply: Optional[bytes], peer) -> None:
+        if reply is not None and self.transport is not None:
+            self._send(reply, peer)
+
+    def _send(self, reply: bytes, peer) -> None:
+        if len(reply) > MAX_UDP_PAYLOAD:
+            # The reply does not fit a datagram: say so rather than go silent.
+            xid = U32.unpack_from(reply, 0)[0]
+            reply = accepted_reply(xid, AcceptStat.SYSTEM_ERR)
+        try:
+            self.transport.write(reply, peer)
+        except OSError as e:
+            log.debug("UDP reply to {peer} failed: {error}", peer=peer, error=e)

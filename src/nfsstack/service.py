@@ -1,0 +1,120 @@
+"""Builds the whole stack, one Twisted MultiService, from command-line options.
+
+Start order: portmapper, then the services that register with it; stop order
+is the reverse, so every service unregisters while the portmapper still runs.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.python import usage
+
+from nfsstack.portmap.program import Portmapper
+from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
+from nfsstack.portmap.registry import Registry
+from nfsstack.portmap.types import PMAP_PORT
+from nfsstack.rpc.client import RPCDatagramClient
+from nfsstack.rpc.server import DEFAULT_MAX_RECORD
+from nfsstack.rpc.service import RPCService
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is not in 0..65535")
+    return port
+
+
+_port.coerceDoc = "A port number, 0..65535."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve NFSv3 and its helper RPC services from one process. "
+        "Services running in this release: the portmapper (rpcbind v2/v3/v4). "
+        "mountd, nfsd, nlockmgr, status and the port-1110 status service come in later releases; "
+        "their options are accepted now so that scripts keep working."
+    )
+
+    optFlags = [
+        ["system-rpcbind", None, "Register with the rpcbind already running on this host instead of serving one."],
+        [
+            "remote-calls",
+            None,
+            "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
+        ],
+    ]
+
+    optParameters = [
+        ["exports", None, None, "exports(5) file read by mountd and nfsd (not served yet)."],
+        ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
+        ["bind", None, "", "Address the RPC services listen on (default: all IPv4 addresses)."],
+        ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
+        ["nfs-port", None, 2049, "Port of nfsd (not served yet).", _port],
+        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic (not served yet).", _port],
+        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (not served yet).", _port],
+        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic (not served yet).", _port],
+        ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP) (not served yet).", _port],
+        ["rpcbind-socket", None, "/run/rpcbind.sock", "Local socket of the system rpcbind (with --system-rpcbind)."],
+        ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
+        ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
+        ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
+    ]
+
+    def postOptions(self) -> None:
+        if self["max-record"] < 1024:
+            raise usage.UsageError("--max-record must be at least 1024")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
+
+
+class NfsStackService(service.MultiService):
+    """The stack: children start in the order they were added and stop in reverse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.portmapper: Portmapper | None = None
+        self.registrar = None
+
+
+def make_forwarder(reactor, interface: str = "127.0.0.1"):
+    """A CALLIT forwarder: UDP calls to 127.0.0.1:port with the caller's credential."""
+    client = RPCDatagramClient("127.0.0.1", 0, reactor)
+    listening = []
+
+    def forward(port, prog, vers, proc, args, cred):
+        if not listening:
+            listening.append(reactor.listenUDP(0, client, interface=interface))
+        return client.call(prog, vers, proc, args, cred, timeout=5.0, retransmit=1.0, address=("127.0.0.1", port))
+
+    return forward
+
+
+def makeService(options: Options, reactor=None) -> NfsStackService:
+    if reactor is None:
+        from twisted.internet import reactor
+    stack = NfsStackService()
+    common = dict(
+        interface=options["bind"],
+        reactor=reactor,
+        max_record=options["max-record"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
+    )
+    if options["system-rpcbind"]:
+        stack.registrar = RpcbindRegistrar(
+            reactor, port=options["portmap-port"], socket_path=options["rpcbind-socket"] or None
+        )
+    else:
+        registry = Registry()
+        stack.registrar = LocalRegistrar(registry)
+        stack.portmapper = Portmapper(
+            registry,
+            remote_calls=options["remote-calls"],
+            forwarder=make_forwarder(reactor) if options["remote-calls"] else None,
+        )
+        RPCService(
+            "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar, **common
+        ).setServiceParent(stack)
+    return stack
