@@ -191,6 +191,11 @@ _VERF_HEAD = struct.Struct(">II")
 _CALL_HEAD = struct.Struct(">6I")
 
 
+def _not_a_call(mtype: int) -> XDRError:
+    # A stray REPLY is ignored; anything else is not an RPC message at all.
+    return NotACall("a reply, not a call") if mtype == REPLY else XDRError(f"message type {mtype}")
+
+
 def decode_call(data: bytes | memoryview) -> tuple[CallHeader, int]:
     """Decode a call header; return it and the offset of the arguments.
 
@@ -206,13 +211,13 @@ def decode_call(data: bytes | memoryview) -> tuple[CallHeader, int]:
         xid = u.unpack_uint()
         mtype = u.unpack_uint()
         if mtype != CALL:
-            raise NotACall(f"message type {mtype}")
+            raise _not_a_call(mtype)
         rpcvers = u.unpack_uint()
         if rpcvers != RPC_VERSION:
             raise CallRejected(xid, rpc_mismatch_reply(xid), f"RPC version {rpcvers}")
         raise XDRError("call header truncated")
     if mtype != CALL:
-        raise NotACall(f"message type {mtype}")
+        raise _not_a_call(mtype)
     if rpcvers != RPC_VERSION:
         raise CallRejected(xid, rpc_mismatch_reply(xid), f"RPC version {rpcvers}")
     if clen > MAX_AUTH_BYTES:

@@ -122,7 +122,7 @@ class Dispatcher:
         try:
             result = procedure.handler(ctx, args)
         except Exception:
-            reply = self._failure_reply(xid, Failure(), procedure.name)
+            reply = self._failure_reply(Failure(), xid, procedure.name)
         else:
             if isinstance(result, defer.Deferred):
                 result.addCallback(self._encode, xid, procedure.encode)

@@ -1,0 +1,160 @@
+"""Real clients (rpcinfo from Debian's rpcbind package) against the stack's portmapper on port 111.
+
+Each test runs the stack inside a network namespace it creates, so port 111
+never collides with anything on the machine.
+"""
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import REPO, Stack, can_make_netns, in_netns, netns, server_env
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(not can_make_netns(), reason="needs root and ip netns"),
+    pytest.mark.skipif(shutil.which("rpcinfo") is None, reason="needs rpcinfo (Debian package rpcbind)"),
+]
+
+
+@pytest.fixture
+def ns():
+    with netns() as name:
+        yield name
+
+
+@pytest.fixture
+def stack(ns):
+    s = Stack(netns=ns).start()
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log_text(), s.log_text()
+
+
+def rpcinfo(ns, *args, check=True):
+    r = in_netns(ns, "rpcinfo", *args)
+    if check:
+        assert r.returncode == 0, f"rpcinfo {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r
+
+
+def echo_service(ns, *args):
+    """Start tests/integration/echo_service.py in the namespace; return (process, port)."""
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.integration.echo_service", *args],
+        cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    line = p.stdout.readline()
+    m = re.match(r"registered (\d+) (\d+)", line)
+    assert m, f"echo service said {line!r}"
+    assert m.group(2) == "4", "expected 2 versions x 2 netids registered"
+    return p, int(m.group(1))
+
+
+def portmap_rows(text):
+    return {tuple(line.split()[:4]) for line in text.splitlines()[1:] if line.strip()}
+
+
+def test_rpcinfo_p_lists_the_portmapper(stack, ns):
+    rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+    assert rows == {("100000", v, proto, "111") for v in "234" for proto in ("tcp", "udp")}
+
+
+def test_rpcinfo_null_calls(stack, ns):
+    assert "program 100000 version 4 ready and waiting" in rpcinfo(ns, "-T", "tcp", "127.0.0.1", "100000", "4").stdout
+    assert "program 100000 version 3 ready and waiting" in rpcinfo(ns, "-T", "udp", "127.0.0.1", "100000", "3").stdout
+    assert "version 2 ready and waiting" in rpcinfo(ns, "-u", "127.0.0.1", "100000", "2").stdout
+    assert "version 2 ready and waiting" in rpcinfo(ns, "-t", "127.0.0.1", "100000", "2").stdout
+
+
+def test_rpcinfo_summary_dump_and_stats(stack, ns):
+    summary = rpcinfo(ns, "-s", "127.0.0.1").stdout
+    assert re.search(r"^\s*100000\s+4,3,2\s+udp,tcp\s+portmapper\s+superuser\s*$", summary, re.M), summary
+    dump = rpcinfo(ns, "127.0.0.1").stdout  # rpcbind v3/v4 DUMP
+    assert re.search(r"100000\s+4\s+tcp\s+0\.0\.0\.0\.0\.111\s+portmapper\s+superuser", dump), dump
+    rpcinfo(ns, "-p", "127.0.0.1")
+    stats = rpcinfo(ns, "-m", "127.0.0.1").stdout
+    for heading in ("PORTMAP (version 2) statistics", "RPCBIND (version 3) statistics", "RPCBIND (version 4) statistics"):
+        assert heading in stats
+    # The v2 DUMP we just made is counted: the DUMP column of the v2 table is at least 1.
+    lines = stats.splitlines()
+    i = lines.index("PORTMAP (version 2) statistics")
+    assert lines[i + 1].split()[4] == "DUMP" and int(lines[i + 2].split()[4]) >= 1
+    listing = rpcinfo(ns, "-l", "127.0.0.1", "100000", "2").stdout
+    assert "inet/tcp/cots_ord" in listing and "127.0.0.1.0.111" in listing
+
+
+def test_registered_service_is_shown_and_removed_on_stop(stack, ns):
+    p, port = echo_service(ns)
+    try:
+        rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+        for v in ("1", "2"):
+            for proto in ("tcp", "udp"):
+                assert ("300123", v, proto, str(port)) in rows
+        assert "program 300123 version 2 ready and waiting" in rpcinfo(ns, "-T", "tcp", "127.0.0.1", "300123", "2").stdout
+        assert "program 300123 version 1 ready and waiting" in rpcinfo(ns, "-T", "udp", "127.0.0.1", "300123", "1").stdout
+        assert re.search(r"300123\s+2,1\s+udp,tcp\s+-\s+unknown", rpcinfo(ns, "-s", "127.0.0.1").stdout)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(15)
+    rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+    assert not any(r[0] == "300123" for r in rows), rows
+
+
+def test_dead_service_is_dropped_on_lookup(stack, ns):
+    p, port = echo_service(ns)
+    p.kill()  # no chance to unregister
+    p.wait(15)
+    time.sleep(0.2)
+    r = rpcinfo(ns, "-T", "tcp", "127.0.0.1", "300123", "1", check=False)
+    assert r.returncode != 0 and "not registered" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+    assert not any(row[0] == "300123" for row in rows), rows
+
+
+def test_stops_cleanly_and_frees_port_111(stack, ns):
+    # twistd shuts down, then exits by the signal it received (Twisted >= 23).
+    assert stack.stop() in (0, -signal.SIGTERM)
+    assert "Server Shut Down." in stack.log_text()
+    assert rpcinfo(ns, "-p", "127.0.0.1", check=False).returncode != 0
+    again = Stack(netns=ns).start()
+    try:
+        assert portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+    finally:
+        again.stop()
+
+
+def test_system_rpcbind_mode_registers_with_debian_rpcbind(ns):
+    """Beside the distribution's rpcbind: the stack does not take port 111, and services register there."""
+    if shutil.which("rpcbind") is None:
+        pytest.skip("needs rpcbind")
+    rpcbind = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /run && exec rpcbind -f"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while rpcinfo(ns, "-p", "127.0.0.1", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "rpcbind did not start"
+            time.sleep(0.1)
+        stack = Stack("--system-rpcbind", netns=ns).start()
+        try:
+            p, port = echo_service(ns)
+            rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+            assert ("300123", "2", "udp", str(port)) in rows
+            p.send_signal(signal.SIGTERM)
+            p.wait(15)
+            rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+            assert not any(r[0] == "300123" for r in rows)
+            assert stack.proc.poll() is None, "the stack must run beside rpcbind"
+        finally:
+            stack.stop()
+        assert "Address already in use" not in stack.log_text()
+    finally:
+        rpcbind.kill()
+        rpcbind.wait()

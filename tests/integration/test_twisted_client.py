@@ -1,0 +1,79 @@
+"""The RPC client and server in one reactor (pytest-twisted): many calls in flight, replies out of order."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from nfsstack.portmap.program import Portmapper
+from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
+from nfsstack.portmap.registry import Registry
+from nfsstack.rpc.client import connect_tcp, udp_client
+from nfsstack.rpc.message import AcceptedError, AcceptStat
+from nfsstack.rpc.program import Procedure, Program, null_procedure
+from nfsstack.rpc.service import RPCService
+from nfsstack.xdr import Packer, Unpacker
+
+
+def u32(n):
+    p = Packer()
+    p.pack_uint(n)
+    return p.getvalue()
+
+
+def sleepy_program():
+    """Proc 1 answers its argument after argument milliseconds."""
+
+    def sleep(ctx, ms):
+        return task.deferLater(reactor, ms / 1000.0, lambda: ms)
+
+    return Program(310000, "sleepy", {1: {0: null_procedure(), 1: Procedure("SLEEP", sleep, Unpacker.unpack_uint, Packer.pack_uint)}})
+
+
+@pytest_twisted.inlineCallbacks
+def test_many_calls_in_flight_complete_out_of_order():
+    service = RPCService("sleepy", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor)
+    service.startService()
+    try:
+        client = yield connect_tcp(reactor, "127.0.0.1", service.port)
+        finished = []
+        calls = []
+        for ms in [200, 150, 100, 50, 0] * 10:
+            d = client.call(310000, 1, 1, u32(ms), timeout=10)
+            d.addCallback(lambda body: Unpacker(body).unpack_uint())
+            d.addCallback(lambda v: finished.append(v) or v)
+            calls.append(d)
+        results = yield defer.gatherResults(calls)
+        assert results == [200, 150, 100, 50, 0] * 10  # each call got its own answer
+        assert finished[:10] == [0] * 10 and finished[-10:] == [200] * 10  # fast ones left first
+        with pytest.raises(AcceptedError) as e:
+            yield client.call(310000, 7, 0, timeout=5)
+        assert e.value.stat == AcceptStat.PROG_MISMATCH and (e.value.low, e.value.high) == (1, 1)
+        yield client.close()
+        udp = udp_client(reactor, "127.0.0.1", service.port)
+        body = yield udp.call(310000, 1, 1, u32(10), timeout=5)
+        assert Unpacker(body).unpack_uint() == 10
+        udp.close()
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_register_with_a_portmapper_over_tcp_then_unregister():
+    """RpcbindRegistrar (the --system-rpcbind path) against our own portmapper on a test port."""
+    registry = Registry()
+    pm = Portmapper(registry)
+    portmap = RPCService("portmapper", [pm.program], 0, interface="127.0.0.1", reactor=reactor,
+                         registrar=LocalRegistrar(registry))
+    portmap.startService()
+    registrar = RpcbindRegistrar(reactor, port=portmap.port, socket_path=None)
+    echo = RPCService("echo", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor, registrar=registrar)
+    echo.startService()
+    try:
+        yield echo.registered
+        entries = {(r.prog, r.vers, r.netid): r for r in registry}
+        assert entries[(310000, 1, "tcp")].addr == f"127.0.0.1.{echo.port >> 8}.{echo.port & 255}"
+        assert (310000, 1, "udp") in entries and entries[(310000, 1, "tcp")].owner == "unknown"
+        yield echo.stopService()
+        assert not any(r.prog == 310000 for r in registry)
+    finally:
+        yield portmap.stopService()
