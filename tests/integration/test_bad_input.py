@@ -4,7 +4,6 @@ Each case gets the protocol's error reply or a closed connection, and a NULL
 call right after still succeeds.
 """
 
-import os
 import random
 import socket
 import struct
@@ -16,7 +15,7 @@ from nfsstack.portmap.types import Mapping
 from nfsstack.rpc.message import AcceptStat, AuthFlavor, AuthStat, OpaqueAuth, RejectStat, decode_reply
 from nfsstack.rpc.record import frame
 from nfsstack.xdr import Packer
-from tests.support import Stack, call_message, free_port, is_closed, null_ok, recv_record, tcp_call, udp_call
+from tests.support import Stack, call_message, free_port, is_closed, null_ok, recv_record, tcp_call
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,20 @@
 """The portmapper program in-process: rpcbind's rules (RFC 1833, REFERENCE.md)."""
 
 import socket
-import struct
 
 import pytest
 from hypothesis import given, strategies as st
 from twisted.internet import defer
 
 from nfsstack.portmap.program import Portmapper
-from nfsstack.portmap.registry import Registration, Registry
+from nfsstack.portmap.registry import Registry, address_is_bound
 from nfsstack.portmap.types import (
     RPCB, CallArgs, Mapping, Netbuf, RPCBEntry, parse_uaddr, taddr_from_uaddr, uaddr, uaddr_from_taddr,
     unpack_stat_byvers,
 )
 from nfsstack.rpc.message import AcceptStat, AuthStat, Credential, OpaqueAuth, decode_reply, encode_call
-from nfsstack.rpc.server import BadMessage, Dispatcher
-from nfsstack.xdr import Packer, Unpacker, XDRError
+from nfsstack.rpc.server import Dispatcher
+from nfsstack.xdr import Packer, Unpacker
 
 ROOT_LOCAL = ("127.0.0.1", 800)  # privileged source port: the superuser
 USER_LOCAL = ("127.0.0.1", 40000)
@@ -121,8 +120,7 @@ def test_getaddr_any_version_but_getversaddr_exact():
 
 def test_dead_registrations_answer_zero_and_are_dropped():
     """A port nobody holds any more: GETPORT 0, GETADDR "" (rpcbind's is_bound)."""
-    pm = PM(alive=None)
-    pm.registry.is_alive = __import__("nfsstack.portmap.registry", fromlist=["x"]).address_is_bound
+    pm = PM(alive=address_is_bound)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -212,7 +212,7 @@ def test_duplicate_of_a_call_in_progress_is_dropped():
 
     program = Program(300000, "slow", {1: {1: Procedure("SLOW", slow, idempotent=False)}})
     dispatcher = Dispatcher([program])
-    d = dispatcher.handle(call(prog=300000, proc=1), "udp", PEER, LOCAL)
+    dispatcher.handle(call(prog=300000, proc=1), "udp", PEER, LOCAL)
     assert dispatcher.handle(call(prog=300000, proc=1), "udp", PEER, LOCAL) is None
     holder[0].callback(None)
     replay = dispatcher.handle(call(prog=300000, proc=1), "udp", PEER, LOCAL)

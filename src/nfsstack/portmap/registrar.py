@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from nfsstack.portmap.registry import SUPERUSER, Registration, Registry
 from nfsstack.portmap.types import PMAP_PROG, PMAP_PORT, RPCB, RPCB_VERS4, Mapping, NETIDS, parse_uaddr
-from nfsstack.rpc.client import RPCClientProtocol, connect_tcp
+from nfsstack.rpc.client import connect_tcp, connect_unix
 from nfsstack.rpc.message import AcceptedError, AcceptStat
 from nfsstack.xdr import Packer, Unpacker
 
@@ -75,19 +75,7 @@ class RpcbindRegistrar:
 
     def _connect(self) -> defer.Deferred:
         if self.socket_path and os.path.exists(self.socket_path):
-            factory = protocol.ClientFactory()
-            factory.noisy = False
-            d: defer.Deferred = defer.Deferred()
-
-            def build(addr):
-                p = RPCClientProtocol()
-                p.connected_d.chainDeferred(d)
-                return p
-
-            factory.buildProtocol = build
-            factory.clientConnectionFailed = lambda c, reason: d.called or d.errback(reason)
-            self.reactor.connectUNIX(self.socket_path, factory, timeout=self.timeout)
-            return d
+            return connect_unix(self.reactor, self.socket_path, timeout=self.timeout)
         return connect_tcp(self.reactor, self.host, self.port, timeout=self.timeout)
 
     @defer.inlineCallbacks

@@ -9,7 +9,7 @@ nobody holds it any more, and the program's dead entries are dropped.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from nfsstack.portmap.types import NETIDS, parse_uaddr
@@ -24,13 +24,15 @@ class Registration:
     netid: str
     addr: str
     owner: str
+    #: The port of ``addr`` (0 if it is no IP address), parsed once.
+    port: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def port(self) -> int:
+    def __post_init__(self) -> None:
         try:
-            return parse_uaddr(self.addr)[1]
+            port = parse_uaddr(self.addr)[1]
         except ValueError:
-            return 0
+            port = 0
+        object.__setattr__(self, "port", port)
 
 
 def address_is_bound(reg: Registration) -> bool:

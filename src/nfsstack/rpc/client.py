@@ -168,8 +168,8 @@ class RPCDatagramClient(protocol.DatagramProtocol):
             self.transport.stopListening()
 
 
-def connect_tcp(reactor: IReactorTCP, host: str, port: int, timeout: float = 10.0, bind_address=None) -> defer.Deferred:
-    """Connect; fires with an :class:`RPCClientProtocol`."""
+def _connecting_factory() -> tuple[protocol.ClientFactory, defer.Deferred]:
+    """A factory whose Deferred fires with the connected RPCClientProtocol, or fails."""
     factory = protocol.ClientFactory()
     factory.noisy = False
     d: defer.Deferred = defer.Deferred()
@@ -185,7 +185,20 @@ def connect_tcp(reactor: IReactorTCP, host: str, port: int, timeout: float = 10.
 
     factory.buildProtocol = build
     factory.clientConnectionFailed = failed
+    return factory, d
+
+
+def connect_tcp(reactor: IReactorTCP, host: str, port: int, timeout: float = 10.0, bind_address=None) -> defer.Deferred:
+    """Connect over TCP; fires with an :class:`RPCClientProtocol`."""
+    factory, d = _connecting_factory()
     reactor.connectTCP(host, port, factory, timeout=timeout, bindAddress=bind_address)
+    return d
+
+
+def connect_unix(reactor, path: str, timeout: float = 10.0) -> defer.Deferred:
+    """Connect to a local stream socket (rpcbind's ``/run/rpcbind.sock``)."""
+    factory, d = _connecting_factory()
+    reactor.connectUNIX(path, factory, timeout=timeout)
     return d
 
 
