@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 from typing import Iterable, Optional, Union
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -180,11 +180,14 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         self._paused_for_writes = False
         self._paused_for_calls = False
         self._open = False
+        self._socket = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
 
     def connectionMade(self) -> None:
         self._open = True
+        # Plain TCP: replies go straight to the socket when nothing is queued (see _send).
+        self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
         self.peer = _address(self.transport.getPeer())
         self.local = _address(self.transport.getHost())
         self.factory.connections.add(self)
@@ -194,6 +197,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self._open = False
+        self._socket = None
         self.setTimeout(None)
         self.factory.connections.discard(self)
 
@@ -214,6 +218,27 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
     def stopProducing(self) -> None:
         pass
 
+    def _send(self, parts: list[bytes]) -> None:
+        """Write reply records, sending at once when the transport has nothing queued.
+
+        Twisted's ``write`` only queues and sends on the next reactor turn
+        (two epoll_ctl calls and a loop iteration per batch); an eager
+        ``sendmsg`` halves the cost of a lone call.  Whatever the socket does
+        not take, and every error, goes through the transport as usual.
+        """
+        t = self.transport
+        sock = self._socket
+        if sock is None or t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting:
+            t.writeSequence(parts)
+            return
+        try:
+            sent = sock.sendmsg(parts) if len(parts) <= 512 else sock.send(b"".join(parts))
+        except OSError:
+            sent = 0
+        total = sum(map(len, parts))
+        if sent < total:
+            t.write(b"".join(parts)[sent:])
+
     def dataReceived(self, data: bytes) -> None:
         if self.factory.idle_timeout:
             self.resetTimeout()
@@ -231,7 +256,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             except BadMessage as e:
                 log.info("closing connection from {peer}: {error}", peer=self.peer, error=e)
                 if out:
-                    self.transport.writeSequence(out)
+                    self._send(out)
                 self.transport.loseConnection()
                 return
             if reply is None:
@@ -243,7 +268,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                 self.in_flight += 1
                 reply.addBoth(self._late_reply)
         if out:
-            self.transport.writeSequence(out)
+            self._send(out)
         if self.in_flight >= self.factory.max_in_flight and not self._paused_for_calls:
             self._paused_for_calls = True
             self.transport.pauseProducing()
@@ -254,7 +279,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             log.failure("reply failed", reply)
             reply = None
         if reply is not None and self._open:
-            self.transport.writeSequence([U32.pack(LAST_FRAGMENT | len(reply)), reply])
+            self._send([U32.pack(LAST_FRAGMENT | len(reply)), reply])
         if self._paused_for_calls and self.in_flight < self.factory.max_in_flight // 2:
             self._paused_for_calls = False
             if self._open and not self._paused_for_writes:
