@@ -114,7 +114,11 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             remote_calls=options["remote-calls"],
             forwarder=make_forwarder(reactor) if options["remote-calls"] else None,
         )
-        RPCService(
+        portmap = RPCService(
             "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar, **common
-        ).setServiceParent(stack)
+        )
+        portmap.listen_hint = (
+            " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
+        )
+        portmap.setServiceParent(stack)
     return stack

@@ -59,6 +59,8 @@ class RPCService(service.Service):
         self.udp = None
         self.stream_factory: Optional[RPCStreamFactory] = None
         self._registered: list[tuple[int, int, str]] = []
+        #: Added to the error logged when the port is taken.
+        self.listen_hint = ""
         #: Fires when every registration has been attempted.
         self.registered: defer.Deferred = defer.Deferred()
 
@@ -88,7 +90,12 @@ class RPCService(service.Service):
             return
 
     def startService(self) -> None:
-        self._listen()
+        try:
+            self._listen()
+        except CannotListenError as e:
+            log.error("{name}: cannot listen on port {port}: {error}{hint}", name=self.name, port=self.requested_port,
+                      error=e.socketError, hint=self.listen_hint)
+            raise
         super().startService()
         names = ", ".join(f"{p.name} {p.number} v{'/'.join(map(str, sorted(p.versions)))}" for p in self.programs)
         log.info("{names} listening on TCP and UDP port {port}", names=names, port=self.port)

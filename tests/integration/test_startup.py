@@ -1,0 +1,39 @@
+"""The twistd plugin: options, start-up and shutdown."""
+
+import socket
+import subprocess
+
+import pytest
+
+from tests.support import Stack, free_port, server_env, twistd
+
+REQUIRED_OPTIONS = [
+    "--exports", "--state-dir", "--bind", "--portmap-port", "--nfs-port", "--mountd-port", "--nlm-port",
+    "--statd-port", "--status-port", "--system-rpcbind", "--remote-calls", "--max-record", "--idle-timeout",
+]
+
+
+def test_help_documents_every_option(tmp_path):
+    out = subprocess.run([twistd(), "-n", "nfsstack", "--help"], capture_output=True, text=True, env=server_env(),
+                         cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for option in REQUIRED_OPTIONS:
+        assert option in out.stdout, option
+    assert "[default: 111]" in out.stdout and "[default: 2049]" in out.stdout and "[default: 1110]" in out.stdout
+
+
+def test_bad_option_value_is_a_usage_error(tmp_path):
+    out = subprocess.run([twistd(), "-n", "nfsstack", "--portmap-port", "70000"], capture_output=True, text=True,
+                         env=server_env(), cwd=tmp_path, timeout=60)
+    assert out.returncode != 0 and "65535" in (out.stdout + out.stderr)
+
+
+def test_port_taken_exits_with_a_hint():
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port))
+        with pytest.raises(RuntimeError) as e:
+            stack.start(port, timeout=20)
+        assert "--system-rpcbind" in str(e.value)
