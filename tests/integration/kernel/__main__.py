@@ -1,0 +1,5 @@
+import sys
+
+from tests.integration.kernel.harness import main
+
+sys.exit(main())

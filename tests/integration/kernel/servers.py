@@ -1,0 +1,165 @@
+"""NFS servers for the kernel-client tests, each run inside the test's network namespace.
+
+:class:`NfsStack` is ``twistd -n nfsstack``; :class:`Ganesha` is nfs-ganesha
+(VFS backend) with Debian's rpcbind, the reference the differential tests
+compare against.  Both export one directory to the guest and can be restarted
+while the guest keeps its mount.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from tests.support import Stack, in_netns
+
+GANESHA_CONF = """\
+NFS_CORE_PARAM {{
+    Protocols = 3;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    NFS_Port = 2049;
+}}
+NFSV4 {{
+    Graceless = true;
+}}
+EXPORT {{
+    Export_Id = 1;
+    Path = "{path}";
+    Pseudo = "/export";
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 3;
+    Transports = TCP, UDP;
+    FSAL {{
+        Name = VFS;
+    }}
+}}
+LOG {{
+    Default_Log_Level = WARN;
+}}
+"""
+
+# rpcbind and ganesha share a private /run and /var/lib/nfs, so nothing collides with the machine's.
+GANESHA_SH = textwrap.dedent("""\
+    set -e
+    mount -t tmpfs tmpfs /run
+    mount -t tmpfs tmpfs /var/lib/nfs
+    mkdir -p /run/rpcbind /run/ganesha /var/lib/nfs/ganesha
+    rpcbind -f &
+    for i in $(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done
+    exec ganesha.nfsd -F -L "$1" -f "$2" -p /run/ganesha/ganesha.pid
+""")
+
+
+def wait_registered(netns: str, programs: tuple[str, ...], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    listing = ""
+    while time.monotonic() < deadline:
+        r = in_netns(netns, "rpcinfo", "-p", "127.0.0.1", timeout=10)
+        listing = r.stdout
+        if r.returncode == 0 and all(f" {p} " in f" {listing} " for p in programs):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"programs {programs} not registered in {timeout} s:\n{listing}")
+
+
+class Ganesha:
+    """nfs-ganesha exporting ``export_dir`` as itself (NFSv3 mounts name the real path)."""
+
+    name = "ganesha"
+
+    def __init__(self, netns: str, export_dir: Path) -> None:
+        self.netns = netns
+        self.export_dir = export_dir
+        self.workdir = Path(tempfile.mkdtemp(prefix="ganesha-test-"))
+        self.conf = self.workdir / "ganesha.conf"
+        self.conf.write_text(GANESHA_CONF.format(path=export_dir))
+        self.log = self.workdir / "ganesha.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def mount_path(self) -> str:
+        return str(self.export_dir)
+
+    def start(self) -> "Ganesha":
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "sh", "-c", GANESHA_SH, "ganesha",
+             str(self.log), str(self.conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        wait_registered(self.netns, ("100003", "100005"))
+        return self
+
+    def stop(self) -> None:
+        # `ip netns exec`, `unshare` and `sh -c 'exec ...'` all exec: self.proc is ganesha itself.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Its rpcbind, found among this namespace's processes only (never the machine's).
+        pids = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "rpcbind":
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class NfsStack:
+    """``twistd -n nfsstack`` exporting ``export_dir`` (as /export) with the options the guest needs."""
+
+    name = "nfsstack"
+
+    def __init__(self, netns: str, export_dir: Path) -> None:
+        self.netns = netns
+        self.export_dir = export_dir
+        self.workdir = Path(tempfile.mkdtemp(prefix="nfsstack-kernel-"))
+        # qemu's user networking makes every guest connection come from 127.0.0.1 with an
+        # unprivileged port: the export needs `insecure` (REFERENCE.md).
+        self.exports = self.workdir / "exports"
+        self.exports.write_text(f"{export_dir} *(rw,insecure,no_root_squash)\n")
+        self.stack: Stack | None = None
+
+    @property
+    def mount_path(self) -> str:
+        return str(self.export_dir)
+
+    def start(self) -> "NfsStack":
+        self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),
+                           netns=self.netns, workdir=str(self.workdir)).start()
+        return self
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        return self.stack.log_text() if self.stack else ""
+
+
+SERVERS = {"nfsstack": NfsStack, "ganesha": Ganesha}
