@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    rpcbind iproute2 util-linux qemu-system-x86 busybox-static nfs-ganesha nfs-ganesha-vfs >/dev/null
+    rpcbind nfs-common iproute2 util-linux qemu-system-x86 busybox-static nfs-ganesha nfs-ganesha-vfs >/dev/null
 python3 -m pip install -q '.[test]'
 # The guest image (Debian's kernel and busybox, downloaded with apt) is built once into .cache/.
 python3 -c 'from tests.integration.kernel.vm import build_image; print("guest image:", build_image().initrd)'

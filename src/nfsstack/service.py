@@ -6,8 +6,17 @@ is the reverse, so every service unregisters while the portmapper still runs.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
+
+from nfsstack.export_table import ExportTable
+from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
+from nfsstack.mount.mountlist import MountList
+from nfsstack.mount.program import Mountd
+from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
 
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
@@ -32,8 +41,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve NFSv3 and its helper RPC services from one process. "
-        "Services running in this release: the portmapper (rpcbind v2/v3/v4). "
-        "mountd, nfsd, nlockmgr, status and the port-1110 status service come in later releases; "
+        "Services running in this release: the portmapper (rpcbind v2/v3/v4) and mountd. "
+        "nfsd, nlockmgr, status and the port-1110 status service come in later releases; "
         "their options are accepted now so that scripts keep working."
     )
 
@@ -47,12 +56,12 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["exports", None, None, "exports(5) file read by mountd and nfsd (not served yet)."],
+        ["exports", None, None, "exports(5) file (default: export ./export to everyone, rw, root_squash)."],
         ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
         ["bind", None, "", "Address the RPC services listen on (default: all IPv4 addresses)."],
         ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
         ["nfs-port", None, 2049, "Port of nfsd (not served yet).", _port],
-        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic (not served yet).", _port],
+        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
         ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (not served yet).", _port],
         ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic (not served yet).", _port],
         ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP) (not served yet).", _port],
@@ -63,6 +72,13 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["exports"] is not None:
+            try:
+                self.exports = load_exports(self["exports"])
+            except ExportsError as e:
+                raise usage.UsageError(str(e))
+        else:
+            self.exports = None
         if self["max-record"] < 1024:
             raise usage.UsageError("--max-record must be at least 1024")
         if self["max-connections"] < 1:
@@ -76,6 +92,8 @@ class NfsStackService(service.MultiService):
         super().__init__()
         self.portmapper: Portmapper | None = None
         self.registrar = None
+        self.exports: ExportTable | None = None
+        self.mountd: Mountd | None = None
 
 
 def make_forwarder(reactor, interface: str = "127.0.0.1"):
@@ -89,6 +107,22 @@ def make_forwarder(reactor, interface: str = "127.0.0.1"):
         return client.call(prog, vers, proc, args, cred, timeout=5.0, retransmit=1.0, address=("127.0.0.1", port))
 
     return forward
+
+
+log = Logger(namespace="nfsstack")
+
+DEFAULT_EXPORT = "export"
+
+
+def default_exports() -> Exports:
+    """``./export`` (created world-writable and sticky, like /tmp), to everyone, rw with root_squash."""
+    path = os.path.abspath(DEFAULT_EXPORT)
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        os.chmod(path, 0o1777)
+    exports = parse_exports(f'"{path}" *(rw)\n', "<default export>")
+    log.info("no --exports given: exporting {path} to * (rw,root_squash,secure)", path=path)
+    return exports
 
 
 def makeService(options: Options, reactor=None) -> NfsStackService:
@@ -121,4 +155,18 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
         )
         portmap.setServiceParent(stack)
+    if not kernel_handles_work(os.getcwd()):
+        log.error("mountd not started: file handles need root (CAP_DAC_READ_SEARCH for open_by_handle_at)")
+        return stack
+    state_dir = os.path.abspath(options["state-dir"])
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    exports = getattr(options, "exports", None) or default_exports()
+    for export in exports:
+        if not os.path.isdir(export.path):
+            log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
+                      src=exports.source, line=export.line)
+    stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
+    stack.mountd = Mountd(stack.exports, MountList(state_dir))
+    RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
+               **common).setServiceParent(stack)
     return stack

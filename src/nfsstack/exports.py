@@ -1,0 +1,309 @@
+"""The exports file, in exports(5) syntax as Linux's nfs-utils reads it.
+
+One export per line: a path, then client specifications each with their
+options in parentheses::
+
+    /srv/data   192.168.1.0/24(rw,no_root_squash) *.lab.example(ro) *(ro,all_squash)
+    "/srv/with space"  10.0.0.5(rw,insecure)
+    /srv/default  -rw,sync  host1 host2         # "-opts": defaults for the clients that follow
+
+Clients: ``*`` (anyone), an IPv4 or IPv6 address, a network (``10.0.0.0/8``,
+``10.0.0.0/255.0.0.0``, ``fd00::/8``), a host name (resolved when the file is
+loaded), or a wildcard name (``*.example.org``, ``host?``, matched against the
+client's reverse lookup).  As exports(5) orders them, the most specific kind
+of match wins: host, network, wildcard, then ``*``; within a kind, the first
+on the line.
+
+Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
+``no_root_squash`` / ``all_squash`` / ``no_all_squash``; ``anonuid=N``,
+``anongid=N``; ``secure`` (default) / ``insecure``; ``sync`` (default) /
+``async``; ``fsid=N`` / ``fsid=root``; ``no_subtree_check`` (what we always
+do), ``wdelay`` / ``no_wdelay`` (no effect here); ``sec=sys``.  Anything else
+is an error naming the file and line, as are netgroups (``@group``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Optional
+
+ANON_ID = 65534  # nobody / nogroup
+
+
+class ExportsError(ValueError):
+    """A bad exports file: the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """The options one client gets for one export."""
+
+    read_only: bool = True
+    root_squash: bool = True
+    all_squash: bool = False
+    anonuid: int = ANON_ID
+    anongid: int = ANON_ID
+    secure: bool = True
+    sync: bool = True
+    fsid: Optional[str] = None
+
+    def describe(self) -> str:
+        parts = ["ro" if self.read_only else "rw", "sync" if self.sync else "async"]
+        parts.append("all_squash" if self.all_squash else ("root_squash" if self.root_squash else "no_root_squash"))
+        parts.append("secure" if self.secure else "insecure")
+        if self.anonuid != ANON_ID:
+            parts.append(f"anonuid={self.anonuid}")
+        if self.anongid != ANON_ID:
+            parts.append(f"anongid={self.anongid}")
+        if self.fsid is not None:
+            parts.append(f"fsid={self.fsid}")
+        return ",".join(parts)
+
+
+# How each option changes ExportOptions; None = accepted, no effect here.
+_FLAGS: dict[str, Optional[dict]] = {
+    "ro": {"read_only": True},
+    "rw": {"read_only": False},
+    "root_squash": {"root_squash": True},
+    "no_root_squash": {"root_squash": False},
+    "all_squash": {"all_squash": True},
+    "no_all_squash": {"all_squash": False},
+    "secure": {"secure": True},
+    "insecure": {"secure": False},
+    "sync": {"sync": True},
+    "async": {"sync": False},
+    "no_subtree_check": None,
+    "wdelay": None,
+    "no_wdelay": None,
+}
+
+# Kinds of client specification, most specific first (exports(5), "Machine Name Formats").
+HOST, NETWORK, WILDCARD, ANYONE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    text: str
+    kind: int
+    networks: tuple = ()  # ip_network objects (hosts are /32 or /128)
+    pattern: str = ""
+
+    def matches(self, address: str, hostname: Callable[[str], Optional[str]]) -> bool:
+        if self.kind == ANYONE:
+            return True
+        if self.kind == WILDCARD:
+            name = hostname(address)
+            return name is not None and fnmatch.fnmatchcase(name.lower(), self.pattern)
+        ip = _ip(address)
+        return ip is not None and any(ip.version == n.version and ip in n for n in self.networks)
+
+
+def _ip(address: str):
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One exported directory and who may mount it with which options."""
+
+    path: str
+    clients: tuple[tuple[ClientSpec, ExportOptions], ...]
+    line: int = 0
+    #: A small number that names the export inside file handles (fsid=N, or derived from the path).
+    export_id: int = 0
+
+    def options_for(self, address: str, hostname: Callable[[str], Optional[str]]) -> Optional[ExportOptions]:
+        """The options the client at ``address`` gets, or None if no specification matches it."""
+        best = None
+        for spec, options in self.clients:
+            if (best is None or spec.kind < best[0].kind) and spec.matches(address, hostname):
+                best = (spec, options)
+        return best[1] if best else None
+
+    def client_names(self) -> list[str]:
+        return [spec.text for spec, _ in self.clients]
+
+
+@dataclass
+class Exports:
+    """All exports of a file, by path."""
+
+    exports: list[Export] = field(default_factory=list)
+    source: str = "<none>"
+
+    def __iter__(self):
+        return iter(self.exports)
+
+    def __len__(self) -> int:
+        return len(self.exports)
+
+    def find(self, path: str) -> Optional[Export]:
+        path = normalize(path)
+        for export in self.exports:
+            if export.path == path:
+                return export
+        return None
+
+    def by_id(self, export_id: int) -> Optional[Export]:
+        for export in self.exports:
+            if export.export_id == export_id:
+                return export
+        return None
+
+
+def normalize(path: str) -> str:
+    path = os.path.normpath(path) if path else path
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
+def _export_id(path: str, fsid: Optional[str]) -> int:
+    if fsid is not None and fsid.isdigit():
+        return int(fsid) & 0xFFFFFFFF
+    if fsid == "root" or fsid == "0":
+        return 0
+    import zlib
+
+    return (zlib.crc32(path.encode("utf-8", "surrogateescape")) & 0x7FFFFFFF) | 1
+
+
+def _parse_options(text: str, base: ExportOptions, where: str) -> ExportOptions:
+    changes: dict = {}
+    for opt in filter(None, (o.strip() for o in text.split(","))):
+        name, eq, value = opt.partition("=")
+        if not eq:
+            if name not in _FLAGS:
+                raise ExportsError(f"{where}: unknown export option {name!r}")
+            changes.update(_FLAGS[name] or {})
+        elif name in ("anonuid", "anongid"):
+            if not value.isdigit() or int(value) > 0xFFFFFFFF:
+                raise ExportsError(f"{where}: {name} needs a number, not {value!r}")
+            changes[name] = int(value)
+        elif name == "fsid":
+            if not (value.isdigit() or value == "root"):
+                raise ExportsError(f"{where}: fsid must be a number or 'root' (uuid fsids are not supported)")
+            changes["fsid"] = value
+        elif name == "sec":
+            if any(flavor != "sys" for flavor in value.split(":")):
+                raise ExportsError(f"{where}: only sec=sys is supported, not {value!r}")
+        else:
+            raise ExportsError(f"{where}: unknown export option {opt!r}")
+    return replace(base, **changes)
+
+
+def _parse_client(text: str, where: str, resolve: Callable[[str], list[str]]) -> ClientSpec:
+    if text in ("*", ""):
+        return ClientSpec("*", ANYONE)
+    if text.startswith("@"):
+        raise ExportsError(f"{where}: netgroups ({text}) are not supported")
+    if "/" in text:
+        addr, _, mask = text.partition("/")
+        try:
+            if "." in mask and ":" not in addr:
+                net = ipaddress.ip_network(f"{addr}/{mask}", strict=False)
+            else:
+                net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ExportsError(f"{where}: {text!r} is not a network") from None
+        return ClientSpec(text, NETWORK, (net,))
+    ip = _ip(text)
+    if ip is not None:
+        return ClientSpec(text, HOST, (ipaddress.ip_network(ip),))
+    if any(c in text for c in "*?["):
+        return ClientSpec(text, WILDCARD, pattern=text.lower())
+    if not all(c.isalnum() or c in "-._" for c in text):
+        raise ExportsError(f"{where}: {text!r} is not a client specification")
+    addresses = resolve(text)
+    if not addresses:
+        raise ExportsError(f"{where}: host {text!r} does not resolve")
+    return ClientSpec(text, HOST, tuple(ipaddress.ip_network(_ip(a)) for a in addresses if _ip(a) is not None))
+
+
+def resolve_host(name: str) -> list[str]:
+    """Forward lookup of a host name in the exports file (at load time, as exportfs does)."""
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(name, None)})
+    except OSError:
+        return []
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not pending:
+            start = number
+        line = raw.rstrip()
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        yield start, pending + line
+        pending = ""
+    if pending:
+        yield start, pending
+
+
+def parse_exports(text: str, filename: str = "<exports>", resolve: Callable[[str], list[str]] = resolve_host) -> Exports:
+    """Parse an exports file; raise :class:`ExportsError` at the first bad line."""
+    result = Exports(source=filename)
+    seen: dict[str, int] = {}
+    ids: dict[int, str] = {}
+    for number, line in _logical_lines(text):
+        where = f"{filename}:{number}"
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as e:
+            raise ExportsError(f"{where}: {e}") from None
+        if not words:
+            continue
+        path, rest = words[0], words[1:]
+        if not path.startswith("/"):
+            raise ExportsError(f"{where}: export path {path!r} is not absolute")
+        path = normalize(path)
+        if path in seen:
+            raise ExportsError(f"{where}: {path} is already exported on line {seen[path]}")
+        defaults = ExportOptions()
+        clients: list[tuple[ClientSpec, ExportOptions]] = []
+        for word in rest:
+            if word.startswith("-") and not clients:
+                defaults = _parse_options(word[1:], defaults, where)
+                continue
+            host, paren, opts = word.partition("(")
+            if paren:
+                if not opts.endswith(")") or "(" in opts:
+                    raise ExportsError(f"{where}: unbalanced parentheses in {word!r}")
+                options = _parse_options(opts[:-1], defaults, where)
+            else:
+                options = defaults
+            clients.append((_parse_client(host, where, resolve), options))
+        if not clients:
+            # exportfs exports to everyone, with a warning; we ask for it to be said.
+            raise ExportsError(f"{where}: {path} names no clients (write '*' to export to everyone)")
+        fsids = {o.fsid for _, o in clients}
+        if len(fsids) > 1:
+            raise ExportsError(f"{where}: clients of one export must share its fsid")
+        export_id = _export_id(path, fsids.pop())
+        if export_id in ids:
+            raise ExportsError(f"{where}: {path} has the same fsid/export id as {ids[export_id]}")
+        ids[export_id] = path
+        seen[path] = number
+        result.exports.append(Export(path, tuple(clients), number, export_id))
+    return result
+
+
+def load_exports(filename: str, resolve: Callable[[str], list[str]] = resolve_host) -> Exports:
+    try:
+        with open(filename, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read(1 << 20)
+    except OSError as e:
+        raise ExportsError(f"{filename}: {e.strerror}") from None
+    return parse_exports(text, filename, resolve)

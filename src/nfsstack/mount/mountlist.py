@@ -1,0 +1,67 @@
+"""The list of mounts mountd hands out (rpc.mountd's rmtab), kept in the state directory.
+
+``showmount -a`` shows it; it survives restarts.  One JSON object per line,
+written to a temporary file and renamed, so a crash never leaves it half
+written; a corrupt file is reported and started afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twisted.logger import Logger
+
+log = Logger(namespace="nfsstack.mount")
+
+
+class MountList:
+    def __init__(self, state_dir: str) -> None:
+        self.path = Path(state_dir) / "rmtab"
+        self.entries: list[tuple[str, str]] = []
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("cannot read {path}: {e}", path=self.path, e=e)
+            return
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                item = json.loads(line)
+                entry = (str(item["host"]), str(item["dir"]))
+            except (ValueError, KeyError, TypeError):
+                log.error("{path}:{n}: not a mount entry; ignored", path=self.path, n=number)
+                continue
+            if entry not in self.entries:
+                self.entries.append(entry)
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for host, directory in self.entries:
+                f.write(json.dumps({"host": host, "dir": directory}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def add(self, host: str, directory: str) -> None:
+        if (host, directory) not in self.entries:
+            self.entries.append((host, directory))
+            self._save()
+
+    def remove(self, host: str, directory: str) -> None:
+        if (host, directory) in self.entries:
+            self.entries.remove((host, directory))
+            self._save()
+
+    def remove_host(self, host: str) -> None:
+        kept = [e for e in self.entries if e[0] != host]
+        if len(kept) != len(self.entries):
+            self.entries = kept
+            self._save()

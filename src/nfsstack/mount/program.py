@@ -1,0 +1,161 @@
+"""mountd, program 100005: MOUNT v3 (RFC 1813 appendix I) and v1/v2 (RFC 1094 appendix A).
+
+MNT hands out the root handle of an export (or of a directory inside one) to
+a client the exports file admits, from a privileged port unless the export is
+``insecure``, as rpc.mountd does; DUMP, UMNT and UMNTALL keep the mount list;
+EXPORT lists the exports and their client specifications (``showmount -e``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from enum import IntEnum
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from nfsstack.export_table import ExportTable
+from nfsstack.mount.mountlist import MountList
+from nfsstack.rpc.message import AuthFlavor
+from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
+from nfsstack.xdr import Packer, Unpacker
+
+log = Logger(namespace="nfsstack.mount")
+
+MOUNT_PROG = 100005
+MNTPATHLEN = 1024
+MNTNAMLEN = 255
+FHSIZE_V2 = 32
+
+
+class MountStat(IntEnum):
+    """mountstat3 (RFC 1813 appendix I)."""
+
+    MNT3_OK = 0
+    MNT3ERR_PERM = 1
+    MNT3ERR_NOENT = 2
+    MNT3ERR_IO = 5
+    MNT3ERR_ACCES = 13
+    MNT3ERR_NOTDIR = 20
+    MNT3ERR_INVAL = 22
+    MNT3ERR_NAMETOOLONG = 63
+    MNT3ERR_NOTSUPP = 10004
+    MNT3ERR_SERVERFAULT = 10006
+
+
+_ERRNO = {errno.ENOENT: MountStat.MNT3ERR_NOENT, errno.ENOTDIR: MountStat.MNT3ERR_NOTDIR,
+          errno.EACCES: MountStat.MNT3ERR_ACCES, errno.EPERM: MountStat.MNT3ERR_PERM,
+          errno.ENAMETOOLONG: MountStat.MNT3ERR_NAMETOOLONG, errno.ELOOP: MountStat.MNT3ERR_NOENT}
+
+
+def _unpack_dirpath(u: Unpacker) -> str:
+    return u.unpack_string(MNTPATHLEN)
+
+
+def _pack_mountres3(p: Packer, result: tuple) -> None:
+    status, handle = result
+    p.pack_int(status)
+    if status == MountStat.MNT3_OK:
+        p.pack_opaque(handle)
+        p.pack_array([AuthFlavor.AUTH_SYS], Packer.pack_int)
+
+
+def _pack_fhstatus(p: Packer, result: tuple) -> None:
+    status, handle = result
+    if status == MountStat.MNT3_OK and len(handle) > FHSIZE_V2:
+        status = MountStat.MNT3ERR_NOTSUPP  # does not fit a version 2 handle
+    p.pack_uint(int(status))
+    if status == MountStat.MNT3_OK:
+        p.pack_fopaque(FHSIZE_V2, handle.ljust(FHSIZE_V2, b"\0"))
+
+
+def _pack_mountlist(p: Packer, entries: list) -> None:
+    def body(p: Packer, entry) -> None:
+        p.pack_string(entry[0])
+        p.pack_string(entry[1])
+
+    p.pack_list(entries, body)
+
+
+def _pack_exports(p: Packer, exports: list) -> None:
+    def node(p: Packer, export) -> None:
+        p.pack_string(export[0])
+        p.pack_list(export[1], Packer.pack_string)
+
+    p.pack_list(exports, node)
+
+
+class Mountd:
+    """The mount daemon's state; :attr:`program` is its procedure table."""
+
+    def __init__(self, table: ExportTable, mounts: MountList) -> None:
+        self.table = table
+        self.mounts = mounts
+        self.program = self._program()
+
+    def _program(self) -> Program:
+        null = null_procedure()
+        common = {
+            0: null,
+            2: Procedure("DUMP", self.dump, None, _pack_mountlist),
+            3: Procedure("UMNT", self.umnt, _unpack_dirpath, None),
+            4: Procedure("UMNTALL", self.umntall, None, None),
+            5: Procedure("EXPORT", self.export, None, _pack_exports),
+        }
+        v1 = {**common, 1: Procedure("MNT", self.mnt, _unpack_dirpath, _pack_fhstatus),
+              6: Procedure("EXPORTALL", self.export, None, _pack_exports)}
+        v3 = {**common, 1: Procedure("MNT", self.mnt, _unpack_dirpath, _pack_mountres3)}
+        return Program(MOUNT_PROG, "mountd", {1: v1, 2: dict(v1), 3: v3})
+
+    def mnt(self, ctx: CallContext, path: str) -> defer.Deferred | tuple:
+        address = ctx.peer[0]
+        if self.table.needs_names:
+            return self.table.names.resolve(address).addCallback(lambda _: self._mnt(ctx, path))
+        return self._mnt(ctx, path)
+
+    def _mnt(self, ctx: CallContext, path: str) -> tuple:
+        address = ctx.peer[0]
+        export = self.table.containing(path) if path.startswith("/") else None
+        if export is None:
+            status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
+            log.info("refused mount request from {addr} for {path}: not exported", addr=address, path=path)
+            return status, b""
+        options = self.table.options_for(export, address)
+        if options is None:
+            log.info("refused mount request from {addr} for {path}: no client match", addr=address, path=path)
+            return MountStat.MNT3ERR_ACCES, b""
+        if options.secure and not ctx.privileged_port:
+            log.info("refused mount request from {addr} for {path}: illegal port {port}", addr=address,
+                     path=path, port=ctx.peer[1])
+            return MountStat.MNT3ERR_ACCES, b""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            return _ERRNO.get(e.errno, MountStat.MNT3ERR_IO), b""
+        try:
+            if not self.table.inside(export, fd):
+                log.info("refused mount request from {addr} for {path}: leaves the export", addr=address, path=path)
+                return MountStat.MNT3ERR_ACCES, b""
+            handle = self.table.handle(export, fd)
+        except OSError as e:
+            log.error("mount of {path}: {e}", path=path, e=e)
+            return _ERRNO.get(e.errno, MountStat.MNT3ERR_SERVERFAULT), b""
+        finally:
+            os.close(fd)
+        self.mounts.add(address, path)
+        log.info("authenticated mount request from {addr}:{port} for {path} ({opts})", addr=address,
+                 port=ctx.peer[1], path=path, opts=options.describe())
+        return MountStat.MNT3_OK, handle
+
+    def dump(self, ctx: CallContext, _) -> list:
+        return list(self.mounts.entries)
+
+    def umnt(self, ctx: CallContext, path: str) -> None:
+        self.mounts.remove(ctx.peer[0], path)
+
+    def umntall(self, ctx: CallContext, _) -> None:
+        self.mounts.remove_host(ctx.peer[0])
+
+    def export(self, ctx: CallContext, _) -> list:
+        return [(e.path, e.client_names()) for e in self.table.exports]

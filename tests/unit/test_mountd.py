@@ -1,0 +1,162 @@
+"""mountd in process (RFC 1813 appendix I): MNT decisions, handles, the mount list."""
+
+import os
+import struct
+
+import pytest
+
+from nfsstack.export_table import ExportTable
+from nfsstack.exports import parse_exports
+from nfsstack.mount.mountlist import MountList
+from nfsstack.mount.program import MountStat, Mountd
+from nfsstack.nfs3.handles import BadHandle, HandleCodec, StaleHandle, kernel_handles_work
+from nfsstack.rpc.message import decode_reply, encode_call
+from nfsstack.rpc.server import Dispatcher
+from nfsstack.xdr import Packer, Unpacker
+
+pytestmark = pytest.mark.skipif(not kernel_handles_work("/"), reason="needs root (open_by_handle_at)")
+
+ROOT_PORT = ("127.0.0.1", 700)
+USER_PORT = ("127.0.0.1", 40000)
+
+
+@pytest.fixture
+def env(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "file").write_text("x")
+    (tmp_path / "secret").mkdir()
+    os.symlink(str(tmp_path / "secret"), data / "escape")
+    open_ = tmp_path / "open"
+    open_.mkdir()
+    exports = parse_exports(f"{data} 127.0.0.1(rw) 192.0.2.0/24(ro)\n{open_} *(ro,insecure)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    mountd = Mountd(table, MountList(str(tmp_path / "state")))
+    yield tmp_path, table, mountd, Dispatcher([mountd.program])
+    table.close()
+
+
+def call(dispatcher, vers, proc, args=b"", peer=ROOT_PORT):
+    reply = dispatcher.handle(encode_call(1, 100005, vers, proc) + args, "udp", peer, ("127.0.0.1", 635))
+    header = decode_reply(reply)
+    assert header.error is None, header.error
+    return Unpacker(reply, header.offset)
+
+
+def path_arg(path):
+    p = Packer()
+    p.pack_string(str(path))
+    return p.getvalue()
+
+
+def mnt3(dispatcher, path, peer=ROOT_PORT):
+    u = call(dispatcher, 3, 1, path_arg(path), peer)
+    status = u.unpack_int()
+    if status != 0:
+        return MountStat(status), None
+    handle = u.unpack_opaque(64)
+    assert u.unpack_array(Unpacker.unpack_int, 10) == [1]  # AUTH_SYS
+    return MountStat.MNT3_OK, handle
+
+
+def test_mnt_returns_a_handle_that_resolves_to_the_export(env):
+    tmp, table, mountd, d = env
+    status, handle = mnt3(d, tmp / "data")
+    assert status == MountStat.MNT3_OK and len(handle) <= 64
+    export, fd = table.resolve(handle)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == str(tmp / "data")
+    finally:
+        os.close(fd)
+    status, sub = mnt3(d, tmp / "data" / "sub")  # a directory inside an export
+    assert status == MountStat.MNT3_OK and sub != handle
+
+
+@pytest.mark.parametrize("path,peer,expected", [
+    ("data", ("10.9.9.9", 700), MountStat.MNT3ERR_ACCES),   # no client match
+    ("data", USER_PORT, MountStat.MNT3ERR_ACCES),            # secure export, unprivileged port
+    ("nonexistent", ROOT_PORT, MountStat.MNT3ERR_NOENT),
+    ("data/missing", ROOT_PORT, MountStat.MNT3ERR_NOENT),
+    ("data/file", ROOT_PORT, MountStat.MNT3ERR_NOTDIR),
+    ("data/escape", ROOT_PORT, MountStat.MNT3ERR_ACCES),    # a symlink out of the export
+    ("secret", ROOT_PORT, MountStat.MNT3ERR_ACCES),          # exists, not exported
+])
+def test_mnt_refusals(env, path, peer, expected):
+    tmp, table, mountd, d = env
+    assert mnt3(d, tmp / path, peer)[0] == expected
+
+
+def test_insecure_export_admits_unprivileged_ports(env):
+    tmp, table, mountd, d = env
+    assert mnt3(d, tmp / "open", USER_PORT)[0] == MountStat.MNT3_OK
+
+
+def test_v1_mnt_pads_to_32_bytes(env):
+    tmp, table, mountd, d = env
+    u = call(d, 1, 1, path_arg(tmp / "data"))
+    assert u.unpack_uint() == 0
+    handle = u.unpack_fopaque(32)
+    export, fd = table.resolve(handle)  # trailing zeros are accepted
+    os.close(fd)
+
+
+def test_dump_umnt_umntall_and_persistence(env):
+    tmp, table, mountd, d = env
+    mnt3(d, tmp / "data")
+    mnt3(d, tmp / "open", ("127.0.0.2", 40001))
+    dump = call(d, 3, 2).unpack_list(lambda u: (u.unpack_string(255), u.unpack_string(1024)), 100)
+    assert dump == [("127.0.0.1", str(tmp / "data")), ("127.0.0.2", str(tmp / "open"))]
+    assert MountList(str(tmp / "state")).entries == dump  # on disk: a restart keeps it
+    call(d, 3, 3, path_arg(tmp / "data"))
+    assert [e[0] for e in mountd.mounts.entries] == ["127.0.0.2"]
+    call(d, 3, 4, peer=("127.0.0.2", 40001))
+    assert mountd.mounts.entries == [] and MountList(str(tmp / "state")).entries == []
+
+
+def test_export_lists_paths_and_clients(env):
+    tmp, table, mountd, d = env
+    for vers in (1, 3):
+        exports = call(d, vers, 5).unpack_list(
+            lambda u: (u.unpack_string(1024), u.unpack_list(lambda v: v.unpack_string(255), 100)), 100)
+        assert exports == [(str(tmp / "data"), ["127.0.0.1", "192.0.2.0/24"]), (str(tmp / "open"), ["*"])]
+
+
+def test_forged_and_stale_handles(env):
+    tmp, table, mountd, d = env
+    _, handle = mnt3(d, tmp / "data")
+    for i in range(len(handle)):
+        flipped = bytearray(handle)
+        flipped[i] ^= 0x01
+        with pytest.raises((BadHandle, StaleHandle)):
+            table.resolve(bytes(flipped))
+    with pytest.raises(BadHandle):
+        table.resolve(handle[:-1])
+    with pytest.raises(BadHandle):
+        HandleCodec(b"other key" * 4).decode(handle)
+    status, sub = mnt3(d, tmp / "data" / "sub")
+    os.rmdir(tmp / "data" / "sub")
+    with pytest.raises(StaleHandle):
+        table.resolve(sub)
+
+
+def test_corrupt_mount_list_is_reported_and_rebuilt(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "rmtab").write_text('{"host": "h", "dir": "/d"}\nnot json\n{"nohost": 1}\n')
+    assert MountList(str(state)).entries == [("h", "/d")]
+
+
+def test_handle_rename_survives(env):
+    """A handle names the object, not its path: renames inside the export keep it valid."""
+    tmp, table, mountd, d = env
+    _, sub = mnt3(d, tmp / "data" / "sub")
+    os.rename(tmp / "data" / "sub", tmp / "data" / "renamed")
+    export, fd = table.resolve(sub)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == str(tmp / "data" / "renamed")
+    finally:
+        os.close(fd)
+
+
+def test_kernel_handle_is_small_enough():
+    assert struct.calcsize(">BIBi") + 8 + 8 <= 64
