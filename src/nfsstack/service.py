@@ -17,6 +17,7 @@ from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
+from nfsstack.nfs3.program import Nfsd
 
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
@@ -94,6 +95,7 @@ class NfsStackService(service.MultiService):
         self.registrar = None
         self.exports: ExportTable | None = None
         self.mountd: Mountd | None = None
+        self.nfsd: Nfsd | None = None
 
 
 def make_forwarder(reactor, interface: str = "127.0.0.1"):
@@ -168,5 +170,8 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
     stack.mountd = Mountd(stack.exports, MountList(state_dir))
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
+               **common).setServiceParent(stack)
+    stack.nfsd = Nfsd(stack.exports)
+    RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
     return stack

@@ -60,13 +60,15 @@ def portmap_rows(text):
     return {tuple(line.split()[:4]) for line in text.splitlines()[1:] if line.strip()}
 
 
-def test_rpcinfo_p_lists_the_portmapper_and_mountd(stack, ns):
+def test_rpcinfo_p_lists_portmapper_mountd_and_nfs(stack, ns):
     rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
     assert {r for r in rows if r[0] == "100000"} == {("100000", v, p, "111") for v in "234" for p in ("tcp", "udp")}
     mountd = {r for r in rows if r[0] == "100005"}
     assert {(r[1], r[2]) for r in mountd} == {(v, p) for v in "123" for p in ("tcp", "udp")}
     assert len({r[3] for r in mountd}) == 1, "one port for TCP and UDP"
-    assert {r[0] for r in rows} == {"100000", "100005"}
+    nfs = {r for r in rows if r[0] == "100003"}
+    assert nfs == {("100003", "3", "tcp", "2049"), ("100003", "3", "udp", "2049")}
+    assert {r[0] for r in rows} == {"100000", "100003", "100005"}
 
 
 def test_rpcinfo_null_calls(stack, ns):

@@ -33,7 +33,7 @@ def test_port_taken_exits_with_a_hint():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port))
+        stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--portmap-port", str(port))
         with pytest.raises(RuntimeError) as e:
             stack.start(port, timeout=20)
         assert "--system-rpcbind" in str(e.value)

@@ -9,6 +9,8 @@ prints every PASS/FAIL line, and with ``--console`` the guest's whole console.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,17 +31,37 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
     with netns() as ns:
         export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
         export.chmod(0o777)
+        for sibling in ("-ro", "-squash"):
+            Path(f"{export}{sibling}").mkdir()
+            Path(f"{export}{sibling}").chmod(0o777)
+        (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
         server = SERVERS[server_name](ns, export)
         server.start()
-        requests = []
 
-        def on_request(request: str) -> None:
-            requests.append(request)
-            if request == "restart":
+        def on_request(request: str) -> str | None:
+            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME"""
+            verb, _, arg = request.partition(" ")
+            if verb == "restart":
                 server.restart()
+            elif verb == "kill":
+                server.kill()
+                server.start()
+            elif verb == "sha256":
+                try:
+                    return hashlib.sha256((export / arg).read_bytes()).hexdigest()
+                except OSError as e:
+                    return f"error {e.strerror}"
+            elif verb == "stat":
+                try:
+                    st = os.lstat(export / arg)
+                    return f"{st.st_uid}:{st.st_gid}:{oct(st.st_mode & 0o7777)}:{st.st_size}:{st.st_nlink}"
+                except OSError as e:
+                    return f"error {e.strerror}"
+            return None
 
         try:
-            env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server_name}
+            env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server_name,
+                   "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash"}
             result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout)
         finally:
             server.stop()

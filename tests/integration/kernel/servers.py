@@ -41,6 +41,32 @@ EXPORT {{
         Name = VFS;
     }}
 }}
+EXPORT {{
+    Export_Id = 2;
+    Path = "{path}-ro";
+    Pseudo = "/export-ro";
+    Access_Type = RO;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 3;
+    FSAL {{
+        Name = VFS;
+    }}
+}}
+EXPORT {{
+    Export_Id = 3;
+    Path = "{path}-squash";
+    Pseudo = "/export-squash";
+    Access_Type = RW;
+    Squash = Root_Squash;
+    Anonymous_Uid = 65534;
+    Anonymous_Gid = 65534;
+    SecType = sys;
+    Protocols = 3;
+    FSAL {{
+        Name = VFS;
+    }}
+}}
 LOG {{
     Default_Log_Level = WARN;
 }}
@@ -119,6 +145,12 @@ class Ganesha:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")
@@ -138,7 +170,11 @@ class NfsStack:
         # qemu's user networking makes every guest connection come from 127.0.0.1 with an
         # unprivileged port: the export needs `insecure` (REFERENCE.md).
         self.exports = self.workdir / "exports"
-        self.exports.write_text(f"{export_dir} *(rw,insecure,no_root_squash)\n")
+        self.exports.write_text(
+            f"{export_dir} *(rw,insecure,no_root_squash)\n"
+            f"{export_dir}-ro *(ro,insecure,no_root_squash)\n"
+            f"{export_dir}-squash *(rw,insecure,root_squash)\n"
+        )
         self.stack: Stack | None = None
 
     @property
@@ -153,6 +189,11 @@ class NfsStack:
     def stop(self) -> None:
         if self.stack is not None:
             self.stack.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or unregister (the data-safety tests)."""
+        if self.stack is not None:
+            self.stack.stop(signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()

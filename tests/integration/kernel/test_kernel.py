@@ -23,9 +23,6 @@ pytestmark = [
                        reason=f"needs {', '.join(NEEDS)} and rpcbind (see .ci/run)"),
 ]
 
-NFSSTACK_XFAIL = pytest.mark.xfail(reason="nfsd is not served yet (issue 3): mountd hands out the root handle, the mount then fails", strict=True)
-
-
 def describe(result, log):
     return f"{result.summary()}\n--- guest exit {result.status}, {result.seconds:.1f} s\n--- server log tail:\n{log[-3000:]}"
 
@@ -36,14 +33,12 @@ def test_ganesha(scenario):
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
 
 
-@NFSSTACK_XFAIL
 @pytest.mark.parametrize("scenario", scenario_names())
 def test_nfsstack(scenario):
     result, log = run_scenario("nfsstack", scenario)
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
 
 
-@NFSSTACK_XFAIL
 def test_differential_basic():
     """The same scenario on both servers: every check has the same verdict."""
     ours, _ = run_scenario("nfsstack", "basic")

@@ -221,7 +221,7 @@ def run_guest(
     netns: str,
     scenario: str,
     env: dict[str, str],
-    on_request: Optional[Callable[[str], None]] = None,
+    on_request: Optional[Callable[[str], Optional[str]]] = None,
     timeout: float = 300.0,
     memory: int = 512,
 ) -> Result:
@@ -261,8 +261,8 @@ def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm) -> Result:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(line)
             if line.startswith("@@HOST ") and on_request is not None:
-                on_request(line[len("@@HOST "):].strip())
-                proc.stdin.write(b"ok\n")
+                answer = on_request(line[len("@@HOST "):].strip())
+                proc.stdin.write((answer or "ok").encode() + b"\n")
                 proc.stdin.flush()
         proc.wait(30)
     finally:

@@ -13,10 +13,30 @@ check() {
 }
 # host_request WORDS: ask the harness to do something (e.g. restart the server) and wait for its "ok".
 host_request() {
-    echo "@@HOST $*"
-    read -r reply
+    echo "@@HOST $*" >/dev/console
+    read -r reply </dev/console
+    echo "$reply"
 }
 # mount_export [OPTIONS]: mount $NFS_SERVER:$NFS_EXPORT on /mnt the way a user would.
 mount_export() {
     mount -t nfs -o "vers=3${1:+,$1}" "$NFS_SERVER:$NFS_EXPORT" /mnt
+}
+# mount_at EXPORT DIR: mount another export of the server.
+mount_at() {
+    mkdir -p "$2" && mount -t nfs -o vers=3 "$NFS_SERVER:$1" "$2"
+}
+# expect_fail NAME PATTERN COMMAND...: the command must fail with a message matching PATTERN.
+expect_fail() {
+    name=$1; pattern=$2; shift 2
+    if out=$("$@" 2>&1); then
+        echo "FAIL: $name: succeeded, expected '$pattern'"; FAILED=1; return 1
+    elif echo "$out" | grep -qi "$pattern"; then
+        echo "PASS: $name"
+    else
+        echo "FAIL: $name: $(echo "$out" | tail -n 3 | tr '\n' '|') (expected '$pattern')"; FAILED=1; return 1
+    fi
+}
+# expect_eq NAME GOT WANT: a check that shows both values when they differ.
+expect_eq() {
+    if [ "$2" = "$3" ]; then echo "PASS: $1"; else echo "FAIL: $1: got '$2', want '$3'"; FAILED=1; return 1; fi
 }
