@@ -39,6 +39,11 @@ class HostNames:
         entry = self._cache.get(address)
         return entry[1] if entry else None
 
+    def known(self, address: str) -> bool:
+        """Whether a lookup of ``address`` is cached and fresh."""
+        entry = self._cache.get(address)
+        return entry is not None and time.monotonic() - entry[0] < self.ttl
+
     def resolve(self, address: str) -> defer.Deferred:
         entry = self._cache.get(address)
         if entry is not None and time.monotonic() - entry[0] < self.ttl:
@@ -57,19 +62,18 @@ class ExportTable:
     def __init__(self, exports: Exports, codec: HandleCodec, names: Optional[HostNames] = None) -> None:
         self.codec = codec
         self.names = names or HostNames()
-        self._roots: dict[int, tuple[int, int]] = {}  # export id -> (O_PATH fd of the root, mount id)
+        # export id -> (fd of the root, mount id, real path, (st_dev, st_ino))
+        self._roots: dict[int, tuple[int, int, str, tuple[int, int]]] = {}
         self.exports = exports
 
     def reload(self, exports: Exports) -> None:
-        keep = {e.export_id for e in exports}
-        for export_id in list(self._roots):
-            if export_id not in keep:
-                os.close(self._roots.pop(export_id)[0])
+        """Serve ``exports`` from now on; roots are opened again on use (a path may have changed)."""
+        self.close()
         self.exports = exports
 
     def close(self) -> None:
-        for fd, _ in self._roots.values():
-            os.close(fd)
+        for entry in self._roots.values():
+            os.close(entry[0])
         self._roots.clear()
 
     @property
@@ -81,17 +85,26 @@ class ExportTable:
 
     def root(self, export: Export) -> tuple[int, int]:
         """(fd, mount id) of the export's root directory, opened once."""
+        return self._root(export)[:2]
+
+    def _root(self, export: Export) -> tuple[int, int, str, tuple[int, int]]:
         entry = self._roots.get(export.export_id)
         if entry is None:
             # A real descriptor: open_by_handle_at refuses an O_PATH one as its mount fd.
             fd = os.open(export.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 _, _, mount_id = kernel_handle(fd, "")
+                real = os.readlink(f"/proc/self/fd/{fd}")  # the path with symlinks resolved
+                st = os.fstat(fd)
             except OSError:
                 os.close(fd)
                 raise
-            entry = self._roots[export.export_id] = (fd, mount_id)
+            entry = self._roots[export.export_id] = (fd, mount_id, real, (st.st_dev, st.st_ino))
         return entry
+
+    def is_root(self, export: Export, st: os.stat_result) -> bool:
+        """Whether ``st`` is the export's root directory (where ``..`` stops)."""
+        return (st.st_dev, st.st_ino) == self._root(export)[3]
 
     def containing(self, path: str) -> Optional[Export]:
         """The export that contains ``path`` (the longest exported prefix), as mountd finds it."""
@@ -104,13 +117,13 @@ class ExportTable:
         return best
 
     def inside(self, export: Export, fd: int) -> bool:
-        """Whether the object open at ``fd`` lies inside ``export``."""
+        """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved)."""
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
+            root = self._root(export)[2]
         except OSError:
             return False
-        root = export.path.rstrip("/")
-        return where == export.path or where.startswith(root + "/")
+        return where == root or where.startswith(root.rstrip("/") + "/")
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""

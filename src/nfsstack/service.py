@@ -7,8 +7,10 @@ is the reverse, so every service unregisters while the portmapper still runs.
 from __future__ import annotations
 
 import os
+import signal
 
 from twisted.application import service
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -42,9 +44,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve NFSv3 and its helper RPC services from one process. "
-        "Services running in this release: the portmapper (rpcbind v2/v3/v4) and mountd. "
-        "nfsd, nlockmgr, status and the port-1110 status service come in later releases; "
-        "their options are accepted now so that scripts keep working."
+        "Services running in this release: the portmapper (rpcbind v2/v3/v4), mountd (v1/v2/v3) and nfsd (v3). "
+        "nlockmgr, status and the port-1110 status service come in later releases; "
+        "their options are accepted now so that scripts keep working. SIGHUP reloads the exports file."
     )
 
     optFlags = [
@@ -61,7 +63,7 @@ class Options(usage.Options):
         ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
         ["bind", None, "", "Address the RPC services listen on (default: all IPv4 addresses)."],
         ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
-        ["nfs-port", None, 2049, "Port of nfsd (not served yet).", _port],
+        ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
         ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
         ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (not served yet).", _port],
         ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic (not served yet).", _port],
@@ -96,6 +98,48 @@ class NfsStackService(service.MultiService):
         self.exports: ExportTable | None = None
         self.mountd: Mountd | None = None
         self.nfsd: Nfsd | None = None
+
+
+class ExportsReloader(service.Service):
+    """Reads the exports file again on SIGHUP, as ``exportfs -r`` does; a bad file keeps the old exports.
+
+    Handles stay valid across a reload: they name their export by id, which
+    the path (or ``fsid=``) fixes.
+    """
+
+    name = "exports-reload"
+
+    def __init__(self, table: ExportTable, path: str, reactor) -> None:
+        self.table = table
+        self.path = path
+        self.reactor = reactor
+        self._previous = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+
+    def stopService(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self):
+        """Load the file in a thread (host names are looked up), then swap it in."""
+
+        def loaded(exports: Exports) -> None:
+            self.table.reload(exports)
+            log.info("reloaded {path}: {n} exports", path=self.path, n=len(exports))
+
+        def failed(f) -> None:
+            log.error("exports not reloaded, the old ones stay in force: {error}", error=f.value)
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_exports,
+                                         self.path).addCallbacks(loaded, failed)
 
 
 def make_forwarder(reactor, interface: str = "127.0.0.1"):
@@ -168,6 +212,8 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
                       src=exports.source, line=export.line)
     stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
+    if options["exports"] is not None:
+        ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor).setServiceParent(stack)
     stack.mountd = Mountd(stack.exports, MountList(state_dir))
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)

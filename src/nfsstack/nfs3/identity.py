@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
-from typing import NamedTuple, Optional
+import threading
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional
 
 from nfsstack.exports import ExportOptions
 from nfsstack.rpc.message import Credential
@@ -47,28 +49,42 @@ def effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
 
 
 class Switcher:
-    """Switches this thread's filesystem identity, skipping the system calls when nothing changes."""
+    """Switches the calling thread's filesystem identity, skipping the system calls when nothing changes."""
 
     def __init__(self) -> None:
-        self.current = ROOT
+        self._state = threading.local()
         nrs = _NR.get(platform.machine())
         if nrs is None:
             raise OSError(f"no setfsuid system call numbers for {platform.machine()}")
         self._setfsuid, self._setfsgid, self._setgroups = nrs
 
+    @property
+    def current(self) -> Identity:
+        return getattr(self._state, "who", ROOT)
+
     def become(self, who: Identity) -> None:
-        if who == self.current:
+        current = self.current
+        if who == current:
             return
-        if who.gids != self.current.gids:
+        if who.gids != current.gids:
             array = (ctypes.c_uint32 * max(1, len(who.gids)))(*who.gids)
             if _libc.syscall(self._setgroups, len(who.gids), array) != 0:
                 e = ctypes.get_errno()
                 raise OSError(e, "setgroups failed")
-        if who.gid != self.current.gid:
+        if who.gid != current.gid:
             _libc.syscall(self._setfsgid, who.gid)
-        if who.uid != self.current.uid:
+        if who.uid != current.uid:
             _libc.syscall(self._setfsuid, who.uid)
-        self.current = who
+        self._state.who = who
 
     def root(self) -> None:
         self.become(ROOT)
+
+    @contextmanager
+    def acting_as(self, who: Identity) -> Iterator[None]:
+        """Run the block's filesystem calls as ``who``, then back to root."""
+        self.become(who)
+        try:
+            yield
+        finally:
+            self.become(ROOT)

@@ -37,6 +37,7 @@ def test_ganesha(scenario):
 def test_nfsstack(scenario):
     result, log = run_scenario("nfsstack", scenario)
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
+    assert "Traceback" not in log, log
 
 
 def test_differential_basic():

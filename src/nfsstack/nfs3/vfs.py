@@ -1,0 +1,220 @@
+"""The local directory behind an export, used as the caller (DESIGN.md, "Permissions are the kernel's").
+
+The NFS program resolves file handles to descriptors; the functions here do
+the filesystem work on them with the caller's (squashed) identity switched in
+for the calling thread, so the kernel decides every permission exactly as it
+would for a local user.  Nothing here knows the wire format.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from typing import Optional
+
+from nfsstack.nfs3.identity import ROOT, Identity, Switcher
+from nfsstack.nfs3.types import (
+    ACCESS_DELETE, ACCESS_EXECUTE, ACCESS_EXTEND, ACCESS_LOOKUP, ACCESS_MODIFY, ACCESS_READ, NFSError, Sattr, Stat,
+)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+_AT_FDCWD = -100
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def proc_path(fd: int) -> str:
+    """The /proc magic link of ``fd``: opening it reopens the object, with a permission check."""
+    return f"/proc/self/fd/{fd}"
+
+
+def stat_or_none(fd: Optional[int]) -> Optional[os.stat_result]:
+    """``fstat``, or None when the object cannot be stat'ed (post_op_attr's "no attributes")."""
+    if fd is None:
+        return None
+    try:
+        return os.stat(fd)
+    except OSError:
+        return None
+
+
+def readlink(fd: int) -> bytes:
+    """The target of the symlink open (O_PATH) at ``fd``: ``readlinkat(fd, "")``."""
+    buf = ctypes.create_string_buffer(4097)
+    n = _libc.readlinkat(fd, b"", buf, 4097)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return buf.raw[:n]
+
+
+def _timespec(value) -> _Timespec:
+    if value is None:
+        return _Timespec(0, _UTIME_OMIT)
+    if value == "now":
+        return _Timespec(0, _UTIME_NOW)
+    return _Timespec(value // 1_000_000_000, value % 1_000_000_000)
+
+
+class LocalFS:
+    """Filesystem calls as a caller; descriptors it opens go to the ``keep`` list the caller closes."""
+
+    def __init__(self, ids: Optional[Switcher] = None) -> None:
+        self.ids = ids or Switcher()
+        #: Created objects get exactly the mode the client asked for, whatever the server's umask.
+        self.umask = _process_umask()
+
+    def reopen(self, who: Identity, fd: int, flags: int, st: os.stat_result, read_only: bool,
+               keep: list[int]) -> int:
+        """Open the object at ``fd`` for I/O as ``who``.
+
+        Its owner may always, as knfsd's owner override allows: a client
+        that created a file mode 0444 still writes the data it has cached.
+        """
+        try:
+            with self.ids.acting_as(who):
+                new = os.open(proc_path(fd), flags | os.O_CLOEXEC)
+        except PermissionError:
+            writing = flags & (os.O_WRONLY | os.O_RDWR)
+            if st.st_uid != who.uid or (read_only and writing):
+                raise
+            new = os.open(proc_path(fd), flags | os.O_CLOEXEC)
+        keep.append(new)
+        return new
+
+    def access(self, who: Identity, fd: int, st: os.stat_result, read_only: bool) -> int:
+        """The ACCESS bits (RFC 1813 section 3.3.4) the kernel grants ``who`` on the object at ``fd``.
+
+        ``faccessat(AT_EACCESS)`` with the caller's filesystem identity: the
+        mode bits, ACLs and capabilities decide, as for a local process.
+        """
+        path = proc_path(fd)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            return ACCESS_READ | ACCESS_EXECUTE  # symlinks are 0777; READLINK needs nothing
+        with self.ids.acting_as(who):
+            r = os.access(path, os.R_OK, effective_ids=True)
+            w = not read_only and os.access(path, os.W_OK, effective_ids=True)
+            x = os.access(path, os.X_OK, effective_ids=True)
+        granted = ACCESS_READ if r else 0
+        if w:
+            granted |= ACCESS_MODIFY | ACCESS_EXTEND
+            if is_dir and x:
+                granted |= ACCESS_DELETE
+        if x:
+            granted |= ACCESS_LOOKUP if is_dir else ACCESS_EXECUTE
+        return granted
+
+    def setattr(self, who: Identity, fd: int, attrs: Sattr, st: os.stat_result, read_only: bool,
+                keep: list[int]) -> None:
+        """Apply sattr3 (RFC 1813 section 2.5.3) to the object at ``fd``, as ``who``.
+
+        The kernel checks ownership for mode and times, CAP_CHOWN for owners,
+        and write permission for the size.
+        """
+        path = proc_path(fd)
+        is_link = stat.S_ISLNK(st.st_mode)
+        if attrs.size is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise NFSError(Stat.ISDIR)
+            if not stat.S_ISREG(st.st_mode):
+                raise NFSError(Stat.INVAL)
+            wfd = self.reopen(who, fd, os.O_WRONLY, st, read_only, keep)
+            with self.ids.acting_as(who):
+                os.ftruncate(wfd, attrs.size)
+        with self.ids.acting_as(who):
+            if attrs.uid is not None or attrs.gid is not None:
+                os.chown(path, -1 if attrs.uid is None else attrs.uid, -1 if attrs.gid is None else attrs.gid,
+                         follow_symlinks=not is_link)
+            # After chown, which clears set-id bits: a mode set in the same call keeps them.
+            if attrs.mode is not None and not is_link:
+                os.chmod(path, attrs.mode & 0o7777)
+            if attrs.atime is not None or attrs.mtime is not None:
+                times = (_Timespec * 2)(_timespec(attrs.atime), _timespec(attrs.mtime))
+                if _libc.utimensat(_AT_FDCWD, path.encode(), times, 0) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+
+    def finish_create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, mode_used: Optional[int],
+                      keep: list[int]) -> None:
+        """After creating ``name`` with ``mode_used``: set what the umask took off, and the rest of ``attrs``."""
+        mode = None
+        if mode_used is not None and mode_used & self.umask:
+            mode = mode_used
+        rest = Sattr(mode, attrs.uid, attrs.gid, None, attrs.atime, attrs.mtime)
+        if any(v is not None for v in (rest.mode, rest.uid, rest.gid, rest.atime, rest.mtime)):
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            keep.append(pfd)
+            self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
+
+    def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
+               keep: list[int]) -> None:
+        """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8)."""
+        perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
+        try:
+            with self.ids.acting_as(who):
+                fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, perm, dir_fd=dirfd)
+        except FileExistsError:
+            if guarded:
+                raise
+            # UNCHECKED on an existing regular file: only its attributes (a size of 0 truncates it).
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            keep.append(pfd)
+            st = os.stat(pfd)
+            if not stat.S_ISREG(st.st_mode):
+                raise
+            self.setattr(who, pfd, Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime), st, read_only,
+                         keep)
+            return
+        keep.append(fd)
+        if attrs.size:
+            with self.ids.acting_as(who):
+                os.ftruncate(fd, attrs.size)
+        self.finish_create(who, dirfd, name, attrs, perm, keep)
+
+    def create_exclusive(self, who: Identity, dirfd: int, name: bytes, verifier: bytes, keep: list[int]) -> None:
+        """EXCLUSIVE CREATE: the client's verifier lives in atime and mtime, so a retransmission finds it."""
+        a_s, m_s = int.from_bytes(verifier[:4], "big"), int.from_bytes(verifier[4:], "big")
+        try:
+            with self.ids.acting_as(who):
+                fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+                keep.append(fd)
+                os.utime(fd, ns=(a_s * 1_000_000_000, m_s * 1_000_000_000))
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if not (stat.S_ISREG(st.st_mode) and st.st_atime_ns == a_s * 1_000_000_000
+                    and st.st_mtime_ns == m_s * 1_000_000_000):
+                raise
+
+    def mkdir(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, keep: list[int]) -> None:
+        perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o755
+        with self.ids.acting_as(who):
+            os.mkdir(name, perm, dir_fd=dirfd)
+        self.finish_create(who, dirfd, name, attrs, perm, keep)
+
+    def mknod(self, who: Identity, dirfd: int, name: bytes, kind: int, attrs: Sattr, device: tuple[int, int],
+              keep: list[int]) -> None:
+        """A FIFO or socket for anyone; a device needs CAP_MKNOD, so only an unsquashed root gets one."""
+        perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
+        with self.ids.acting_as(who):
+            os.mknod(name, kind | perm, os.makedev(*device), dir_fd=dirfd)
+        self.finish_create(who, dirfd, name, attrs, perm, keep)
+
+    def run_as(self, who: Identity):
+        """A context manager running its block as ``who`` (root afterwards)."""
+        return self.ids.acting_as(who)
+
+    def reset(self) -> None:
+        """Back to root, whatever happened."""
+        self.ids.become(ROOT)

@@ -1,0 +1,462 @@
+"""nfsd in process (RFC 1813 section 3.3): every procedure through the dispatcher, on real directories.
+
+The calls go through the same Dispatcher the server uses, from a privileged
+or unprivileged "port" and with AUTH_SYS credentials of root or a user, and
+the replies are decoded with the project's client codec.
+"""
+
+import os
+import stat
+
+import pytest
+from twisted.internet import defer
+
+from nfsstack.export_table import ExportTable
+from nfsstack.exports import parse_exports
+from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
+from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
+from nfsstack.nfs3.identity import ROOT
+from nfsstack.nfs3.program import RTMAX, UDP_XFER, Nfsd
+from nfsstack.nfs3.types import Stat
+from nfsstack.rpc.message import Credential, decode_reply, encode_call
+from nfsstack.rpc.server import Dispatcher
+
+pytestmark = pytest.mark.skipif(not kernel_handles_work("/"), reason="needs root (open_by_handle_at)")
+
+PRIVILEGED = ("127.0.0.1", 700)
+UNPRIVILEGED = ("127.0.0.1", 40000)
+ROOT_CRED = Credential(0, 0, (), "test")
+USER = Credential(1000, 1000, (1000,), "test")
+NOBODY = 65534
+
+
+class Client:
+    """Calls nfsd's procedures through the dispatcher and decodes the results."""
+
+    def __init__(self, dispatcher, peer=PRIVILEGED, cred=ROOT_CRED, netid="tcp"):
+        self.dispatcher, self.peer, self.cred, self.netid = dispatcher, peer, cred, netid
+        self.xid = 0
+
+    def __call__(self, proc, *args, cred=None, peer=None, netid=None):
+        self.xid += 1
+        cred = cred or self.cred
+        msg = encode_call(self.xid, 100003, 3, PROC[proc], cred.to_auth()) + encode(proc, *args)
+        reply = self.dispatcher.handle(msg, netid or self.netid, peer or self.peer, ("127.0.0.1", 2049))
+        if isinstance(reply, defer.Deferred):  # fsync ran synchronously (see env): it has fired
+            fired = []
+            reply.addBoth(fired.append)
+            reply = fired[0]
+        header = decode_reply(reply)
+        assert header.error is None, header.error
+        return decode(proc, reply, header.offset)
+
+
+@pytest.fixture
+def env(tmp_path):
+    for name in ("data", "ro", "squash", "other", "outside"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name).chmod(0o777)
+    (tmp_path / "ro" / "readme").write_text("read only\n")
+    (tmp_path / "outside" / "secret").write_text("secret\n")
+    exports = parse_exports(
+        f"{tmp_path / 'data'} 127.0.0.1(rw,no_root_squash)\n"
+        f"{tmp_path / 'ro'} 127.0.0.1(ro,insecure)\n"
+        f"{tmp_path / 'squash'} 127.0.0.1(rw,insecure)\n"
+        f"{tmp_path / 'other'} 127.0.0.1(rw,no_root_squash)\n"
+    )
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    roots = {}
+    for export in exports:
+        fd = os.open(export.path, os.O_RDONLY)
+        roots[os.path.basename(export.path)] = table.handle(export, fd)
+        os.close(fd)
+    yield tmp_path, table, nfsd, Client(Dispatcher([nfsd.program])), roots
+    assert nfsd.fs.ids.current == ROOT, "every call ends as root"
+    table.close()
+
+
+def lookup(nfs, dirfh, name, **kw):
+    r = nfs("LOOKUP", dirfh, name, **kw)
+    assert r.ok, r.status
+    return r.object
+
+
+def create(nfs, dirfh, name, mode=0o644, **kw):
+    r = nfs("CREATE", dirfh, name, 0, Sattr3(mode=mode), **kw)
+    assert r.ok, r.status
+    return r.obj
+
+
+# -- handles ----------------------------------------------------------------------
+
+
+def test_getattr_of_the_root(env):
+    tmp, _, _, nfs, roots = env
+    r = nfs("GETATTR", roots["data"])
+    st = os.stat(tmp / "data")
+    assert r.ok and r.obj_attributes.fileid == st.st_ino and r.obj_attributes.type == 2
+    assert r.obj_attributes.mode == 0o777 and r.obj_attributes.mtime == st.st_mtime_ns
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "extend", "random"])
+def test_forged_or_truncated_handles_are_badhandle(env, damage):
+    _, _, _, nfs, roots = env
+    fh = roots["data"]
+    bad = {
+        "flip": fh[:-1] + bytes([fh[-1] ^ 1]),
+        "truncate": fh[:-3],
+        "empty": b"",
+        "extend": fh + b"\1",
+        "random": os.urandom(len(fh)),
+    }[damage]
+    assert nfs("GETATTR", bad).status == Stat.BADHANDLE
+    r = nfs("LOOKUP", bad, b"x")
+    assert r.status == Stat.BADHANDLE and r.dir_attributes is None
+
+
+def test_handle_of_a_removed_file_is_stale(env):
+    tmp, _, _, nfs, roots = env
+    fh = create(nfs, roots["data"], b"gone")
+    os.unlink(tmp / "data" / "gone")
+    assert nfs("GETATTR", fh).status == Stat.STALE
+
+
+def test_a_validly_signed_handle_outside_its_export_is_stale(env):
+    tmp, table, _, nfs, _ = env
+    export = table.exports.find(str(tmp / "data"))
+    fd = os.open(tmp / "outside", os.O_RDONLY)
+    try:
+        forged = table.handle(export, fd, "secret")  # same filesystem, this export's id, a good MAC
+    finally:
+        os.close(fd)
+    assert nfs("GETATTR", forged).status == Stat.STALE
+    assert nfs("READ", forged, 0, 100).status == Stat.STALE
+
+
+def test_handles_survive_rename(env):
+    tmp, _, _, nfs, roots = env
+    d = nfs("MKDIR", roots["data"], b"d1", Sattr3(mode=0o755)).obj
+    f = create(nfs, d, b"f")
+    assert nfs("RENAME", roots["data"], b"d1", roots["data"], b"d2").ok
+    assert nfs("GETATTR", f).ok and nfs("LOOKUP", d, b"f").ok
+    assert (tmp / "data" / "d2" / "f").exists()
+
+
+# -- names and the edges of an export ---------------------------------------------
+
+
+def test_dotdot_stops_at_the_export_root(env):
+    _, _, _, nfs, roots = env
+    assert lookup(nfs, roots["data"], b"..") == roots["data"]
+    sub = nfs("MKDIR", roots["data"], b"sub", Sattr3()).obj
+    assert lookup(nfs, sub, b"..") == roots["data"]
+    r = nfs("READDIRPLUS", roots["data"], 0, b"\0" * 8, 4096, 65536)
+    dotdot = [e for e in r.entries if e.name == b".."][0]
+    assert dotdot.handle == roots["data"]
+
+
+def test_a_symlink_out_of_the_export_is_only_a_symlink(env):
+    tmp, _, _, nfs, roots = env
+    os.symlink(str(tmp / "outside"), tmp / "data" / "escape")
+    r = nfs("LOOKUP", roots["data"], b"escape")
+    assert r.ok and r.obj_attributes.type == 5  # NF3LNK: the client resolves it, on its own side
+    assert nfs("READLINK", r.object).data == str(tmp / "outside").encode()
+    assert nfs("LOOKUP", r.object, b"secret").status == Stat.NOTDIR
+    assert nfs("READ", r.object, 0, 100).status == Stat.INVAL
+
+
+@pytest.mark.parametrize("name,status", [
+    (b"a/b", Stat.INVAL), (b"a\0b", Stat.INVAL), (b"x" * 256, Stat.NAMETOOLONG), (b"", Stat.INVAL),
+])
+def test_bad_names(env, name, status):
+    tmp, _, _, nfs, roots = env
+    r = nfs("CREATE", roots["data"], name, 0, Sattr3())
+    assert r.status == status
+    before, after = r.dir_wcc
+    assert before is not None and after is not None, "the error reply carries the directory's wcc"
+    assert nfs("LOOKUP", roots["data"], name).status == status
+    assert nfs("MKDIR", roots["data"], name, Sattr3()).status == status
+    assert os.listdir(tmp / "data") == []
+
+
+def test_a_255_byte_name_works(env):
+    tmp, _, _, nfs, roots = env
+    create(nfs, roots["data"], b"n" * 255)
+    assert os.listdir(tmp / "data") == ["n" * 255]
+
+
+def test_rename_and_link_across_exports_is_xdev(env):
+    _, _, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    r = nfs("RENAME", roots["data"], b"f", roots["other"], b"f")
+    assert r.status == Stat.XDEV and r.fromdir_wcc[0] is not None
+    assert nfs("LINK", f, roots["other"], b"f").status == Stat.XDEV
+
+
+# -- export options on every call -------------------------------------------------
+
+
+def test_secure_export_refuses_unprivileged_ports(env):
+    _, _, _, nfs, roots = env
+    assert nfs("GETATTR", roots["data"], peer=UNPRIVILEGED).status == Stat.PERM
+    assert nfs("GETATTR", roots["ro"], peer=UNPRIVILEGED).ok  # insecure
+
+
+def test_a_client_no_export_admits_gets_nothing(env):
+    _, _, _, nfs, roots = env
+    assert nfs("GETATTR", roots["data"], peer=("10.1.2.3", 700)).status == Stat.ACCES
+    assert nfs("READDIR", roots["data"], 0, b"\0" * 8, 4096, peer=("10.1.2.3", 700)).status == Stat.ACCES
+
+
+def test_ro_export_refuses_changes_with_rofs(env):
+    tmp, _, _, nfs, roots = env
+    r = nfs("CREATE", roots["ro"], b"new", 0, Sattr3())
+    assert r.status == Stat.ROFS and r.dir_wcc[1] is not None
+    f = lookup(nfs, roots["ro"], b"readme")
+    assert nfs("WRITE", f, 0, b"x", 2).status == Stat.ROFS
+    assert nfs("SETATTR", f, Sattr3(mode=0o600)).status == Stat.ROFS
+    assert nfs("REMOVE", roots["ro"], b"readme").status == Stat.ROFS
+    assert nfs("READ", f, 0, 100).data == b"read only\n"
+    access = nfs("ACCESS", f, 0x3F).access
+    assert access & 0x01 and not access & (0x04 | 0x08 | 0x10)
+    assert (tmp / "ro" / "readme").read_text() == "read only\n"
+
+
+def test_root_squash_makes_root_nobody(env):
+    tmp, _, _, nfs, roots = env
+    f = create(nfs, roots["squash"], b"by-root")
+    assert os.stat(tmp / "squash" / "by-root").st_uid == NOBODY
+    assert nfs("SETATTR", f, Sattr3(uid=0)).status == Stat.PERM
+    assert nfs("MKNOD", roots["squash"], b"dev", 4, Sattr3(mode=0o600), (1, 3)).status == Stat.PERM
+    assert nfs("MKNOD", roots["squash"], b"fifo", 7, Sattr3(mode=0o600)).ok
+    assert stat.S_ISFIFO(os.lstat(tmp / "squash" / "fifo").st_mode)
+
+
+def test_no_root_squash_keeps_root(env):
+    tmp, _, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    assert nfs("SETATTR", f, Sattr3(uid=1234, gid=4321)).ok
+    st = os.stat(tmp / "data" / "f")
+    assert (st.st_uid, st.st_gid) == (1234, 4321)
+    assert nfs("MKNOD", roots["data"], b"null", 4, Sattr3(mode=0o666), (1, 3)).ok
+    assert os.stat(tmp / "data" / "null").st_rdev == os.makedev(1, 3)
+
+
+# -- permissions are the kernel's ---------------------------------------------------
+
+
+def test_a_user_is_refused_where_the_mode_bits_refuse(env):
+    tmp, _, _, nfs, roots = env
+    secret = create(nfs, roots["data"], b"secret", mode=0o600)
+    pub = create(nfs, roots["data"], b"public", mode=0o644)
+    nfs("WRITE", secret, 0, b"root only", 2)
+    assert nfs("READ", secret, 0, 100, cred=USER).status == Stat.ACCES
+    assert nfs("READ", pub, 0, 100, cred=USER).ok
+    assert nfs("WRITE", pub, 0, b"x", 2, cred=USER).status == Stat.ACCES
+    assert nfs("ACCESS", secret, 0x3F, cred=USER).access == 0
+    assert nfs("ACCESS", pub, 0x3F, cred=USER).access == 0x01
+    closed = nfs("MKDIR", roots["data"], b"closed", Sattr3(mode=0o755)).obj
+    assert nfs("CREATE", closed, b"x", 0, Sattr3(), cred=USER).status == Stat.ACCES
+    mine = nfs("MKDIR", roots["data"], b"mine", Sattr3(mode=0o755, uid=1000, gid=1000)).obj
+    f = create(nfs, mine, b"f", mode=0o600, cred=USER)
+    assert os.stat(tmp / "data" / "mine" / "f").st_uid == 1000
+    assert nfs("WRITE", f, 0, b"mine", 2, cred=USER).ok
+    assert nfs("SETATTR", f, Sattr3(uid=0), cred=USER).status == Stat.PERM
+    assert nfs("ACCESS", mine, 0x3F, cred=USER).access == 0x01 | 0x02 | 0x04 | 0x08 | 0x10
+
+
+def test_the_owner_may_write_a_file_it_made_read_only(env):
+    _, _, _, nfs, roots = env
+    mine = nfs("MKDIR", roots["data"], b"mine", Sattr3(mode=0o777)).obj
+    f = create(nfs, mine, b"f", mode=0o444, cred=USER)
+    assert nfs("WRITE", f, 0, b"cached data", 0, cred=USER).ok  # knfsd's owner override
+
+
+def test_created_modes_ignore_the_server_umask(env):
+    tmp, _, nfsd, nfs, roots = env
+    old = os.umask(0o077)
+    try:
+        nfsd.fs.umask = 0o077
+        create(nfs, roots["data"], b"f", mode=0o664)
+        nfs("MKDIR", roots["data"], b"d", Sattr3(mode=0o775))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp / "data" / "f").st_mode) == 0o664
+    assert stat.S_IMODE(os.stat(tmp / "data" / "d").st_mode) == 0o775
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+def test_write_read_commit(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    data = os.urandom(300_000)
+    w = nfs("WRITE", f, 0, data, 0)
+    assert w.ok and w.count == len(data) and w.committed == 0 and w.verf == nfsd.write_verifier
+    before, after = w.file_wcc
+    assert before.size == 0 and after.size == len(data)
+    c = nfs("COMMIT", f, 0, 0)
+    assert c.ok and c.verf == w.verf
+    assert nfs("WRITE", f, len(data), b"tail", 2).committed == 2
+    r = nfs("READ", f, 0, len(data) + 100)
+    assert r.data == data + b"tail" and r.eof and r.count == len(data) + 4
+    assert (tmp / "data" / "f").read_bytes() == data + b"tail"
+    r = nfs("READ", f, 10, 5)
+    assert r.data == data[10:15] and not r.eof
+
+
+def test_a_huge_read_is_clamped_to_rtmax(env):
+    tmp, _, _, nfs, roots = env
+    (tmp / "data" / "big").write_bytes(b"z" * (RTMAX + 5000))
+    f = lookup(nfs, roots["data"], b"big")
+    r = nfs("READ", f, 0, 1 << 30)
+    assert r.ok and r.count == RTMAX and not r.eof
+    info = nfs("FSINFO", roots["data"])
+    assert info.rtmax == info.wtmax == RTMAX
+    r = nfs("READ", f, 0, 1 << 30, netid="udp")
+    assert r.count == UDP_XFER
+    assert nfs("FSINFO", roots["data"], netid="udp").rtmax == UDP_XFER
+    assert nfs("READ", f, 1 << 62, 100).data == b""
+
+
+def test_write_count_larger_than_data_is_inval(env):
+    _, _, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    assert nfs("WRITE", f, 0, b"abc", 0, 10).status == Stat.INVAL
+
+
+def test_setattr_size_times_and_guard(env):
+    tmp, _, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    nfs("WRITE", f, 0, b"hello world", 2)
+    ctime = nfs("GETATTR", f).obj_attributes.ctime
+    assert nfs("SETATTR", f, Sattr3(size=5), ctime + 1).status == Stat.NOT_SYNC
+    r = nfs("SETATTR", f, Sattr3(size=5, mtime=981173106_000000000), ctime)
+    assert r.ok and r.obj_wcc[1].size == 5 and r.obj_wcc[1].mtime == 981173106_000000000
+    assert (tmp / "data" / "f").read_bytes() == b"hello"
+    d = nfs("MKDIR", roots["data"], b"d", Sattr3()).obj
+    assert nfs("SETATTR", d, Sattr3(size=0)).status == Stat.ISDIR
+
+
+def test_create_modes(env):
+    tmp, _, _, nfs, roots = env
+    create(nfs, roots["data"], b"f")
+    (tmp / "data" / "f").write_text("keep me")
+    r = nfs("CREATE", roots["data"], b"f", 1, Sattr3())
+    assert r.status == Stat.EXIST and r.dir_wcc[0] is not None
+    assert nfs("CREATE", roots["data"], b"f", 0, Sattr3()).ok  # UNCHECKED: an existing file stays
+    assert (tmp / "data" / "f").read_text() == "keep me"
+    assert nfs("CREATE", roots["data"], b"f", 0, Sattr3(size=0)).ok
+    assert (tmp / "data" / "f").read_text() == ""
+    verf = b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
+    first = nfs("CREATE", roots["data"], b"x", 2, verf)
+    again = nfs("CREATE", roots["data"], b"x", 2, verf)  # a retransmission: the same file
+    assert first.ok and again.ok and first.obj == again.obj
+    assert nfs("CREATE", roots["data"], b"x", 2, b"\0" * 8).status == Stat.EXIST
+
+
+def test_remove_rmdir_and_their_errors_carry_wcc(env):
+    tmp, _, _, nfs, roots = env
+    r = nfs("REMOVE", roots["data"], b"missing")
+    assert r.status == Stat.NOENT and r.dir_wcc[0] is not None and r.dir_wcc[1] is not None
+    d = nfs("MKDIR", roots["data"], b"d", Sattr3()).obj
+    create(nfs, d, b"f")
+    assert nfs("RMDIR", roots["data"], b"d").status == Stat.NOTEMPTY
+    assert nfs("REMOVE", roots["data"], b"d").status == Stat.ISDIR
+    assert nfs("RMDIR", d, b"..").status == Stat.NOTEMPTY
+    assert nfs("REMOVE", d, b"f").ok
+    r = nfs("RMDIR", roots["data"], b"d")
+    assert r.ok and r.dir_wcc[1].nlink == 2
+    assert os.listdir(tmp / "data") == []
+
+
+def test_symlink_link_mknod(env):
+    tmp, _, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    r = nfs("SYMLINK", roots["data"], b"s", Sattr3(), b"f")
+    assert r.ok and r.obj_attributes.type == 5 and os.readlink(tmp / "data" / "s") == "f"
+    assert nfs("READLINK", r.obj).data == b"f"
+    assert nfs("READLINK", f).status == Stat.INVAL
+    r = nfs("LINK", f, roots["data"], b"hard")
+    assert r.ok and r.file_attributes.nlink == 2
+    assert os.stat(tmp / "data" / "hard").st_ino == os.stat(tmp / "data" / "f").st_ino
+    assert nfs("LINK", f, roots["data"], b"hard").status == Stat.EXIST
+    assert nfs("MKNOD", roots["data"], b"sock", 6, Sattr3(mode=0o600)).ok
+    assert stat.S_ISSOCK(os.lstat(tmp / "data" / "sock").st_mode)
+    assert nfs("MKNOD", roots["data"], b"reg", 1, Sattr3()).status == Stat.BADTYPE
+
+
+def test_readdir_lists_each_name_exactly_once_across_calls(env):
+    tmp, _, _, nfs, roots = env
+    names = {f"file-{i}".encode() for i in range(1500)}
+    for name in names:
+        (tmp / "data" / name.decode()).touch()
+    for plus in (False, True):
+        seen, cookie, calls = [], 0, 0
+        while True:
+            calls += 1
+            if plus:
+                r = nfs("READDIRPLUS", roots["data"], cookie, b"\0" * 8, 2048, 8192)
+            else:
+                r = nfs("READDIR", roots["data"], cookie, b"\xff" * 8, 4096)  # any verifier is accepted
+            assert r.ok, r.status
+            seen += [e.name for e in r.entries]
+            if r.eof:
+                break
+            cookie = r.entries[-1].cookie
+        assert calls > 5
+        assert sorted(seen) == sorted(names | {b".", b".."})
+        if plus:
+            e = next(e for e in r.entries if e.name not in (b".", b".."))
+            assert e.attributes.fileid == os.stat(tmp / "data" / e.name.decode()).st_ino
+            assert nfs("GETATTR", e.handle).obj_attributes.fileid == e.fileid
+    assert nfs("READDIR", roots["data"], 0, b"\0" * 8, 50).status == Stat.TOOSMALL
+    f = lookup(nfs, roots["data"], b"file-1")
+    assert nfs("READDIR", f, 0, b"\0" * 8, 4096).status == Stat.NOTDIR
+
+
+def test_readdir_cookie_survives_unrelated_changes(env):
+    tmp, _, _, nfs, roots = env
+    for i in range(400):
+        (tmp / "data" / f"f{i}").touch()
+    r = nfs("READDIR", roots["data"], 0, b"\0" * 8, 2048)
+    first = [e.name for e in r.entries]
+    cookie = r.entries[-1].cookie
+    for name in first[-10:]:
+        if name not in (b".", b".."):
+            os.unlink(tmp / "data" / name.decode())  # the listed ones go; the rest stays
+    (tmp / "data" / "new").touch()
+    rest = []
+    while True:
+        r = nfs("READDIR", roots["data"], cookie, b"\0" * 8, 2048)
+        rest += [e.name for e in r.entries]
+        if r.eof:
+            break
+        cookie = r.entries[-1].cookie
+    listed = set(first) | set(rest)
+    assert {f"f{i}".encode() for i in range(400)} <= listed
+    assert len(first) + len(rest) == len(set(first) | set(rest)), "no name twice"
+
+
+def test_fsstat_fsinfo_pathconf(env):
+    tmp, _, _, nfs, roots = env
+    s = nfs("FSSTAT", roots["data"])
+    vfs = os.statvfs(tmp / "data")
+    assert s.ok and s.tbytes == vfs.f_blocks * vfs.f_frsize and s.obj_attributes.type == 2
+    i = nfs("FSINFO", roots["data"])
+    assert i.ok and i.properties & 0x1b == 0x1b and i.time_delta == 1 and i.maxfilesize > 1 << 40
+    p = nfs("PATHCONF", roots["data"])
+    assert p.ok and p.name_max == 255 and p.no_trunc and not p.case_insensitive
+
+
+def test_retransmitted_remove_gets_the_first_reply(env):
+    tmp, _, _, nfs, roots = env
+    create(nfs, roots["data"], b"f")
+    msg = encode_call(777, 100003, 3, PROC["REMOVE"], ROOT_CRED.to_auth()) + encode("REMOVE", roots["data"], b"f")
+    d = nfs.dispatcher
+    first = d.handle(msg, "udp", PRIVILEGED, ("127.0.0.1", 2049))
+    again = d.handle(msg, "udp", PRIVILEGED, ("127.0.0.1", 2049))
+    assert first == again
+    assert decode("REMOVE", first, decode_reply(first).offset).ok
