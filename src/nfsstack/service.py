@@ -20,12 +20,16 @@ from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
 from nfsstack.nfs3.program import Nfsd
+from nfsstack.nlm.program import Nlm
+from nfsstack.nsm.program import Nsm
+from nfsstack.nsm.state import NsmState
 
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
 from nfsstack.portmap.registry import Registry
 from nfsstack.portmap.types import PMAP_PORT
 from nfsstack.rpc.client import RPCDatagramClient
+from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
 
@@ -44,9 +48,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve NFSv3 and its helper RPC services from one process. "
-        "Services running in this release: the portmapper (rpcbind v2/v3/v4), mountd (v1/v2/v3) and nfsd (v3). "
-        "nlockmgr, status and the port-1110 status service come in later releases; "
-        "their options are accepted now so that scripts keep working. SIGHUP reloads the exports file."
+        "Services running in this release: the portmapper (rpcbind v2/v3/v4), status (NSM v1), nlockmgr "
+        "(v1/v3/v4), mountd (v1/v2/v3) and nfsd (v3). The port-1110 status service comes in a later release; "
+        "its option is accepted now so that scripts keep working. SIGHUP reloads the exports file."
     )
 
     optFlags = [
@@ -65,8 +69,9 @@ class Options(usage.Options):
         ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
         ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
         ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
-        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (not served yet).", _port],
-        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic (not served yet).", _port],
+        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary).", _port],
+        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic.", _port],
+        ["grace-time", None, 90.0, "Seconds after start in which clients reclaim their locks.", float],
         ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP) (not served yet).", _port],
         ["rpcbind-socket", None, "/run/rpcbind.sock", "Local socket of the system rpcbind (with --system-rpcbind)."],
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
@@ -84,6 +89,8 @@ class Options(usage.Options):
             self.exports = None
         if self["max-record"] < 1024:
             raise usage.UsageError("--max-record must be at least 1024")
+        if self["grace-time"] < 0:
+            raise usage.UsageError("--grace-time cannot be negative")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
 
@@ -98,6 +105,8 @@ class NfsStackService(service.MultiService):
         self.exports: ExportTable | None = None
         self.mountd: Mountd | None = None
         self.nfsd: Nfsd | None = None
+        self.nsm: Nsm | None = None
+        self.nlm: Nlm | None = None
 
 
 class ExportsReloader(service.Service):
@@ -140,6 +149,36 @@ class ExportsReloader(service.Service):
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_exports,
                                          self.path).addCallbacks(loaded, failed)
+
+
+class LockingStart(service.Service):
+    """Starts NSM (new state number, SM_NOTIFY to the hosts monitored before) and sets the lock grace period.
+
+    Without any host monitored before this start, nobody can have locks to
+    reclaim, and the grace period is skipped.
+    """
+
+    name = "locking"
+
+    def __init__(self, nsm: Nsm, nlm: Nlm, remote: RemoteCaller) -> None:
+        self.nsm, self.nlm, self.remote = nsm, nlm, remote
+
+    def startService(self) -> None:
+        super().startService()
+        self.nsm.start()
+        reclaimers = len(self.nsm.state.to_notify)
+        if reclaimers:
+            self.nlm.grace.begin()
+            log.info("lock grace period: {s:.0f} s for {n} hosts to reclaim their locks",
+                     s=max(0.0, self.nlm.grace.ends - self.nlm.reactor.seconds()), n=reclaimers)
+        else:
+            self.nlm.grace.end()
+            log.info("no lock grace period: no host held locks before this start")
+
+    def stopService(self):
+        super().stopService()
+        self.remote.close()
+        return self.nlm.stop()
 
 
 def make_forwarder(reactor, interface: str = "127.0.0.1"):
@@ -214,6 +253,15 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
     if options["exports"] is not None:
         ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor).setServiceParent(stack)
+    remote = RemoteCaller(reactor)
+    stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
+    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
+    stack.nsm.listeners.append(stack.nlm.host_rebooted)
+    RPCService("status", [stack.nsm.program], options["statd-port"], registrar=stack.registrar,
+               **common).setServiceParent(stack)
+    LockingStart(stack.nsm, stack.nlm, remote).setServiceParent(stack)
+    RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
+               **common).setServiceParent(stack)
     stack.mountd = Mountd(stack.exports, MountList(state_dir))
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)

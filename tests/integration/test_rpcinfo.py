@@ -60,7 +60,7 @@ def portmap_rows(text):
     return {tuple(line.split()[:4]) for line in text.splitlines()[1:] if line.strip()}
 
 
-def test_rpcinfo_p_lists_portmapper_mountd_and_nfs(stack, ns):
+def test_rpcinfo_p_lists_every_service(stack, ns):
     rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
     assert {r for r in rows if r[0] == "100000"} == {("100000", v, p, "111") for v in "234" for p in ("tcp", "udp")}
     mountd = {r for r in rows if r[0] == "100005"}
@@ -68,7 +68,11 @@ def test_rpcinfo_p_lists_portmapper_mountd_and_nfs(stack, ns):
     assert len({r[3] for r in mountd}) == 1, "one port for TCP and UDP"
     nfs = {r for r in rows if r[0] == "100003"}
     assert nfs == {("100003", "3", "tcp", "2049"), ("100003", "3", "udp", "2049")}
-    assert {r[0] for r in rows} == {"100000", "100003", "100005"}
+    nlm = {r for r in rows if r[0] == "100021"}
+    assert {(r[1], r[2]) for r in nlm} == {(v, p) for v in "134" for p in ("tcp", "udp")}
+    status = {r for r in rows if r[0] == "100024"}
+    assert {(r[1], r[2]) for r in status} == {("1", "tcp"), ("1", "udp")}
+    assert {r[0] for r in rows} == {"100000", "100003", "100005", "100021", "100024"}
 
 
 def test_rpcinfo_null_calls(stack, ns):

@@ -8,10 +8,11 @@ written; a corrupt file is reported and started afresh.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from twisted.logger import Logger
+
+from nfsstack.statefile import write_atomically
 
 log = Logger(namespace="nfsstack.mount")
 
@@ -41,14 +42,8 @@ class MountList:
                 self.entries.append(entry)
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for host, directory in self.entries:
-                f.write(json.dumps({"host": host, "dir": directory}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps({"host": host, "dir": directory}) + "\n" for host, directory in self.entries)
+        write_atomically(self.path, text.encode(), 0o644)
 
     def add(self, host: str, directory: str) -> None:
         if (host, directory) not in self.entries:

@@ -9,9 +9,13 @@ prints every PASS/FAIL line, and with ``--console`` the guest's whole console.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import re
+import struct
 import tempfile
+import threading
 from pathlib import Path
 
 from tests.integration.kernel import vm
@@ -25,9 +29,33 @@ def scenario_names() -> list[str]:
     return sorted(p.stem for p in SCENARIOS.glob("*.sh") if p.stem != "lib")
 
 
+def headers(text: str) -> dict[str, str]:
+    """A scenario's "# key: value" header lines: ``network: tap``, ``nfsstack: --option value``."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"#\s*(network|nfsstack|ganesha):\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def hold_ofd_lock(path: Path, seconds: float) -> str:
+    """A local process's lock on the server: an exclusive OFD lock on all of ``path`` for ``seconds``."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, 37, struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))  # F_OFD_SETLK
+    except OSError as e:
+        os.close(fd)
+        return f"error {e.strerror}"
+    threading.Timer(seconds, os.close, (fd,)).start()
+    return "held"
+
+
 def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tuple[vm.Result, str]:
     """Boot the guest against a fresh ``server_name`` and run ``scenario``; return the result and the server log."""
-    script = (SCENARIOS / "lib.sh").read_text() + "\n" + (SCENARIOS / f"{scenario}.sh").read_text()
+    text = (SCENARIOS / f"{scenario}.sh").read_text()
+    script = (SCENARIOS / "lib.sh").read_text() + "\n" + text
+    options = headers(text)
     with netns() as ns:
         export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
         export.chmod(0o777)
@@ -35,11 +63,12 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
             Path(f"{export}{sibling}").mkdir()
             Path(f"{export}{sibling}").chmod(0o777)
         (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
-        server = SERVERS[server_name](ns, export)
+        server = SERVERS[server_name](ns, export, options.get(server_name, "").split())
         server.start()
 
         def on_request(request: str) -> str | None:
-            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME"""
+            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME
+            | hold-ofd NAME SECONDS (a server-side lock) | log PATTERN (how many server log lines match)"""
             verb, _, arg = request.partition(" ")
             if verb == "restart":
                 server.restart()
@@ -51,6 +80,11 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
                     return hashlib.sha256((export / arg).read_bytes()).hexdigest()
                 except OSError as e:
                     return f"error {e.strerror}"
+            elif verb == "hold-ofd":
+                name, _, seconds = arg.partition(" ")
+                return hold_ofd_lock(export / name, float(seconds or 10))
+            elif verb == "log":
+                return str(sum(1 for line in server.log_text().splitlines() if re.search(arg, line)))
             elif verb == "stat":
                 try:
                     st = os.lstat(export / arg)
@@ -62,7 +96,8 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
         try:
             env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server_name,
                    "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash"}
-            result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout)
+            result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout,
+                                  network=options.get("network", "user"))
         finally:
             server.stop()
         return result, server.log_text()

@@ -21,7 +21,7 @@ from tests.support import Stack, in_netns
 GANESHA_CONF = """\
 NFS_CORE_PARAM {{
     Protocols = 3;
-    Enable_NLM = false;
+    Enable_NLM = {nlm};
     Enable_RQUOTA = false;
     NFS_Port = 2049;
 }}
@@ -80,6 +80,7 @@ GANESHA_SH = textwrap.dedent("""\
     mkdir -p /run/rpcbind /run/ganesha /var/lib/nfs/ganesha
     rpcbind -f &
     for i in $(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done
+    if [ "$3" = nlm ]; then mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak; rpc.statd --no-notify; fi
     exec ganesha.nfsd -F -L "$1" -f "$2" -p /run/ganesha/ganesha.pid
 """)
 
@@ -101,12 +102,14 @@ class Ganesha:
 
     name = "ganesha"
 
-    def __init__(self, netns: str, export_dir: Path) -> None:
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
         self.netns = netns
         self.export_dir = export_dir
+        #: "nlm": serve locks (NLM, with Debian's rpc.statd beside it).
+        self.nlm = "nlm" in extra_args
         self.workdir = Path(tempfile.mkdtemp(prefix="ganesha-test-"))
         self.conf = self.workdir / "ganesha.conf"
-        self.conf.write_text(GANESHA_CONF.format(path=export_dir))
+        self.conf.write_text(GANESHA_CONF.format(path=export_dir, nlm="true" if self.nlm else "false"))
         self.log = self.workdir / "ganesha.log"
         self.proc: subprocess.Popen | None = None
 
@@ -117,7 +120,7 @@ class Ganesha:
     def start(self) -> "Ganesha":
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "unshare", "--mount", "sh", "-c", GANESHA_SH, "ganesha",
-             str(self.log), str(self.conf)],
+             str(self.log), str(self.conf), "nlm" if self.nlm else ""],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         wait_registered(self.netns, ("100003", "100005"))
@@ -163,9 +166,10 @@ class NfsStack:
 
     name = "nfsstack"
 
-    def __init__(self, netns: str, export_dir: Path) -> None:
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
         self.netns = netns
         self.export_dir = export_dir
+        self.extra_args = list(extra_args)
         self.workdir = Path(tempfile.mkdtemp(prefix="nfsstack-kernel-"))
         # qemu's user networking makes every guest connection come from 127.0.0.1 with an
         # unprivileged port: the export needs `insecure` (REFERENCE.md).
@@ -183,7 +187,7 @@ class NfsStack:
 
     def start(self) -> "NfsStack":
         self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),
-                           netns=self.netns, workdir=str(self.workdir)).start()
+                           *self.extra_args, netns=self.netns, workdir=str(self.workdir)).start()
         return self
 
     def stop(self) -> None:

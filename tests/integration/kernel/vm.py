@@ -40,9 +40,12 @@ MODULES = [
 ]
 
 #: Host programs copied into the guest with their shared libraries: the guest's lockd
-#: registers with a local rpcbind, without which a mount with locking (the default) fails.
-GUEST_PROGRAMS = ["/usr/sbin/rpcbind"]
-GUEST_FILES = ["/etc/netconfig"]
+#: registers with a local rpcbind, without which a mount with locking (the default) fails, and
+#: rpc.statd (nfs-common) monitors the server, so that locks are reclaimed when it restarts.
+GUEST_PROGRAMS = ["/usr/sbin/rpcbind", "/usr/sbin/rpc.statd", "/usr/bin/rpcinfo"]
+GUEST_FILES = ["/etc/netconfig", "/etc/services", "/etc/protocols", "/etc/rpc", "/etc/nsswitch.conf"]
+#: A static helper compiled from guest/locker.c: fcntl byte-range locks from a scenario.
+LOCKER_SOURCE = Path(__file__).resolve().parent / "guest" / "locker.c"
 
 INIT = r"""#!/bin/busybox sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -51,12 +54,14 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /tmp /mnt /run && mount -t tmpfs tmp /tmp && mount -t tmpfs run /run
 for m in $(cat /modules.list); do insmod /modules/$m.ko || echo "@@INIT insmod $m failed"; done
+hostname guest
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
-mkdir -p /run/rpcbind /var/lib/nfs && ln -s /run /var/run
+mkdir -p /run/rpcbind /var/lib/nfs/sm /var/lib/nfs/sm.bak && ln -s /run /var/run
 rpcbind -w || echo "@@INIT rpcbind failed"
+rpc.statd --no-notify || echo "@@INIT rpc.statd failed"
 echo "@@INIT ready $(uname -r)"
 cd /tmp
 sh /scenario.sh
@@ -146,7 +151,8 @@ def build_image() -> Image:
     debs = _debs()
     root = CACHE / "root"
     stamp = CACHE / "image.stamp"
-    key = f"{debs['kernel'].name} {debs['busybox'].name} {INIT} {MODULES} {GUEST_PROGRAMS} {GUEST_FILES}"
+    key = (f"{debs['kernel'].name} {debs['busybox'].name} {INIT} {MODULES} {GUEST_PROGRAMS} {GUEST_FILES} "
+           f"{LOCKER_SOURCE.read_text()}")
     base = CACHE / "base.cpio.gz"
     if not (stamp.exists() and stamp.read_text() == key and base.exists()):
         shutil.rmtree(root, ignore_errors=True)
@@ -173,6 +179,8 @@ def build_image() -> Image:
         files.append(("modules.list", 0o100644, ("\n".join(MODULES) + "\n").encode()))
         files.extend(_host_files())
         files.append(("init", 0o100755, INIT.encode()))
+        files.append(("bin/locker", 0o100755, _build_locker()))
+        files.append(("etc/hosts", 0o100644, b"127.0.0.1 localhost\n10.0.2.15 guest\n10.0.2.2 server\n"))
         files.append(("etc/passwd", 0o100644, b"root:x:0:0::/:/bin/sh\n_rpc:x:102:65534::/run/rpcbind:/bin/false\nuser:x:1000:1000::/tmp:/bin/sh\n"))
         files.append(("etc/group", 0o100644, b"root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n"))
         base.write_bytes(gzip.compress(_cpio_newc(files), compresslevel=1))
@@ -181,6 +189,12 @@ def build_image() -> Image:
         (CACHE / "release").write_text(release)
         stamp.write_text(key)
     return Image(CACHE / "vmlinuz", base, (CACHE / "release").read_text())
+
+
+def _build_locker() -> bytes:
+    out = CACHE / "locker"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(LOCKER_SOURCE)], check=True, capture_output=True)
+    return out.read_bytes()
 
 
 _KVM_PROBE = CACHE / "kvm.probe"
@@ -224,19 +238,36 @@ def run_guest(
     on_request: Optional[Callable[[str], Optional[str]]] = None,
     timeout: float = 300.0,
     memory: int = 512,
+    network: str = "user",
 ) -> Result:
-    """Boot the guest in ``netns``, run ``scenario`` (a shell script's text) with ``env``, return its result."""
+    """Boot the guest in ``netns``, run ``scenario`` (a shell script's text) with ``env``, return its result.
+
+    ``network`` is "user" (qemu's user networking: the server sees the guest as 127.0.0.1) or "tap" (a tap
+    device in the namespace, 10.0.2.2 on the host side: the server sees 10.0.2.15 and can call it back).
+    """
     use_kvm = kvm_usable()
-    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm)
+    if network == "tap":
+        _make_tap(netns)
+    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network)
     if use_kvm and not _KVM_PROBE.exists():
         booted = "@@INIT ready" in result.console
         _remember_kvm(booted)
         if not booted:
-            result = _boot(netns, scenario, env, on_request, timeout, memory, False)
+            result = _boot(netns, scenario, env, on_request, timeout, memory, False, network)
     return result
 
 
-def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm) -> Result:
+TAP = "nfstap0"
+
+
+def _make_tap(netns: str) -> None:
+    """The host side of the guest's link, inside the namespace: 10.0.2.2/24 on a tap device."""
+    for cmd in (["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], ["ip", "addr", "add", "10.0.2.2/24", "dev", TAP],
+                ["ip", "link", "set", TAP, "up"]):
+        subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True, capture_output=True)
+
+
+def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="user") -> Result:
     image = build_image()
     exports = "".join(f"export {k}={shlex_quote(v)}\n" for k, v in env.items())
     extra = gzip.compress(_cpio_newc([("scenario.sh", 0o100755, ("#!/bin/sh\n" + exports + scenario).encode())]))
@@ -249,7 +280,8 @@ def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm) -> Result:
         "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
         "-kernel", str(image.kernel), "-initrd", str(initrd),
         "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+        "-netdev", "user,id=n0" if network == "user" else f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=n0",
     ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
