@@ -1,6 +1,8 @@
 """The ``nfsstack`` command: tools beside the server.
 
-    nfsstack exports check FILE     validate an exports file; print what it exports
+    nfsstack exports check FILE             validate an exports file; print what it exports
+    nfsstack status [HOST] [--json]         the status of a running server, from its port 1110
+    nfsstack keepalive SERVER [--interval S] send keepalives to a server (run on NFS clients); say when it restarts
 """
 
 from __future__ import annotations
@@ -30,6 +32,101 @@ def exports_check(path: str) -> int:
     return status
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def status(host: str, port: int, as_json: bool, timeout: float = 10.0) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{_host_port(host, port)}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            report = json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        print(f"error: {url}: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+        return 0
+    print(f"node {report['node']}  up since {report['boot_time']}  boot verifier {report['boot_verifier']}  "
+          f"NSM state {report['nsm_state']}")
+    print("\nSERVICES")
+    rows = [(s.get("name") or s["service"], str(s.get("program", "-")),
+             "/".join(map(str, s.get("versions", []))) or "-", ",".join(s["protocols"]), str(s["port"]),
+             "listening" if s["listening"] else "DOWN") for s in report["services"]]
+    _table(("service", "program", "versions", "proto", "port", "state"), rows)
+    print("\nEXPORTS")
+    _table(("path", "clients"), [(e["path"], " ".join(f"{c['client']}({c['options']})" for c in e["clients"]))
+                                 for e in report["exports"]])
+    print("\nMOUNTED CLIENTS")
+    _table(("client", "path"), [(m["host"], m["path"]) for m in report["mounts"]])
+    locks = report.get("locks") or {}
+    print(f"\nLOCKS  granted {locks.get('granted', 0)}  waiting {locks.get('waiting', 0)}  "
+          f"shares {locks.get('shares', 0)}  grace period {'ON' if locks.get('grace') else 'off'}")
+    ka = report["keepalive"]
+    print(f"\nCLIENTS AND PEERS (keepalive every {ka['interval']} s, stale after {ka['stale_after']} s)")
+    _table(("kind", "id", "address", "state", "last seen", "restarts"),
+           [(m["kind"], m["id"], m["address"], m["state"].upper() if m["state"] != "alive" else "alive",
+             "never" if m["last_seen_seconds_ago"] is None else f"{m['last_seen_seconds_ago']:.1f} s ago",
+             str(m["restarts"])) for m in ka["members"]])
+    return 0
+
+
+def _table(head: tuple, rows: list) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def keepalive(server: str, port: int, interval: float, count: int, sender: str, key_file: str | None) -> int:
+    """Send keepalives as an NFS client; print each answer and say when the server's boot verifier changes."""
+    import secrets
+    import socket
+    import time
+
+    from nfsstack.cluster import keepalive as ka
+
+    key = open(key_file, "rb").read().strip() if key_file else None
+    boot = secrets.token_bytes(8)
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    seen_boot = None
+    answered = 0
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(min(interval, 5.0))
+        seq = 0
+        while count <= 0 or seq < count:
+            seq += 1
+            sock.sendto(ka.encode(ka.Keepalive(ka.CLIENT, sender, seq, boot), key), (server, port))
+            deadline = time.monotonic() + interval
+            while True:
+                try:
+                    data = sock.recv(ka.MAX_DATAGRAM + 1)
+                except socket.timeout:
+                    print(f"no answer from {server} to keepalive {seq}", flush=True)
+                    break
+                try:
+                    reply = ka.decode(data, key)
+                except ka.BadKeepalive as e:
+                    print(f"bad answer: {e}", flush=True)
+                    continue
+                answered += 1
+                if seen_boot is not None and reply.boot != seen_boot:
+                    print(f"{reply.sender} restarted (boot verifier {reply.boot.hex()})", flush=True)
+                elif seen_boot is None:
+                    print(f"{reply.sender} is alive (boot verifier {reply.boot.hex()})", flush=True)
+                seen_boot = reply.boot
+                break
+            if count <= 0 or seq < count:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+    return 0 if answered else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nfsstack", description="Tools for the nfsstack NFS server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,9 +134,30 @@ def main(argv: list[str] | None = None) -> int:
     exports_sub = exports.add_subparsers(dest="action", required=True)
     check = exports_sub.add_parser("check", help="validate an exports file")
     check.add_argument("file")
+    st = sub.add_parser("status", help="a running server's status, from its port 1110")
+    st.add_argument("host", nargs="?", default="127.0.0.1")
+    st.add_argument("--port", type=int, default=1110)
+    st.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    kp = sub.add_parser("keepalive", help="send keepalives to a server (on an NFS client)")
+    kp.add_argument("server")
+    kp.add_argument("--port", type=int, default=1110)
+    kp.add_argument("--interval", type=float, default=5.0)
+    kp.add_argument("--count", type=int, default=0, help="stop after this many (0: run until interrupted)")
+    kp.add_argument("--id", default=None, help="this client's id (default: the host name)")
+    kp.add_argument("--key-file", default=None, help="the shared HMAC key, if the server has one")
     args = parser.parse_args(argv)
     if args.command == "exports" and args.action == "check":
         return exports_check(args.file)
+    if args.command == "status":
+        return status(args.host, args.port, args.json)
+    if args.command == "keepalive":
+        import socket
+
+        try:
+            return keepalive(args.server, args.port, args.interval, args.count, args.id or socket.gethostname(),
+                             args.key_file)
+        except KeyboardInterrupt:
+            return 0
     return 2
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 
 from twisted.application import service
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python import usage
 
+from nfsstack.cluster.metrics import CallStats, StackCollector
+from nfsstack.cluster.metrics import registry as metrics_registry
+from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
 from nfsstack.mount.mountlist import MountList
@@ -49,8 +54,8 @@ class Options(usage.Options):
     longdesc = (
         "Serve NFSv3 and its helper RPC services from one process. "
         "Services running in this release: the portmapper (rpcbind v2/v3/v4), status (NSM v1), nlockmgr "
-        "(v1/v3/v4), mountd (v1/v2/v3) and nfsd (v3). The port-1110 status service comes in a later release; "
-        "its option is accepted now so that scripts keep working. SIGHUP reloads the exports file."
+        "(v1/v3/v4), mountd (v1/v2/v3), nfsd (v3), and on port 1110 nfsd-status (HTTP: /status, /metrics, "
+        "/healthz) and nfsd-keepalive (UDP). SIGHUP reloads the exports file."
     )
 
     optFlags = [
@@ -72,7 +77,14 @@ class Options(usage.Options):
         ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary).", _port],
         ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic.", _port],
         ["grace-time", None, 90.0, "Seconds after start in which clients reclaim their locks.", float],
-        ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP) (not served yet).", _port],
+        ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP), 0 = dynamic.", _port],
+        ["status-bind", None, "127.0.0.1", "Addresses (comma-separated) port 1110 listens on."],
+        ["status-allow", None, "127.0.0.0/8,::1/128", "Networks (comma-separated) port 1110 takes callers from."],
+        ["peers", None, "", "Peer servers (host[:port], comma-separated) to exchange keepalives with."],
+        ["keepalive-interval", None, 5.0, "Seconds between keepalives to the peers.", float],
+        ["keepalive-misses", None, 3, "Missed intervals after which a client or peer is stale.", int],
+        ["keepalive-key", None, None, "File with the shared key: keepalives carry an HMAC-SHA256."],
+        ["node-name", None, None, "This server's name in keepalives and the status (default: the host name)."],
         ["rpcbind-socket", None, "/run/rpcbind.sock", "Local socket of the system rpcbind (with --system-rpcbind)."],
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
@@ -89,6 +101,21 @@ class Options(usage.Options):
             self.exports = None
         if self["max-record"] < 1024:
             raise usage.UsageError("--max-record must be at least 1024")
+        try:
+            self.status_networks = parse_networks(self["status-allow"])
+            self.peers = [parse_peer(p) for p in self["peers"].split(",") if p.strip()]
+        except ValueError as e:
+            raise usage.UsageError(f"--status-allow / --peers: {e}")
+        self.keepalive_key = None
+        if self["keepalive-key"]:
+            try:
+                self.keepalive_key = open(self["keepalive-key"], "rb").read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"--keepalive-key: {e}")
+            if len(self.keepalive_key) < 16:
+                raise usage.UsageError("--keepalive-key: the key must have at least 16 bytes")
+        if self["keepalive-interval"] <= 0 or self["keepalive-misses"] < 1:
+            raise usage.UsageError("--keepalive-interval must be positive and --keepalive-misses at least 1")
         if self["grace-time"] < 0:
             raise usage.UsageError("--grace-time cannot be negative")
         if self["max-connections"] < 1:
@@ -103,10 +130,86 @@ class NfsStackService(service.MultiService):
         self.portmapper: Portmapper | None = None
         self.registrar = None
         self.exports: ExportTable | None = None
+        self.mounts: MountList | None = None
         self.mountd: Mountd | None = None
         self.nfsd: Nfsd | None = None
         self.nsm: Nsm | None = None
         self.nlm: Nlm | None = None
+        self.node: Node | None = None
+        self.call_stats = CallStats()
+        self.started_at = time.time()
+
+    def rpc_services(self) -> list[RPCService]:
+        return [child for child in self if isinstance(child, RPCService)]
+
+    def down(self) -> list[str]:
+        """The services that are not listening (for /healthz)."""
+        out = [s.name for s in self.rpc_services() if s.tcp is None or s.udp is None]
+        cluster = self.getServiceNamed("cluster") if "cluster" in self.namedServices else None
+        if cluster is None or not cluster.listening:
+            out.append("nfsd-status")
+        return out
+
+    def report(self) -> dict:
+        """What ``GET /status`` answers (the keepalive key never appears)."""
+        services = []
+        for s in self.rpc_services():
+            for program in s.programs:
+                services.append({"service": s.name, "program": program.number, "name": program.name,
+                                 "versions": sorted(program.versions), "protocols": ["tcp", "udp"],
+                                 "port": s.port, "listening": s.tcp is not None})
+        cluster = self.getServiceNamed("cluster") if "cluster" in self.namedServices else None
+        if cluster is not None:
+            services.append({"service": "nfsd-status", "protocols": ["tcp"], "port": cluster.port,
+                             "listening": bool(cluster.listening)})
+            services.append({"service": "nfsd-keepalive", "protocols": ["udp"], "port": cluster.port,
+                             "listening": bool(cluster.listening)})
+        exports = []
+        if self.exports is not None:
+            for e in self.exports.exports:
+                exports.append({"path": e.path, "export_id": e.export_id,
+                                "clients": [{"client": spec.text, "options": o.describe()} for spec, o in e.clients]})
+        node = self.node
+        return {
+            "node": node.name if node else socket.gethostname(),
+            "boot_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            "boot_verifier": node.boot.hex() if node else "",
+            "nsm_state": self.nsm.state.state if self.nsm else None,
+            "write_verifier": self.nfsd.write_verifier.hex() if self.nfsd else None,
+            "services": services,
+            "exports": exports,
+            "mounts": [{"host": h, "path": d} for h, d in (self.mounts.entries if self.mounts else [])],
+            "locks": self.nlm.status() if self.nlm else {},
+            "keepalive": {
+                "interval": node.members.interval if node else None,
+                "stale_after": node.members.timeout if node else None,
+                "hmac": bool(node and node.key),
+                "members": node.members.table() if node else [],
+                "datagrams": dict(node.datagrams) if node else {},
+            },
+            "counters": {
+                "rpc_calls": sum(v[0] for v in self.call_stats.stats.values()),
+                "nfs_bytes_read": self.nfsd.bytes_read if self.nfsd else 0,
+                "nfs_bytes_written": self.nfsd.bytes_written if self.nfsd else 0,
+                "tcp_connections": sum(len(s.stream_factory.connections) for s in self.rpc_services()
+                                       if s.stream_factory is not None),
+            },
+        }
+
+    def counters(self) -> dict:
+        """The raw counters /metrics turns into metric families."""
+        out = {
+            "rpc_errors": {(s.name, error): n for s in self.rpc_services() for error, n in s.dispatcher.errors.items()},
+            "nfs_failures": dict(self.nfsd.failures) if self.nfsd else {},
+            "bytes_read": self.nfsd.bytes_read if self.nfsd else 0,
+            "bytes_written": self.nfsd.bytes_written if self.nfsd else 0,
+            "connections": {s.name: len(s.stream_factory.connections) for s in self.rpc_services()
+                            if s.stream_factory is not None},
+            "locks": self.nlm.table.counts() if self.nlm else {},
+        }
+        if self.node is not None:
+            out.update(self.node.counts())
+        return out
 
 
 class ExportsReloader(service.Service):
@@ -240,9 +343,17 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
         )
         portmap.setServiceParent(stack)
-    if not kernel_handles_work(os.getcwd()):
-        log.error("mountd not started: file handles need root (CAP_DAC_READ_SEARCH for open_by_handle_at)")
-        return stack
+    if kernel_handles_work(os.getcwd()):
+        _file_services(stack, options, common, reactor)
+    else:
+        log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
+                  "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
+    _cluster_service(stack, options, reactor)
+    return stack
+
+
+def _file_services(stack: NfsStackService, options: Options, common: dict, reactor) -> None:
+    """status, nlockmgr, mountd and nfsd, in that order, on the exports."""
     state_dir = os.path.abspath(options["state-dir"])
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     exports = getattr(options, "exports", None) or default_exports()
@@ -262,10 +373,22 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     LockingStart(stack.nsm, stack.nlm, remote).setServiceParent(stack)
     RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
-    stack.mountd = Mountd(stack.exports, MountList(state_dir))
+    stack.mounts = MountList(state_dir)
+    stack.mountd = Mountd(stack.exports, stack.mounts)
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
     stack.nfsd = Nfsd(stack.exports)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
-    return stack
+
+
+def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
+    """Port 1110: the status report, metrics and health over HTTP, keepalives over UDP."""
+    stack.node = Node(options["node-name"] or socket.gethostname(), options.status_networks, options.keepalive_key,
+                      options["keepalive-interval"], options["keepalive-misses"], reactor.seconds, options.peers)
+    for child in stack.rpc_services():
+        child.dispatcher.observer = stack.call_stats
+    collector = StackCollector(stack.call_stats, stack.counters)
+    binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
+    ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
+                   reactor).setServiceParent(stack)

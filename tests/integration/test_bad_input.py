@@ -21,7 +21,7 @@ from tests.support import Stack, call_message, free_port, is_closed, null_ok, re
 @pytest.fixture(scope="module")
 def port():
     port = free_port()
-    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--portmap-port", str(port)).start(port)
+    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port)).start(port)
     yield port
     stack.stop()
     assert "Traceback" not in stack.log_text(), stack.log_text()
@@ -200,7 +200,7 @@ def _mapping(prog, vers, prot):
 
 def test_idle_and_half_sent_connections_are_reaped():
     port = free_port()
-    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--portmap-port", str(port), "--idle-timeout", "1").start(port)
+    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port), "--idle-timeout", "1").start(port)
     try:
         idle = socket.create_connection(("127.0.0.1", port))
         half = socket.create_connection(("127.0.0.1", port))
@@ -213,7 +213,7 @@ def test_idle_and_half_sent_connections_are_reaped():
 
 def test_connections_beyond_the_limit_are_refused_cleanly():
     port = free_port()
-    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--portmap-port", str(port), "--max-connections", "4").start(port)
+    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port), "--max-connections", "4").start(port)
     try:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         for s in held:  # make sure all four are accepted before the fifth arrives

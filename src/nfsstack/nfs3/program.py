@@ -14,6 +14,7 @@ them too.  COMMIT and synchronous WRITEs fsync in a thread.
 
 from __future__ import annotations
 
+import collections
 import os
 import secrets
 import stat
@@ -225,6 +226,10 @@ class Nfsd:
         self.fs = fs or LocalFS()
         #: Runs the slow calls (fsync) off the reactor thread.
         self.in_thread = in_thread
+        #: For the status service: bytes moved, and failed calls by procedure and status.
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.failures: collections.Counter = collections.Counter()
         #: Changes on every start (and after a failed sync), so clients resend the writes they had not
         #: committed (RFC 1813 section 3.3.7).
         self.write_verifier = secrets.token_bytes(8)
@@ -283,6 +288,7 @@ class Nfsd:
         else:
             log.failure("NFS {name} failed", failure, name=row.name)
             status = Stat.SERVERFAULT
+        self.failures[(row.name, status.name)] += 1
         p = Packer()
         p.pack_uint(status)
         try:
@@ -411,6 +417,7 @@ class Nfsd:
         data = os.pread(rfd, count, offset) if count and offset < MAX_OFFSET else b""
         after = os.stat(rfd)
         eof = offset + len(data) >= after.st_size
+        self.bytes_read += len(data)
 
         def pack(p: Packer) -> None:
             post_op_attr(p, after, op.fsid)
@@ -435,6 +442,7 @@ class Nfsd:
         wfd = self.fs.reopen(op.who, fd, os.O_WRONLY, st, op.options.read_only, op.fds)
         with self.fs.run_as(op.who):  # as the caller: writing clears set-id bits, as it would locally
             written = os.pwrite(wfd, data[:count], offset)
+        self.bytes_written += written
 
         def ok(committed: int) -> Packs:
             verifier = self.write_verifier

@@ -11,7 +11,8 @@ order; :class:`RPCDatagramProtocol` carries it over UDP.
 from __future__ import annotations
 
 import collections
-from typing import Iterable, Optional, Union
+from time import perf_counter
+from typing import Callable, Iterable, Optional, Union
 
 from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
@@ -61,6 +62,8 @@ class Dispatcher:
         #: Calls by (prog, vers, proc); errors by accept/reject name.
         self.calls: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
+        #: Told of every call's duration: observer(program name, procedure name, seconds).
+        self.observer: Optional[Callable[[str, str, float], None]] = None
         for program in programs:
             self.add(program)
 
@@ -119,6 +122,8 @@ class Dispatcher:
                 return cached
 
         ctx = CallContext(header, netid, peer, local, len(data))
+        observer = self.observer
+        started = perf_counter() if observer is not None else 0.0
         try:
             result = procedure.handler(ctx, args)
         except Exception:
@@ -129,10 +134,19 @@ class Dispatcher:
                 result.addErrback(self._failure_reply, xid, procedure.name)
                 if key is not None:
                     result.addCallback(self._remember, key)
+                if observer is not None:
+                    result.addBoth(self._observed, observer, program.name, procedure.name, started)
                 return result
             reply = self._encode(result, xid, procedure.encode)
         if key is not None:
             self.reply_cache.finish(key, reply)
+        if observer is not None:
+            observer(program.name, procedure.name, perf_counter() - started)
+        return reply
+
+    @staticmethod
+    def _observed(reply, observer, program: str, procedure: str, started: float):
+        observer(program, procedure, perf_counter() - started)
         return reply
 
     def _remember(self, reply: Optional[bytes], key) -> Optional[bytes]:
