@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -53,7 +54,11 @@ def hold_ofd_lock(path: Path, seconds: float) -> str:
 
 def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tuple[vm.Result, str]:
     """Boot the guest against a fresh ``server_name`` and run ``scenario``; return the result and the server log."""
-    text = (SCENARIOS / f"{scenario}.sh").read_text()
+    return run_script(server_name, (SCENARIOS / f"{scenario}.sh").read_text(), timeout)
+
+
+def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None) -> tuple[vm.Result, str]:
+    """Like :func:`run_scenario` for a script's text; ``prepare(export_dir)`` runs before the server starts."""
     script = (SCENARIOS / "lib.sh").read_text() + "\n" + text
     options = headers(text)
     with netns() as ns:
@@ -63,6 +68,8 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
             Path(f"{export}{sibling}").mkdir()
             Path(f"{export}{sibling}").chmod(0o777)
         (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
+        if prepare is not None:
+            prepare(export)
         server = SERVERS[server_name](ns, export, options.get(server_name, "").split())
         server.start()
 
@@ -100,7 +107,10 @@ def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tup
                                   network=options.get("network", "user"))
         finally:
             server.stop()
-        return result, server.log_text()
+            log = server.log_text()
+            for path in (export, Path(f"{export}-ro"), Path(f"{export}-squash")):
+                shutil.rmtree(path, ignore_errors=True)
+        return result, log
 
 
 def main(argv: list[str] | None = None) -> int:
