@@ -331,10 +331,10 @@ class Run:
 
         def listing(cookie=0, verf=b"\0" * 8):
             def got(record, offset):
-                res = decode("READDIRPLUS", record, offset)
-                count[0] += len(res.entries)
-                if not res.eof:
-                    listing(res.entries[-1].cookie, res.cookieverf)
+                n, last, eof, verf = walk_readdirplus(record, offset)
+                count[0] += n
+                if not eof:
+                    listing(last, verf)
                 elif time.perf_counter() < deadline[0]:
                     listing()
 
@@ -354,6 +354,34 @@ class Run:
             c0, measured = 0, start
         n = count[0] - c0
         return {"entries": n, "seconds": round(end - measured, 3), "per_s": round(n / (end - measured), 1)}
+
+
+_U32, _U64 = struct.Struct(">I"), struct.Struct(">Q")
+
+
+def walk_readdirplus(record: bytes, offset: int) -> tuple[int, int, bool, bytes]:
+    """(entries, last cookie, eof, cookie verifier) of a READDIRPLUS3resok, read as fast as Python can: the
+    attributes and handles are stepped over, not decoded (the client must not be the bottleneck)."""
+    u32, u64 = _U32.unpack_from, _U64.unpack_from
+    pos = offset + 4  # status, known to be NFS3_OK
+    pos += 4 + (84 if u32(record, pos)[0] else 0)  # dir_attributes
+    verf = record[pos : pos + 8]
+    pos += 8
+    n, cookie = 0, 0
+    while u32(record, pos)[0]:
+        name_len = u32(record, pos + 12)[0]
+        pos += 16 + name_len + (-name_len & 3)
+        cookie = u64(record, pos)[0]
+        pos += 8
+        pos += 4 + (84 if u32(record, pos)[0] else 0)  # name_attributes
+        if u32(record, pos)[0]:  # name_handle
+            fh_len = u32(record, pos + 4)[0]
+            pos += 8 + fh_len + (-fh_len & 3)
+        else:
+            pos += 4
+        n += 1
+    eof = bool(u32(record, pos + 4)[0])
+    return n, cookie, eof, verf
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,9 @@ stays valid as long as the export does.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from typing import Optional
 
 from twisted.internet import defer, threads
@@ -59,35 +61,84 @@ class HostNames:
 
 
 class ExportTable:
-    def __init__(self, exports: Exports, codec: HandleCodec, names: Optional[HostNames] = None) -> None:
+    """Handles to descriptors, and which options a client gets.
+
+    Resolving a handle costs an HMAC, ``open_by_handle_at`` and a look at
+    where the object lies; recently used handles keep an O_PATH descriptor
+    (LRU, ``cache_size``), so a call costs a ``dup`` and an ``fstat``.  A
+    cached object is looked at again (still inside its export?) after
+    ``recheck`` seconds, and one that was deleted is stale at once.
+    """
+
+    def __init__(self, exports: Exports, codec: HandleCodec, names: Optional[HostNames] = None,
+                 cache_size: int = 1024, recheck: float = 2.0) -> None:
         self.codec = codec
         self.names = names or HostNames()
+        self.cache_size = cache_size
+        self.recheck = recheck
+        self._fds: "OrderedDict[bytes, tuple[Export, int, float]]" = OrderedDict()
+        self._options: dict[tuple[int, str], Optional[ExportOptions]] = {}
+        self._handles: dict[tuple, bytes] = {}
+        self._names_for: Optional[Exports] = None
+        #: nfsd resolves handles in pool threads too.
+        self._lock = threading.RLock()
+        self._needs_names = False
         # export id -> (fd of the root, mount id, real path, (st_dev, st_ino))
         self._roots: dict[int, tuple[int, int, str, tuple[int, int]]] = {}
         self.exports = exports
 
     def reload(self, exports: Exports) -> None:
         """Serve ``exports`` from now on; roots are opened again on use (a path may have changed)."""
-        self.close()
-        self.exports = exports
+        with self._lock:
+            self._close()
+            self.exports = exports
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for entry in self._roots.values():
             os.close(entry[0])
         self._roots.clear()
+        for _, fd, _ in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._options.clear()
+        self._handles.clear()
 
     @property
     def needs_names(self) -> bool:
-        return any(spec.kind == WILDCARD for e in self.exports for spec, _ in e.clients)
+        exports = self.exports
+        if self._names_for is not exports:
+            self._needs_names = any(spec.kind == WILDCARD for e in exports for spec, _ in e.clients)
+            self._names_for = exports
+        return self._needs_names
 
     def options_for(self, export: Export, address: str) -> Optional[ExportOptions]:
-        return export.options_for(address, self.names.cached)
+        if self.needs_names:  # wildcard names: the answer follows the name cache
+            return export.options_for(address, self.names.cached)
+        key = (export.export_id, address)
+        try:
+            return self._options[key]
+        except KeyError:
+            if len(self._options) >= 4096:
+                self._options.clear()
+            options = self._options[key] = export.options_for(address, self.names.cached)
+            return options
 
     def root(self, export: Export) -> tuple[int, int]:
         """(fd, mount id) of the export's root directory, opened once."""
         return self._root(export)[:2]
 
     def _root(self, export: Export) -> tuple[int, int, str, tuple[int, int]]:
+        entry = self._roots.get(export.export_id)
+        if entry is not None:
+            return entry
+        with self._lock:
+            return self._open_root(export)
+
+    def _open_root(self, export: Export) -> tuple[int, int, str, tuple[int, int]]:
         entry = self._roots.get(export.export_id)
         if entry is None:
             # A real descriptor: open_by_handle_at refuses an O_PATH one as its mount fd.
@@ -134,8 +185,64 @@ class ExportTable:
             raise OSError(errno.EXDEV, "object is on another filesystem than its export")
         return self.codec.encode(export.export_id, htype, data)
 
+    def stat_and_handle(self, export: Export, dirfd: int, name: bytes) -> tuple[os.stat_result, bytes]:
+        """``lstat`` of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty) and its handle.
+
+        Handles are remembered by (export, device, inode, ctime): a listing of a directory the client has
+        seen costs one ``fstatat`` per entry.  A new one is made from an O_PATH descriptor of the object,
+        so the attributes and the handle are of the same object even if the name changes meanwhile.
+        """
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False) if name else os.fstat(dirfd)
+        key = (export.export_id, st.st_dev, st.st_ino, st.st_ctime_ns)
+        handle = self._handles.get(key)
+        if handle is not None:
+            return st, handle
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd) if name else os.dup(dirfd)
+        try:
+            st = os.fstat(fd)
+            handle = self.handle(export, fd)
+        finally:
+            os.close(fd)
+        if len(self._handles) >= 65536:
+            self._handles.clear()
+        self._handles[(export.export_id, st.st_dev, st.st_ino, st.st_ctime_ns)] = handle
+        return st, handle
+
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
-        """(export, fd) of a handle; BadHandle or StaleHandle if it names nothing we serve."""
+        """(export, fd) of a handle, the fd the caller's to close; BadHandle or StaleHandle if it names nothing
+        we serve."""
+        with self._lock:
+            if flags != os.O_PATH:
+                return self._resolve(handle, flags)
+            return self._resolve_cached(handle)
+
+    def _resolve_cached(self, handle: bytes) -> tuple[Export, int]:
+        flags = os.O_PATH
+        entry = self._fds.get(handle)
+        now = time.monotonic()
+        if entry is not None:
+            export, cached, checked = entry
+            if now - checked < self.recheck:
+                if os.fstat(cached).st_nlink == 0:
+                    self._evict(handle)
+                    raise StaleHandle("object was deleted")
+                self._fds.move_to_end(handle)
+                return export, os.dup(cached)
+            self._evict(handle)
+        export, fd = self._resolve(handle, flags)
+        if self.cache_size:
+            self._fds[handle] = (export, os.dup(fd), now)
+            while len(self._fds) > self.cache_size:
+                _, (_, old, _) = self._fds.popitem(last=False)
+                os.close(old)
+        return export, fd
+
+    def _evict(self, handle: bytes) -> None:
+        entry = self._fds.pop(handle, None)
+        if entry is not None:
+            os.close(entry[1])
+
+    def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int]:
         decoded = self.codec.decode(handle)
         export = self.exports.by_id(decoded.export_id)
         if export is None:
@@ -145,7 +252,7 @@ class ExportTable:
             fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
         except OSError as e:
             raise StaleHandle(str(e)) from None
-        if not self.inside(export, fd):
+        if not self.inside(export, fd) or os.fstat(fd).st_nlink == 0:
             os.close(fd)
             raise StaleHandle("object is outside its export")
         return export, fd

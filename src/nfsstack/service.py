@@ -24,7 +24,7 @@ from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
-from nfsstack.nfs3.program import Nfsd
+from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.nsm.state import NsmState
@@ -89,6 +89,7 @@ class Options(usage.Options):
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
+        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
     ]
 
     def postOptions(self) -> None:
@@ -313,10 +314,23 @@ def default_exports() -> Exports:
     return exports
 
 
+def _raise_fd_limit() -> None:
+    """Descriptors: cached file handles and connections need more than a shell's usual 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def makeService(options: Options, reactor=None) -> NfsStackService:
     if reactor is None:
         from twisted.internet import reactor
     stack = NfsStackService()
+    _raise_fd_limit()
     common = dict(
         interface=options["bind"],
         reactor=reactor,
@@ -377,7 +391,9 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     stack.mountd = Mountd(stack.exports, stack.mounts)
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
-    stack.nfsd = Nfsd(stack.exports)
+    workers = Workers(reactor, max(1, options["threads"]))
+    reactor.addSystemEventTrigger("after", "shutdown", workers.stop)
+    stack.nfsd = Nfsd(stack.exports, in_thread=workers)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
 

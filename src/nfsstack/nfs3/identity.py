@@ -13,8 +13,7 @@ import ctypes
 import ctypes.util
 import platform
 import threading
-from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from nfsstack.exports import ExportOptions
 from nfsstack.rpc.message import Credential
@@ -33,8 +32,26 @@ class Identity(NamedTuple):
 ROOT = Identity(0, 0, ())
 
 
+_EFFECTIVE: dict = {}
+
+
 def effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
     """The identity a call gets on an export (exports(5): root_squash, all_squash, anonuid/anongid)."""
+    key = (cred, options)
+    who = _EFFECTIVE.get(key)
+    if who is None:
+        if len(_EFFECTIVE) >= 4096:
+            _EFFECTIVE.clear()
+        who = _effective(cred, options)
+        if who.uid == 0 and who.gid == 0:
+            # Root's supplementary groups change nothing (it passes every permission check), so every
+            # unsquashed root is the one ROOT and no call switches identity for it.
+            who = ROOT
+        _EFFECTIVE[key] = who
+    return who
+
+
+def _effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
     anon = Identity(options.anonuid, options.anongid, ())
     if cred is None or options.all_squash:
         return anon
@@ -53,6 +70,8 @@ class Switcher:
 
     def __init__(self) -> None:
         self._state = threading.local()
+        self._state.who = ROOT
+        self._main = self._state  # the thread that made the switcher (the reactor's) starts as root
         nrs = _NR.get(platform.machine())
         if nrs is None:
             raise OSError(f"no setfsuid system call numbers for {platform.machine()}")
@@ -63,8 +82,11 @@ class Switcher:
         return getattr(self._state, "who", ROOT)
 
     def become(self, who: Identity) -> None:
-        current = self.current
-        if who == current:
+        try:
+            current = self._state.who
+        except AttributeError:  # a thread's first call: threads start as root
+            current = ROOT
+        if who is current or who == current:
             return
         if who.gids != current.gids:
             array = (ctypes.c_uint32 * max(1, len(who.gids)))(*who.gids)
@@ -80,11 +102,22 @@ class Switcher:
     def root(self) -> None:
         self.become(ROOT)
 
-    @contextmanager
-    def acting_as(self, who: Identity) -> Iterator[None]:
-        """Run the block's filesystem calls as ``who``, then back to root."""
-        self.become(who)
-        try:
-            yield
-        finally:
-            self.become(ROOT)
+    def acting_as(self, who: Identity) -> "_Acting":
+        """A context manager: the block's filesystem calls run as ``who``, then back to root."""
+        return _Acting(self, who)
+
+
+class _Acting:
+    __slots__ = ("switcher", "who")
+
+    def __init__(self, switcher: Switcher, who: Identity) -> None:
+        self.switcher = switcher
+        self.who = who
+
+    def __enter__(self) -> None:
+        if self.who is not ROOT:
+            self.switcher.become(self.who)
+
+    def __exit__(self, *exc) -> None:
+        if self.who is not ROOT:
+            self.switcher.become(ROOT)

@@ -9,7 +9,8 @@ through :mod:`nfsstack.nfs3.vfs`, and returns a function that packs its resok
 arm.  A handler that fails raises; the frame then answers the status with
 the attributes RFC 1813 gives that procedure's resfail arm (post_op_attr or
 wcc_data of the objects the handler had resolved), so error replies carry
-them too.  COMMIT and synchronous WRITEs fsync in a thread.
+them too.  Procedures that may wait on the disk (writes of data or metadata, READ,
+COMMIT) run whole in the reactor's thread pool; the others run inline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import collections
 import os
 import secrets
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -36,7 +38,7 @@ from nfsstack.nfs3.types import (
     wcc_data,
 )
 from nfsstack.nfs3.vfs import LocalFS, proc_path, readlink, stat_or_none
-from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
+from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure, raw_parts
 from nfsstack.xdr import Packer, Unpacker, XDRError
 
 log = Logger(namespace="nfsstack.nfs3")
@@ -48,10 +50,17 @@ UDP_XFER = 32 * 1024
 DTPREF = 64 * 1024
 MAX_OFFSET = (1 << 63) - 1
 _FSF3_LINK, _FSF3_SYMLINK, _FSF3_HOMOGENEOUS, _FSF3_CANSETTIME = 0x1, 0x2, 0x8, 0x10
+#: READs and unstable WRITEs up to this size run inline.
+SMALL_IO = 64 * 1024
 #: knfsd's cookie verifier: always zero, and any verifier a client sends back is accepted.
 _COOKIEVERF = b"\0" * 8
 _OK = b"\0\0\0\0"
 _NO_ATTR = b"\0\0\0\0"
+_TRUE = b"\0\0\0\1"
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_ENTRY_HEAD = struct.Struct(">IQI")  # value follows, fileid, name length
+_COOKIE = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 
 Packs = Callable[[Packer], None]
 
@@ -105,6 +114,10 @@ class Row:
     decode: Callable[[Unpacker], Any]
     fail: tuple[str, ...]
     idempotent: bool = True
+    #: Runs in the thread pool (True, or a test of the arguments): it moves much data or syncs, and may wait on
+    #: the disk (fsync, reads of cold data, writeback throttling).  Directory changes and small transfers stay
+    #: inline: they are short, and handing them to threads was measured slower (bench/README.md).
+    blocking: Any = False
 
 
 # -- argument decoders (RFC 1813 section 3.3) ------------------------------------
@@ -189,12 +202,12 @@ def _unpack_readdirplus(u: Unpacker):
 #: The procedure table of NFSv3 (RFC 1813 section 3.3); procedure 0 is NULL.
 PROCEDURES: dict[int, Row] = {
     1: Row("GETATTR", unpack_fh, ()),
-    2: Row("SETATTR", _unpack_setattr, ("wcc",), idempotent=False),
+    2: Row("SETATTR", _unpack_setattr, ("wcc",), idempotent=False, blocking=True),
     3: Row("LOOKUP", unpack_diropargs, ("attr",)),
     4: Row("ACCESS", _unpack_fh_uint, ("attr",)),
     5: Row("READLINK", unpack_fh, ("attr",)),
-    6: Row("READ", _unpack_range, ("attr",)),
-    7: Row("WRITE", _unpack_write, ("wcc",)),  # the same data at the same offset: safe to redo
+    6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO),
+    7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO or a[3] != UNSTABLE),
     8: Row("CREATE", _unpack_create, ("wcc",), idempotent=False),
     9: Row("MKDIR", _unpack_mkdir, ("wcc",), idempotent=False),
     10: Row("SYMLINK", _unpack_symlink, ("wcc",), idempotent=False),
@@ -208,13 +221,8 @@ PROCEDURES: dict[int, Row] = {
     18: Row("FSSTAT", unpack_fh, ("attr",)),
     19: Row("FSINFO", unpack_fh, ("attr",)),
     20: Row("PATHCONF", unpack_fh, ("attr",)),
-    21: Row("COMMIT", _unpack_range, ("wcc",)),
+    21: Row("COMMIT", _unpack_range, ("wcc",), blocking=True),
 }
-
-
-def _extend(p: Packer, parts: list[bytes]) -> None:
-    for part in parts:
-        p.pack_raw(part)
 
 
 class Nfsd:
@@ -224,7 +232,7 @@ class Nfsd:
                  in_thread: Callable[..., defer.Deferred] = threads.deferToThread) -> None:
         self.table = table
         self.fs = fs or LocalFS()
-        #: Runs the slow calls (fsync) off the reactor thread.
+        #: Runs the procedures that may wait on the disk off the reactor thread.
         self.in_thread = in_thread
         #: For the status service: bytes moved, and failed calls by procedure and status.
         self.bytes_read = 0
@@ -239,7 +247,7 @@ class Nfsd:
         procs = {0: null_procedure()}
         for number, row in PROCEDURES.items():
             handler = getattr(self, "nfs_" + row.name.lower())
-            procs[number] = Procedure(row.name, self._frame(row, handler), row.decode, _extend, row.idempotent)
+            procs[number] = Procedure(row.name, self._frame(row, handler), row.decode, raw_parts, row.idempotent)
         return procs
 
     # -- the frame every procedure runs in -------------------------------------
@@ -255,6 +263,9 @@ class Nfsd:
 
         def start(ctx: CallContext, args: Any):
             op = Op(ctx)
+            blocking = row.blocking
+            if blocking is True or (blocking and blocking(args)):
+                return self.in_thread(in_thread, op, args)
             try:
                 result = handler(op, args)
             except Exception:
@@ -265,6 +276,16 @@ class Nfsd:
                 return result.addCallbacks(self._succeeded, self._failed, callbackArgs=(op, row),
                                            errbackArgs=(op, row))
             return self._succeeded(result, op, row)
+
+        def in_thread(op: Op, args: Any) -> list[bytes]:
+            """The whole call, reply included, in a pool thread (as the caller's identity for that thread)."""
+            try:
+                ok = handler(op, args)
+            except Exception:
+                return self._failed(Failure(), op, row)
+            finally:
+                self.fs.reset()
+            return self._succeeded(ok, op, row)
 
         return run
 
@@ -353,11 +374,15 @@ class Nfsd:
     def _xfer(op: Op) -> int:
         return UDP_XFER if op.ctx.netid.startswith("udp") else RTMAX
 
-    def _sync_failed(self, failure: Failure) -> Failure:
-        # A failed sync may have lost data the client thinks written: a new verifier makes it resend.
-        self.write_verifier = secrets.token_bytes(8)
-        log.error("fsync failed: {e}", e=failure.value)
-        return failure
+    def _sync(self, sync: Callable[[int], None], fd: int) -> None:
+        """fsync or fdatasync (in a pool thread); a failure may have lost data the client thinks written, so a
+        new write verifier makes it resend."""
+        try:
+            sync(fd)
+        except OSError as e:
+            self.write_verifier = secrets.token_bytes(8)
+            log.error("fsync failed: {e}", e=e)
+            raise
 
     # -- procedures (RFC 1813 section 3.3.N) -------------------------------------------
 
@@ -386,8 +411,7 @@ class Nfsd:
         if name == b".." and self.table.is_root(op.export, dir_st):
             name = b"."
         with self.fs.run_as(op.who):  # the kernel checks search permission on the directory
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        child = self.table.handle(op.export, dirfd, b"" if name == b"." else name)
+            st, child = self.table.stat_and_handle(op.export, dirfd, name)
         return lambda p: (p.pack_opaque(child), post_op_attr(p, st, op.fsid), op.pack_attr(p, 0))
 
     def nfs_access(self, op: Op, args) -> Packs:
@@ -427,7 +451,7 @@ class Nfsd:
 
         return pack
 
-    def nfs_write(self, op: Op, args) -> Packs | defer.Deferred:
+    def nfs_write(self, op: Op, args) -> Packs:
         handle, offset, count, stable, data = args
         fd = self._resolve(op, handle, write=True)
         st = self._watch(op, fd)
@@ -449,10 +473,9 @@ class Nfsd:
             return lambda p: (op.pack_wcc(p, 0), p.pack_uint(written), p.pack_uint(committed),
                               p.pack_fopaque(8, verifier))
 
-        if stable == UNSTABLE or not op.options.sync:
-            return ok(stable)
-        sync = os.fdatasync if stable == DATA_SYNC else os.fsync
-        return self.in_thread(sync, wfd).addCallbacks(lambda _: ok(stable), self._sync_failed)
+        if stable != UNSTABLE and op.options.sync:
+            self._sync(os.fdatasync if stable == DATA_SYNC else os.fsync, wfd)
+        return ok(stable)
 
     def nfs_create(self, op: Op, args) -> Packs:
         (handle, name), mode, how = args
@@ -562,19 +585,23 @@ class Nfsd:
         names = 0
         entries: list[bytes] = []
         eof = True
+        pack_head, pack_cookie = _ENTRY_HEAD.pack, _COOKIE.pack
+        stat_and_handle, fsid, export = self.table.stat_and_handle, op.fsid, op.export
         with self.fs.run_as(op.who):
             for fileid, name, next_cookie in dirents.entries(rfd, cookie):
+                n = len(name)
                 if name == b".." and at_root:
                     fileid = dir_st.st_ino
-                p = Packer()
-                p.pack_raw(b"\0\0\0\1")
-                p.pack_uhyper(fileid)
-                p.pack_opaque(name)
-                p.pack_uhyper(next_cookie)
-                names += 8 + 4 + len(name) + (-len(name) & 3) + 8
+                entry = pack_head(1, fileid, n) + name + _PAD[n & 3] + pack_cookie(next_cookie)
+                names += 20 + n + (-n & 3)
                 if plus:
-                    self._plus(p, op, fd, name, at_root)
-                entry = p.getvalue()
+                    # Attributes and handle, when they can be had; "." and the root's ".." are the directory.
+                    try:
+                        own = name == b"." or (name == b".." and at_root)
+                        st, fh = stat_and_handle(export, fd, b"." if own else name)
+                        entry += _TRUE + fattr3(st, fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
+                    except OSError:
+                        entry += _NO_ATTR + _NO_ATTR
                 if size + len(entry) > maxcount or names > dircount:
                     eof = False
                     break
@@ -582,29 +609,16 @@ class Nfsd:
                 entries.append(entry)
         if not entries and not eof:
             raise NFSError(Stat.TOOSMALL)
+        tail = b"\0\0\0\0" + (_TRUE if eof else _NO_ATTR)
 
         def pack(p: Packer) -> None:
             op.pack_attr(p, 0)
-            p.pack_fopaque(8, _COOKIEVERF)
+            p.pack_raw(_COOKIEVERF)
             for entry in entries:
                 p.pack_raw(entry)
-            p.pack_raw(b"\0\0\0\0")
-            p.pack_bool(eof)
+            p.pack_raw(tail)
 
         return pack
-
-    def _plus(self, p: Packer, op: Op, dirfd: int, name: bytes, at_root: bool) -> None:
-        """The READDIRPLUS part of an entry: its attributes and handle, when they can be had."""
-        if name == b"." or (name == b".." and at_root):
-            name = b""
-        try:
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False) if name else os.stat(dirfd)
-            fh = self.table.handle(op.export, dirfd, name)
-        except OSError:
-            p.pack_raw(_NO_ATTR + _NO_ATTR)  # no attributes, no handle
-            return
-        post_op_attr(p, st, op.fsid)
-        post_op_fh(p, fh)
 
     def nfs_fsstat(self, op: Op, handle: bytes) -> Packs:
         fd = self._resolve(op, handle)
@@ -655,7 +669,7 @@ class Nfsd:
 
         return pack
 
-    def nfs_commit(self, op: Op, args) -> defer.Deferred:
+    def nfs_commit(self, op: Op, args) -> Packs:
         handle, _offset, _count = args
         fd = self._resolve(op, handle, write=True)
         st = self._watch(op, fd)
@@ -664,8 +678,38 @@ class Nfsd:
         sfd = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC)
         op.fds.append(sfd)
 
-        def ok(_) -> Packs:
-            verifier = self.write_verifier
-            return lambda p: (op.pack_wcc(p, 0), p.pack_fopaque(8, verifier))
+        self._sync(os.fsync, sfd)
+        verifier = self.write_verifier
+        return lambda p: (op.pack_wcc(p, 0), p.pack_fopaque(8, verifier))
 
-        return self.in_thread(os.fsync, sfd).addCallbacks(ok, self._sync_failed)
+
+class Workers:
+    """A pool of threads for the procedures that may wait on the disk; each call's Deferred fires in the reactor.
+
+    A plain ThreadPoolExecutor: Twisted's own pool routes every task through a coordinator, which costs more
+    than the short filesystem calls it would run.
+    """
+
+    def __init__(self, reactor, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.reactor = reactor
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nfsd")
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        call_from_thread = self.reactor.callFromThread
+
+        def work() -> None:
+            try:
+                result = f(*args)
+            except BaseException:
+                call_from_thread(d.errback, Failure())
+            else:
+                call_from_thread(d.callback, result)
+
+        self.pool.submit(work)
+        return d
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False)

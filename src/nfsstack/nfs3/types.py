@@ -109,16 +109,21 @@ def _split(ns: int) -> tuple[int, int]:
     return s & 0xFFFFFFFF, n
 
 
+_FTYPE_OF_MODE = {mode: int(kind) for mode, kind in FTYPE.items()}
+
+
 def fattr3(st: os.stat_result, fsid: int) -> bytes:
     """fattr3 (RFC 1813 section 2.6) of a stat result."""
     rdev = st.st_rdev
-    a = _split(st.st_atime_ns)
-    m = _split(st.st_mtime_ns)
-    c = _split(st.st_ctime_ns)
+    mode = st.st_mode
+    a_s, a_n = divmod(st.st_atime_ns, 1_000_000_000)
+    m_s, m_n = divmod(st.st_mtime_ns, 1_000_000_000)
+    c_s, c_n = divmod(st.st_ctime_ns, 1_000_000_000)
     return _FATTR3.pack(
-        FTYPE.get(stat.S_IFMT(st.st_mode), Ftype.REG), st.st_mode & 0o7777, st.st_nlink & 0xFFFFFFFF,
-        st.st_uid, st.st_gid, st.st_size, st.st_blocks * 512, os.major(rdev), os.minor(rdev), fsid,
-        st.st_ino, a[0], a[1], m[0], m[1], c[0], c[1],
+        _FTYPE_OF_MODE.get(mode & 0o170000, 1), mode & 0o7777, st.st_nlink & 0xFFFFFFFF,
+        st.st_uid, st.st_gid, st.st_size, st.st_blocks * 512, os.major(rdev) if rdev else 0,
+        os.minor(rdev) if rdev else 0, fsid, st.st_ino, a_s & 0xFFFFFFFF, a_n, m_s & 0xFFFFFFFF, m_n,
+        c_s & 0xFFFFFFFF, c_n,
     )
 
 

@@ -196,6 +196,11 @@ def _not_a_call(mtype: int) -> XDRError:
     return NotACall("a reply, not a call") if mtype == REPLY else XDRError(f"message type {mtype}")
 
 
+#: Decoded AUTH_SYS bodies (bounded: cleared when full).
+_SYS_CACHE: dict[bytes, tuple] = {}
+_SYS_CACHE_SIZE = 4096
+
+
 def decode_call(data: bytes | memoryview) -> tuple[CallHeader, int]:
     """Decode a call header; return it and the offset of the arguments.
 
@@ -238,11 +243,17 @@ def decode_call(data: bytes | memoryview) -> tuple[CallHeader, int]:
     if cflavor == AuthFlavor.AUTH_NONE:
         cred = AUTH_NULL if clen == 0 else OpaqueAuth(cflavor, cbody)
     elif cflavor == AuthFlavor.AUTH_SYS:
-        cred = OpaqueAuth(cflavor, cbody)
-        try:
-            credential = Credential.decode(cbody)
-        except XDRError as e:
-            raise CallRejected(xid, auth_error_reply(xid, AuthStat.AUTH_BADCRED), f"bad AUTH_SYS: {e}") from None
+        # A client sends the same credential on every call: decode each one once.
+        cached = _SYS_CACHE.get(cbody)
+        if cached is None:
+            try:
+                credential = Credential.decode(cbody)
+            except XDRError as e:
+                raise CallRejected(xid, auth_error_reply(xid, AuthStat.AUTH_BADCRED), f"bad AUTH_SYS: {e}") from None
+            if len(_SYS_CACHE) >= _SYS_CACHE_SIZE:
+                _SYS_CACHE.clear()
+            cached = _SYS_CACHE[cbody] = (OpaqueAuth(cflavor, cbody), credential)
+        cred, credential = cached
         if vflavor != AuthFlavor.AUTH_NONE:
             raise CallRejected(xid, auth_error_reply(xid, AuthStat.AUTH_BADVERF), "AUTH_SYS with a verifier")
     else:

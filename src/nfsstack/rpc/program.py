@@ -98,6 +98,16 @@ class Procedure:
     idempotent: bool = True
 
 
+def raw_parts(p: Packer, parts: list) -> None:
+    """The encoder of a procedure whose handler returns its result already encoded, as a list of byte strings.
+
+    The dispatcher hands such a reply on as a list (header first), so a large READ goes to the socket
+    without being joined into one string.
+    """
+    for part in parts:
+        p.pack_raw(part)
+
+
 def null_procedure() -> Procedure:
     """Procedure 0 of every program: no arguments, no result (RFC 5531 section 12.1)."""
     return Procedure("NULL", lambda ctx, args: None)

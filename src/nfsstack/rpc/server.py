@@ -29,13 +29,19 @@ from nfsstack.rpc.message import (
     decode_call,
     prog_mismatch_reply,
 )
-from nfsstack.rpc.program import AuthDenied, CallContext, GarbageArgs, NoReply, Program
+from nfsstack.rpc.program import AuthDenied, CallContext, GarbageArgs, NoReply, Program, raw_parts
 from nfsstack.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
 from nfsstack.xdr import U32, Packer, Unpacker, XDRError
 
 log = Logger(namespace="nfsstack.rpc")
 
-Reply = Union[bytes, None, defer.Deferred]
+#: A reply message: bytes, or a list of byte strings (a raw_parts procedure's), or a Deferred of either.
+Reply = Union[bytes, list, None, defer.Deferred]
+
+
+def joined(reply) -> Optional[bytes]:
+    """A reply as one byte string."""
+    return b"".join(reply) if type(reply) is list else reply
 
 #: Default upper bound of one record: a 1 MiB NFS WRITE plus headers.
 DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
@@ -139,7 +145,7 @@ class Dispatcher:
                 return result
             reply = self._encode(result, xid, procedure.encode)
         if key is not None:
-            self.reply_cache.finish(key, reply)
+            self.reply_cache.finish(key, joined(reply))
         if observer is not None:
             observer(program.name, procedure.name, perf_counter() - started)
         return reply
@@ -149,15 +155,17 @@ class Dispatcher:
         observer(program, procedure, perf_counter() - started)
         return reply
 
-    def _remember(self, reply: Optional[bytes], key) -> Optional[bytes]:
-        self.reply_cache.finish(key, reply)
+    def _remember(self, reply, key):
+        self.reply_cache.finish(key, joined(reply))
         return reply
 
     @staticmethod
-    def _encode(result, xid: int, encode) -> bytes:
+    def _encode(result, xid: int, encode):
         header = accepted_reply(xid)
         if encode is None:
             return header
+        if encode is raw_parts:
+            return [header, *result]
         p = Packer()
         p.pack_raw(header)
         encode(p, result)
@@ -275,9 +283,13 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                 return
             if reply is None:
                 continue
-            if type(reply) is bytes:
+            kind = type(reply)
+            if kind is bytes:
                 out.append(U32.pack(LAST_FRAGMENT | len(reply)))
                 out.append(reply)
+            elif kind is list:
+                out.append(U32.pack(LAST_FRAGMENT | sum(map(len, reply))))
+                out.extend(reply)
             else:
                 self.in_flight += 1
                 reply.addBoth(self._late_reply)
@@ -293,7 +305,10 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             log.failure("reply failed", reply)
             reply = None
         if reply is not None and self._open:
-            self._send([U32.pack(LAST_FRAGMENT | len(reply)), reply])
+            if type(reply) is list:
+                self._send([U32.pack(LAST_FRAGMENT | sum(map(len, reply))), *reply])
+            else:
+                self._send([U32.pack(LAST_FRAGMENT | len(reply)), reply])
         if self._paused_for_calls and self.in_flight < self.factory.max_in_flight // 2:
             self._paused_for_calls = False
             if self._open and not self._paused_for_writes:
@@ -356,15 +371,15 @@ class RPCDatagramProtocol(protocol.DatagramProtocol):
             return
         if reply is None:
             return
-        if type(reply) is bytes:
-            self._send(reply, peer)
+        if type(reply) is bytes or type(reply) is list:
+            self._send(joined(reply), peer)
         else:
             reply.addCallback(self._send_late, peer)
             reply.addErrback(lambda f: log.failure("reply failed", f))
 
-    def _send_late(self, reply: Optional[bytes], peer) -> None:
+    def _send_late(self, reply, peer) -> None:
         if reply is not None and self.transport is not None:
-            self._send(reply, peer)
+            self._send(joined(reply), peer)
 
     def _send(self, reply: bytes, peer) -> None:
         if len(reply) > MAX_UDP_PAYLOAD:
