@@ -202,7 +202,7 @@ def _unpack_readdirplus(u: Unpacker):
 #: The procedure table of NFSv3 (RFC 1813 section 3.3); procedure 0 is NULL.
 PROCEDURES: dict[int, Row] = {
     1: Row("GETATTR", unpack_fh, ()),
-    2: Row("SETATTR", _unpack_setattr, ("wcc",), idempotent=False, blocking=True),
+    2: Row("SETATTR", _unpack_setattr, ("wcc",), idempotent=False, blocking=lambda a: a[1].size is not None),
     3: Row("LOOKUP", unpack_diropargs, ("attr",)),
     4: Row("ACCESS", _unpack_fh_uint, ("attr",)),
     5: Row("READLINK", unpack_fh, ("attr",)),
