@@ -9,6 +9,7 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, strategies as st
 from twisted.internet import defer
 
 from nfsstack.export_table import ExportTable
@@ -17,7 +18,8 @@ from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
 from nfsstack.nfs3.identity import ROOT
 from nfsstack.nfs3.program import RTMAX, UDP_XFER, Nfsd
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.types import Stat, pack_sattr, unpack_sattr
+from nfsstack.xdr import Packer, Unpacker, XDRError
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
 
@@ -466,3 +468,28 @@ def test_retransmitted_remove_gets_the_first_reply(env):
     again = settled(d.handle(msg, "udp", PRIVILEGED, ("127.0.0.1", 2049)))
     assert first == again
     assert decode("REMOVE", first, decode_reply(first).offset).ok
+
+
+@given(st.builds(Sattr3, st.none() | st.integers(0, 0o7777), st.none() | st.integers(0, 2**32 - 1),
+                 st.none() | st.integers(0, 2**32 - 1), st.none() | st.integers(0, 2**64 - 1),
+                 st.none() | st.just("now") | st.integers(0, 2**32 - 1).map(lambda s: s * 1_000_000_000 + 7),
+                 st.none() | st.just("now") | st.integers(0, 2**32 - 1).map(lambda s: s * 1_000_000_000)))
+def test_sattr3_roundtrip(attrs):
+    p = Packer()
+    pack_sattr(p, attrs)
+    u = Unpacker(p.getvalue())
+    assert unpack_sattr(u) == attrs
+    u.done()
+
+
+@given(st.binary(max_size=200), st.sampled_from(sorted(PROC)))
+def test_fuzz_nfs3_argument_decoders(data, proc):
+    from nfsstack.nfs3.program import PROCEDURES
+
+    number = PROC[proc]
+    if number == 0:
+        return
+    try:
+        PROCEDURES[number].decode(Unpacker(data))
+    except (XDRError, ValueError):
+        pass

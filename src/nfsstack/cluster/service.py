@@ -30,6 +30,7 @@ from twisted.web import http, resource, server
 
 from nfsstack.cluster import keepalive as ka
 from nfsstack.cluster.members import Members
+from nfsstack.rpc.program import parse_address
 
 log = Logger(namespace="nfsstack.cluster")
 
@@ -39,13 +40,8 @@ def parse_networks(text: str) -> list:
 
 
 def allowed(networks: list, host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == net.version and addr in net for net in networks)
+    addr = parse_address(host)
+    return addr is not None and any(addr.version == net.version and addr in net for net in networks)
 
 
 def parse_peer(text: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from nfsstack.nfs3.types import FHSIZE3, MAX_NAME_DECODE, MAX_PATH, Stat
+from nfsstack.nfs3.types import FHSIZE3, MAX_NAME_DECODE, MAX_PATH, Sattr, Stat, pack_sattr
 from nfsstack.xdr import Packer, Unpacker
 
 __all__ = ["Fattr", "WccAttr", "Entry", "Result", "Sattr3", "encode", "decode", "PROC"]
@@ -80,16 +80,8 @@ class Result:
         return self.status == Stat.OK
 
 
-@dataclass(frozen=True, slots=True)
-class Sattr3:
-    """sattr3 to send: None leaves a field alone; times are ns, or "now" for the server's time."""
-
-    mode: Optional[int] = None
-    uid: Optional[int] = None
-    gid: Optional[int] = None
-    size: Optional[int] = None
-    atime: Optional[int | str] = None
-    mtime: Optional[int | str] = None
+#: sattr3 to send: the server's own dataclass (None leaves a field alone; times in ns, or "now").
+Sattr3 = Sattr
 
 
 # -- pieces -----------------------------------------------------------------------
@@ -119,25 +111,6 @@ def unpack_wcc(u: Unpacker) -> tuple[Optional[WccAttr], Optional[Fattr]]:
 
 def unpack_post_op_fh(u: Unpacker) -> Optional[bytes]:
     return u.unpack_opaque(FHSIZE3) if u.unpack_bool() else None
-
-
-def pack_sattr(p: Packer, a: Sattr3) -> None:
-    for value in (a.mode, a.uid, a.gid):
-        p.pack_bool(value is not None)
-        if value is not None:
-            p.pack_uint(value)
-    p.pack_bool(a.size is not None)
-    if a.size is not None:
-        p.pack_uhyper(a.size)
-    for t in (a.atime, a.mtime):
-        if t is None:
-            p.pack_uint(0)
-        elif t == "now":
-            p.pack_uint(1)
-        else:
-            p.pack_uint(2)
-            p.pack_uint(t // 1_000_000_000)
-            p.pack_uint(t % 1_000_000_000)
 
 
 # -- arguments --------------------------------------------------------------------

@@ -191,6 +191,26 @@ def unpack_sattr(u: Unpacker) -> Sattr:
     return Sattr(mode, uid, gid, size, _time(u), _time(u))
 
 
+def pack_sattr(p: Packer, a: Sattr) -> None:
+    """sattr3 as a client sends it (the inverse of :func:`unpack_sattr`)."""
+    for value in (a.mode, a.uid, a.gid):
+        p.pack_bool(value is not None)
+        if value is not None:
+            p.pack_uint(value)
+    p.pack_bool(a.size is not None)
+    if a.size is not None:
+        p.pack_uhyper(a.size)
+    for t in (a.atime, a.mtime):
+        if t is None:
+            p.pack_uint(0)
+        elif t == "now":
+            p.pack_uint(1)
+        else:
+            p.pack_uint(2)
+            p.pack_uint(t // 1_000_000_000)
+            p.pack_uint(t % 1_000_000_000)
+
+
 def unpack_fh(u: Unpacker) -> bytes:
     return u.unpack_opaque(FHSIZE3)
 

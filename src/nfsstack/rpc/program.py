@@ -37,16 +37,22 @@ class GarbageArgs(Exception):
     """Raised by a handler whose arguments decoded but make no sense: GARBAGE_ARGS."""
 
 
-@lru_cache(maxsize=4096)
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+def parse_address(host: str):
+    """The IP address of a peer's host string (a scope id dropped, IPv4-mapped IPv6 as IPv4), or None."""
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return addr.is_loopback
+    return addr
+
+
+@lru_cache(maxsize=4096)
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    addr = parse_address(host)
+    return addr is not None and addr.is_loopback
 
 
 @dataclass(slots=True)
