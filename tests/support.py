@@ -184,3 +184,96 @@ def netns():
 
 def in_netns(name: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+class NfsClient:
+    """A blocking NFSv3 client for tests: finds mountd and nfsd through the portmapper at ``pmap_port``,
+    mounts ``export``, and calls procedures with the project's codec over TCP or UDP (with retransmission)."""
+
+    def __init__(self, export: str, pmap_port: int = 111, host: str = "127.0.0.1", proto: str = "tcp",
+                 uid: int = 0, timeout: float = 10.0) -> None:
+        from nfsstack.rpc.message import Credential
+
+        self.host, self.proto, self.timeout = host, proto, timeout
+        self.cred = Credential(uid, uid, (uid,), "test").to_auth()
+        self.xid = int.from_bytes(os.urandom(4), "big")
+        self.pmap_port = pmap_port
+        self.root = self._mount(export)
+        self.sock = self._connect(self._getport(100003, 3))
+
+    def _connect(self, port: int) -> socket.socket:
+        if self.proto == "tcp":
+            s = socket.create_connection((self.host, port), timeout=self.timeout)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect((self.host, port))
+        s.settimeout(self.timeout)
+        return s
+
+    def _rpc(self, sock: socket.socket, prog: int, vers: int, proc: int, args: bytes, udp: bool) -> tuple[bytes, int]:
+        self.xid = (self.xid + 1) & 0xFFFFFFFF
+        msg = encode_call(self.xid, prog, vers, proc, self.cred) + args
+        deadline = time.monotonic() + self.timeout
+        if not udp:
+            sock.sendall(frame(msg))
+            while True:
+                data = recv_record(sock)
+                reply = decode_reply(data)
+                if reply.xid == self.xid:
+                    break
+        else:
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no reply to procedure {proc}")
+                sock.send(msg)
+                sock.settimeout(1.0)
+                try:
+                    data = sock.recv(70000)
+                except socket.timeout:
+                    continue  # retransmit, as a client does
+                reply = decode_reply(data)
+                if reply.xid == self.xid:
+                    break
+            sock.settimeout(self.timeout)
+        if reply.error is not None:
+            raise reply.error
+        return data, reply.offset
+
+    def _getport(self, prog: int, vers: int) -> int:
+        from nfsstack.xdr import Packer, Unpacker
+
+        p = Packer()
+        for v in (prog, vers, 6 if self.proto == "tcp" else 17, 0):
+            p.pack_uint(v)
+        with socket.create_connection((self.host, self.pmap_port), timeout=self.timeout) as s:
+            data, off = self._rpc(s, 100000, 2, 3, p.getvalue(), False)
+        return Unpacker(data, off).unpack_uint()
+
+    def _mount(self, export: str) -> bytes:
+        from nfsstack.xdr import Packer, Unpacker
+
+        p = Packer()
+        p.pack_string(export)
+        with socket.create_connection((self.host, self._getport(100005, 3)), timeout=self.timeout) as s:
+            data, off = self._rpc(s, 100005, 3, 1, p.getvalue(), False)
+        u = Unpacker(data, off)
+        status = u.unpack_uint()
+        if status:
+            raise OSError(f"MNT {export}: status {status}")
+        return u.unpack_opaque(64)
+
+    def __call__(self, proc: str, *args):
+        from nfsstack.nfs3.client import PROC, decode, encode
+
+        data, off = self._rpc(self.sock, 100003, 3, PROC[proc], encode(proc, *args), self.proto == "udp")
+        return decode(proc, data, off)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -237,6 +237,33 @@ class ExportTable:
                 os.close(old)
         return export, fd
 
+    def forget(self, st: os.stat_result) -> None:
+        """An object was removed through NFS: close the cached descriptors that would keep its blocks."""
+        with self._lock:
+            for handle, (_, fd, _) in list(self._fds.items()):
+                try:
+                    cached = os.fstat(fd)
+                except OSError:
+                    cached = None
+                if cached is None or (cached.st_ino == st.st_ino and cached.st_dev == st.st_dev):
+                    self._evict(handle)
+
+    def sweep(self, idle: float = 30.0) -> int:
+        """Close the cached descriptors of deleted objects (a server-side ``rm`` must free space) and of ones
+        not used for ``idle`` seconds; how many were closed."""
+        now = time.monotonic()
+        closed = 0
+        with self._lock:
+            for handle, (_, fd, checked) in list(self._fds.items()):
+                try:
+                    gone = os.fstat(fd).st_nlink == 0
+                except OSError:
+                    gone = True
+                if gone or now - checked > idle:
+                    self._evict(handle)
+                    closed += 1
+        return closed
+
     def _evict(self, handle: bytes) -> None:
         entry = self._fds.pop(handle, None)
         if entry is not None:

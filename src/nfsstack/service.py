@@ -12,6 +12,7 @@ import socket
 import time
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python import usage
@@ -376,6 +377,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
             log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
                       src=exports.source, line=export.line)
     stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
+    TimerService(5.0, stack.exports.sweep).setServiceParent(stack)
     if options["exports"] is not None:
         ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor).setServiceParent(stack)
     remote = RemoteCaller(reactor)

@@ -493,3 +493,68 @@ def test_fuzz_nfs3_argument_decoders(data, proc):
         PROCEDURES[number].decode(Unpacker(data))
     except (XDRError, ValueError):
         pass
+
+
+def test_removed_files_leave_no_cached_descriptor(env):
+    """A cached O_PATH descriptor would keep a removed file's blocks allocated (a full disk would stay full)."""
+    tmp, table, _, nfs, roots = env
+    f = create(nfs, roots["data"], b"big")
+    assert nfs("GETATTR", f).ok and len(table._fds) >= 1
+    cached = {os.fstat(fd).st_ino for _, fd, _ in table._fds.values()}
+    ino = os.stat(tmp / "data" / "big").st_ino
+    assert ino in cached
+    assert nfs("REMOVE", roots["data"], b"big").ok
+    assert ino not in {os.fstat(fd).st_ino for _, fd, _ in table._fds.values()}
+    g = create(nfs, roots["data"], b"local")
+    nfs("GETATTR", g)
+    os.unlink(tmp / "data" / "local")  # removed on the server, not through NFS
+    assert table.sweep() >= 1
+    assert nfs("GETATTR", g).status == Stat.STALE
+
+
+def _valid_args(proc, root, rnd_bytes, name):
+    s = Sattr3(mode=0o644)
+    return {
+        "GETATTR": (root,), "SETATTR": (root, Sattr3(mode=0o755)), "LOOKUP": (root, name), "ACCESS": (root, 0x3F),
+        "READLINK": (root,), "READ": (root, 0, 4096), "WRITE": (root, 0, rnd_bytes, 0),
+        "CREATE": (root, name, 0, s), "MKDIR": (root, name, s), "SYMLINK": (root, name, s, b"target"),
+        "MKNOD": (root, name, 7, s), "REMOVE": (root, name), "RMDIR": (root, name),
+        "RENAME": (root, name, root, name + b"2"), "LINK": (root, root, name),
+        "READDIR": (root, 0, b"\0" * 8, 4096), "READDIRPLUS": (root, 0, b"\0" * 8, 4096, 8192),
+        "FSSTAT": (root,), "FSINFO": (root,), "PATHCONF": (root,), "COMMIT": (root, 0, 0),
+    }[proc]
+
+
+@pytest.fixture(scope="module")
+def fuzz_env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    (tmp / "data").mkdir()
+    exports = parse_exports(f"{tmp / 'data'} 127.0.0.1(rw,no_root_squash)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    fd = os.open(tmp / "data", os.O_RDONLY)
+    root = table.handle(list(exports)[0], fd)
+    os.close(fd)
+    yield Dispatcher([nfsd.program]), root, tmp / "data"
+    table.close()
+
+
+@given(st.sampled_from(sorted(p for p in PROC if p != "NULL")), st.binary(min_size=1, max_size=64),
+       st.binary(min_size=1, max_size=20), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6))
+def test_fuzz_nfs3_handlers_with_damaged_calls(fuzz_env, proc, data, name, flips):
+    """Valid calls with bytes changed: every one gets an answer, never SERVERFAULT or SYSTEM_ERR."""
+    from nfsstack.nfs3.client import encode as enc
+
+    d, root, where = fuzz_env
+    args = bytearray(enc(proc, *_valid_args(proc, root, data, name)))
+    for pos, value in flips:
+        if pos < len(args):
+            args[pos] = value
+    msg = encode_call(1, 100003, 3, PROC[proc], ROOT_CRED.to_auth()) + bytes(args)
+    reply = settled(d.handle(msg, "tcp", PRIVILEGED, ("127.0.0.1", 2049)))
+    header = decode_reply(reply)
+    if header.error is not None:
+        assert str(header.error) == "GARBAGE_ARGS", header.error
+        return
+    status = int.from_bytes(reply[header.offset : header.offset + 4], "big")
+    assert status != Stat.SERVERFAULT, (proc, bytes(args).hex())

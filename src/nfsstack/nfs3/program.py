@@ -306,6 +306,8 @@ class Nfsd:
             status = error.status
         elif isinstance(error, OSError):
             status = stat_of(error)
+        elif isinstance(error, OverflowError):
+            status = Stat.FBIG  # a size or offset beyond what the filesystem takes (2^63)
         else:
             log.failure("NFS {name} failed", failure, name=row.name)
             status = Stat.SERVERFAULT
@@ -520,10 +522,13 @@ class Nfsd:
             raise NFSError(Stat.NOTEMPTY if rmdir else Stat.ISDIR)
         check_name(name)
         with self.fs.run_as(op.who):
+            gone = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             if rmdir:
                 os.rmdir(name, dir_fd=dirfd)
             else:
                 os.unlink(name, dir_fd=dirfd)  # EISDIR for a directory
+        if rmdir or gone.st_nlink <= 1:
+            self.table.forget(gone)  # a cached descriptor must not keep its blocks allocated
         return lambda p: op.pack_wcc(p, 0)
 
     def nfs_remove(self, op: Op, args) -> Packs:
@@ -544,8 +549,14 @@ class Nfsd:
             if name in (b".", b".."):
                 raise NFSError(Stat.INVAL)
             check_name(name)
+        try:
+            replaced = os.stat(to_name, dir_fd=to_fd, follow_symlinks=False)
+        except OSError:
+            replaced = None
         with self.fs.run_as(op.who):
             os.rename(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd)
+        if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
+            self.table.forget(replaced)
         return lambda p: (op.pack_wcc(p, 0), op.pack_wcc(p, 1))
 
     def nfs_link(self, op: Op, args) -> Packs:
@@ -579,6 +590,8 @@ class Nfsd:
         dir_st = self._watch(op, fd)
         if not stat.S_ISDIR(dir_st.st_mode):
             raise NFSError(Stat.NOTDIR)
+        if cookie > MAX_OFFSET:
+            raise NFSError(Stat.BAD_COOKIE)  # no directory offset is that large
         rfd = self.fs.reopen(op.who, fd, os.O_RDONLY | os.O_DIRECTORY, dir_st, op.options.read_only, op.fds)
         at_root = self.table.is_root(op.export, dir_st)
         size = 4 + 4 + 84 + 8 + 4 + 4  # status, dir attributes, verifier, end of list, eof
