@@ -4,6 +4,7 @@ import os
 import struct
 
 import pytest
+from hypothesis import given, strategies as st
 
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
@@ -160,3 +161,20 @@ def test_handle_rename_survives(env):
 
 def test_kernel_handle_is_small_enough():
     assert struct.calcsize(">BIBi") + 8 + 8 <= 64
+
+
+@pytest.fixture(scope="module")
+def fuzz_mountd(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mountfuzz")
+    (tmp / "data").mkdir()
+    table = ExportTable(parse_exports(f"{tmp / 'data'} *(rw,insecure)\n"), HandleCodec(b"k" * 32))
+    yield Dispatcher([Mountd(table, MountList(str(tmp / "state"))).program])
+    table.close()
+
+
+@given(st.sampled_from([1, 2, 3]), st.integers(0, 7), st.binary(max_size=200))
+def test_fuzz_mountd_dispatch(fuzz_mountd, vers, proc, data):
+    """Random arguments to every mountd procedure: an answer or GARBAGE_ARGS, never SYSTEM_ERR."""
+    reply = fuzz_mountd.handle(encode_call(9, 100005, vers, proc) + data, "udp", USER_PORT, ("127.0.0.1", 635))
+    error = decode_reply(reply).error
+    assert error is None or str(error) in ("GARBAGE_ARGS", "PROC_UNAVAIL"), error
