@@ -211,6 +211,12 @@ def kvm_usable() -> bool:
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+#: How long a guest may take to reach its init's "ready" line before qemu is killed.  TCG needs about 2 s;
+#: a PVM host's /dev/kvm opens but never runs a stock kernel, and without this deadline the KVM probe would
+#: hang for the scenario's whole timeout on every fresh machine.
+BOOT_DEADLINE = {True: 20.0, False: 90.0}
+
+
 def _remember_kvm(ok: bool) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     _KVM_PROBE.write_text("yes" if ok else "no")
@@ -288,10 +294,14 @@ def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="u
     lines: list[str] = []
     killer = threading.Timer(timeout, proc.kill)
     killer.start()
+    boot_killer = threading.Timer(BOOT_DEADLINE[use_kvm], proc.kill)
+    boot_killer.start()
     try:
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(line)
+            if line.startswith("@@INIT ready"):
+                boot_killer.cancel()
             if line.startswith("@@HOST ") and on_request is not None:
                 answer = on_request(line[len("@@HOST "):].strip())
                 proc.stdin.write((answer or "ok").encode() + b"\n")
@@ -299,6 +309,7 @@ def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="u
         proc.wait(30)
     finally:
         killer.cancel()
+        boot_killer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
