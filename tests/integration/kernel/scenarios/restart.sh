@@ -1,13 +1,17 @@
-# The server restarts while the guest keeps its mount: open files and listings keep working (no ESTALE).
+# The server restarts while the guest keeps its mount: a file opened before the restart is read and written
+# through the same descriptor after it, and names and listings keep working (no ESTALE).
 check "mount vers=3" mount_export || exit 1
 check "create a file" sh -c 'echo before > /mnt/kept.txt && mkdir /mnt/dir && sync'
-exec 3</mnt/kept.txt
+exec 3<>/mnt/kept.txt
 host_request restart >/dev/null
 echo 3 > /proc/sys/vm/drop_caches  # what follows must come from the server, not the page cache
-check "read through a file opened before the restart" sh -c 'read -r line <&3 && test "$line" = before'
-check "read the file again by name" sh -c 'test "$(cat /mnt/kept.txt)" = before'
-check "write after the restart" sh -c 'echo after >> /mnt/kept.txt && test "$(tail -n 1 /mnt/kept.txt)" = after'
+check "read through the descriptor opened before the restart" sh -c 'read -r line <&3 && test "$line" = before'
+check "write through the same descriptor" sh -c 'echo through-fd >&3'
+exec 3>&-
+check "the server's copy holds both lines" sh -c \
+    'test "$(cat /mnt/kept.txt | tr "\n" " ")" = "before through-fd " && test "$(stat -c %s /mnt/kept.txt)" = 18'
+expect_eq "and so does the server's disk" "$(host_request stat kept.txt | cut -d: -f4)" 18
+check "write by name after the restart" sh -c 'echo after >> /mnt/kept.txt && test "$(tail -n 1 /mnt/kept.txt)" = after'
 check "ls after the restart" sh -c 'ls /mnt | grep -qx dir'
-exec 3<&-
 check "umount" umount /mnt
 exit $FAILED
