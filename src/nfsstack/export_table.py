@@ -76,9 +76,12 @@ class ExportTable:
         self.names = names or HostNames()
         self.cache_size = cache_size
         self.recheck = recheck
-        self._fds: "OrderedDict[bytes, tuple[Export, int, float]]" = OrderedDict()
+        #: handle -> (export, O_PATH fd, when last checked, (st_dev, st_ino))
+        self._fds: "OrderedDict[bytes, tuple[Export, int, float, tuple[int, int]]]" = OrderedDict()
         self._options: dict[tuple[int, str], Optional[ExportOptions]] = {}
-        self._handles: dict[tuple, bytes] = {}
+        #: (export id, st_dev, st_ino) -> (st_ctime_ns, handle): an inode number used again by a new object
+        #: (another ctime) is not taken for the old one; an object removed through NFS is dropped at once.
+        self._handles: dict[tuple[int, int, int], tuple[int, bytes]] = {}
         self._names_for: Optional[Exports] = None
         #: nfsd resolves handles in pool threads too.
         self._lock = threading.RLock()
@@ -101,8 +104,8 @@ class ExportTable:
         for entry in self._roots.values():
             os.close(entry[0])
         self._roots.clear()
-        for _, fd, _ in self._fds.values():
-            os.close(fd)
+        for entry in self._fds.values():
+            os.close(entry[1])
         self._fds.clear()
         self._options.clear()
         self._handles.clear()
@@ -193,10 +196,27 @@ class ExportTable:
         so the attributes and the handle are of the same object even if the name changes meanwhile.
         """
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False) if name else os.fstat(dirfd)
-        key = (export.export_id, st.st_dev, st.st_ino, st.st_ctime_ns)
-        handle = self._handles.get(key)
-        if handle is not None:
-            return st, handle
+        known = self._handles.get((export.export_id, st.st_dev, st.st_ino))
+        if known is not None and known[0] == st.st_ctime_ns:
+            return st, known[1]
+        return self._new_handle(export, dirfd, name)
+
+    def known_handle(self, export: Export, dirfd: int, name: bytes, dev: int, ino: int, ctime_ns: int) -> bytes:
+        """The handle of ``name`` under ``dirfd``, which a stat just found to be (dev, ino, ctime_ns).
+
+        OSError(ESTALE) if the name was meanwhile given to another object.
+        """
+        known = self._handles.get((export.export_id, dev, ino))
+        if known is not None and known[0] == ctime_ns:
+            return known[1]
+        st, handle = self._new_handle(export, dirfd, name)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            import errno
+
+            raise OSError(errno.ESTALE, "the name now names another object")
+        return handle
+
+    def _new_handle(self, export: Export, dirfd: int, name: bytes) -> tuple[os.stat_result, bytes]:
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd) if name else os.dup(dirfd)
         try:
             st = os.fstat(fd)
@@ -205,7 +225,7 @@ class ExportTable:
             os.close(fd)
         if len(self._handles) >= 65536:
             self._handles.clear()
-        self._handles[(export.export_id, st.st_dev, st.st_ino, st.st_ctime_ns)] = handle
+        self._handles[(export.export_id, st.st_dev, st.st_ino)] = (st.st_ctime_ns, handle)
         return st, handle
 
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
@@ -213,7 +233,7 @@ class ExportTable:
         we serve."""
         with self._lock:
             if flags != os.O_PATH:
-                return self._resolve(handle, flags)
+                return self._resolve(handle, flags)[:2]
             return self._resolve_cached(handle)
 
     def _resolve_cached(self, handle: bytes) -> tuple[Export, int]:
@@ -221,7 +241,7 @@ class ExportTable:
         entry = self._fds.get(handle)
         now = time.monotonic()
         if entry is not None:
-            export, cached, checked = entry
+            export, cached, checked, _ = entry
             if now - checked < self.recheck:
                 if os.fstat(cached).st_nlink == 0:
                     self._evict(handle)
@@ -229,24 +249,23 @@ class ExportTable:
                 self._fds.move_to_end(handle)
                 return export, os.dup(cached)
             self._evict(handle)
-        export, fd = self._resolve(handle, flags)
+        export, fd, inode = self._resolve(handle, flags)
         if self.cache_size:
-            self._fds[handle] = (export, os.dup(fd), now)
+            self._fds[handle] = (export, os.dup(fd), now, inode)
             while len(self._fds) > self.cache_size:
-                _, (_, old, _) = self._fds.popitem(last=False)
+                _, (_, old, _, _) = self._fds.popitem(last=False)
                 os.close(old)
         return export, fd
 
     def forget(self, st: os.stat_result) -> None:
-        """An object was removed through NFS: close the cached descriptors that would keep its blocks."""
+        """An object was removed through NFS: close the cached descriptors that would keep its blocks, and
+        forget its handle (its inode number may come back with a new object)."""
+        inode = (st.st_dev, st.st_ino)
         with self._lock:
-            for handle, (_, fd, _) in list(self._fds.items()):
-                try:
-                    cached = os.fstat(fd)
-                except OSError:
-                    cached = None
-                if cached is None or (cached.st_ino == st.st_ino and cached.st_dev == st.st_dev):
-                    self._evict(handle)
+            for handle in [h for h, entry in self._fds.items() if entry[3] == inode]:
+                self._evict(handle)
+            for export in self.exports:
+                self._handles.pop((export.export_id, st.st_dev, st.st_ino), None)
 
     def sweep(self, idle: float = 30.0) -> int:
         """Close the cached descriptors of deleted objects (a server-side ``rm`` must free space) and of ones
@@ -254,7 +273,7 @@ class ExportTable:
         now = time.monotonic()
         closed = 0
         with self._lock:
-            for handle, (_, fd, checked) in list(self._fds.items()):
+            for handle, (_, fd, checked, _) in list(self._fds.items()):
                 try:
                     gone = os.fstat(fd).st_nlink == 0
                 except OSError:
@@ -269,7 +288,7 @@ class ExportTable:
         if entry is not None:
             os.close(entry[1])
 
-    def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int]:
+    def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int, tuple[int, int]]:
         decoded = self.codec.decode(handle)
         export = self.exports.by_id(decoded.export_id)
         if export is None:
@@ -279,10 +298,11 @@ class ExportTable:
             fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
         except OSError as e:
             raise StaleHandle(str(e)) from None
-        if not self.inside(export, fd) or os.fstat(fd).st_nlink == 0:
+        st = os.fstat(fd)
+        if not self.inside(export, fd) or st.st_nlink == 0:
             os.close(fd)
             raise StaleHandle("object is outside its export")
-        return export, fd
+        return export, fd, (st.st_dev, st.st_ino)
 
 
 __all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle"]

@@ -425,6 +425,37 @@ def test_readdir_lists_each_name_exactly_once_across_calls(env):
     assert nfs("READDIR", f, 0, b"\0" * 8, 4096).status == Stat.NOTDIR
 
 
+def test_readdirplus_attributes_are_fresh(env):
+    """Entries' attributes are cached by the raw struct stat: a change made on the server behind nfsd's back,
+    or a name given to another object, shows in the very next listing, as with a new stat."""
+    tmp, _, _, nfs, roots = env
+    path = tmp / "data" / "f"
+    path.write_bytes(b"1")
+
+    def entry():
+        r = nfs("READDIRPLUS", roots["data"], 0, b"\0" * 8, 4096, 65536)
+        assert r.ok
+        return next(e for e in r.entries if e.name == b"f")
+
+    first = entry()
+    assert first.attributes.size == 1 and entry().attributes == first.attributes
+    path.write_bytes(b"12345")
+    os.chmod(path, 0o600)
+    second = entry()
+    assert (second.attributes.size, second.attributes.mode) == (5, 0o600)
+    assert second.handle == first.handle
+    path.unlink()
+    path.write_bytes(b"new")
+    third = entry()
+    assert third.attributes.fileid == os.stat(path).st_ino and third.attributes.size == 3
+    assert nfs("GETATTR", third.handle).obj_attributes.fileid == third.attributes.fileid
+    for _ in range(20):  # removed and made again through NFS at once: the inode number may come back
+        assert nfs("REMOVE", roots["data"], b"f").ok
+        made = create(nfs, roots["data"], b"f")
+        again = entry()
+        assert again.handle == made and nfs("GETATTR", again.handle).ok
+
+
 def test_readdir_cookie_survives_unrelated_changes(env):
     tmp, _, _, nfs, roots = env
     for i in range(400):
@@ -500,11 +531,11 @@ def test_removed_files_leave_no_cached_descriptor(env):
     tmp, table, _, nfs, roots = env
     f = create(nfs, roots["data"], b"big")
     assert nfs("GETATTR", f).ok and len(table._fds) >= 1
-    cached = {os.fstat(fd).st_ino for _, fd, _ in table._fds.values()}
+    cached = {os.fstat(fd).st_ino for _, fd, _, _ in table._fds.values()}
     ino = os.stat(tmp / "data" / "big").st_ino
     assert ino in cached
     assert nfs("REMOVE", roots["data"], b"big").ok
-    assert ino not in {os.fstat(fd).st_ino for _, fd, _ in table._fds.values()}
+    assert ino not in {os.fstat(fd).st_ino for _, fd, _, _ in table._fds.values()}
     g = create(nfs, roots["data"], b"local")
     nfs("GETATTR", g)
     os.unlink(tmp / "data" / "local")  # removed on the server, not through NFS

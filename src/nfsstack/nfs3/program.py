@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import Export, ExportOptions
-from nfsstack.nfs3 import dirents
+from nfsstack.nfs3 import dirents, rawstat
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nfs3.identity import Identity, effective
 from nfsstack.nfs3.types import (
@@ -61,6 +61,8 @@ _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _ENTRY_HEAD = struct.Struct(">IQI")  # value follows, fileid, name length
 _COOKIE = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
+#: Encoded READDIRPLUS attributes and handles kept per export, keyed by the raw struct stat (nfs3/rawstat.py).
+ENTRY_CACHE = 32768
 
 Packs = Callable[[Packer], None]
 
@@ -241,6 +243,8 @@ class Nfsd:
         #: Changes on every start (and after a failed sync), so clients resend the writes they had not
         #: committed (RFC 1813 section 3.3.7).
         self.write_verifier = secrets.token_bytes(8)
+        #: export id -> {raw struct stat: the entry's name_attributes and name_handle, encoded}
+        self._entry_parts: dict[int, dict[bytes, bytes]] = {}
         self.program = Program(NFS_PROG, "nfs", {3: self._procedures()})
 
     def _procedures(self) -> dict[int, Procedure]:
@@ -528,8 +532,14 @@ class Nfsd:
             else:
                 os.unlink(name, dir_fd=dirfd)  # EISDIR for a directory
         if rmdir or gone.st_nlink <= 1:
-            self.table.forget(gone)  # a cached descriptor must not keep its blocks allocated
+            self._forget(op, gone)
         return lambda p: op.pack_wcc(p, 0)
+
+    def _forget(self, op: Op, gone: os.stat_result) -> None:
+        """An object was removed: a cached descriptor must not keep its blocks allocated, and its inode number
+        may come back with a new object, so neither its handle nor its encoded entries may be served again."""
+        self.table.forget(gone)
+        self._entry_parts.pop(op.fsid, None)
 
     def nfs_remove(self, op: Op, args) -> Packs:
         return self._unlink(op, args, rmdir=False)
@@ -556,7 +566,7 @@ class Nfsd:
         with self.fs.run_as(op.who):
             os.rename(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
-            self.table.forget(replaced)
+            self._forget(op, replaced)
         return lambda p: (op.pack_wcc(p, 0), op.pack_wcc(p, 1))
 
     def nfs_link(self, op: Op, args) -> Packs:
@@ -599,7 +609,8 @@ class Nfsd:
         entries: list[bytes] = []
         eof = True
         pack_head, pack_cookie = _ENTRY_HEAD.pack, _COOKIE.pack
-        stat_and_handle, fsid, export = self.table.stat_and_handle, op.fsid, op.export
+        lstat = rawstat.Buffer().lstat if plus and rawstat.SUPPORTED else None
+        parts = self._entry_parts.setdefault(op.fsid, {}) if plus else None
         with self.fs.run_as(op.who):
             for fileid, name, next_cookie in dirents.entries(rfd, cookie):
                 n = len(name)
@@ -609,12 +620,11 @@ class Nfsd:
                 names += 20 + n + (-n & 3)
                 if plus:
                     # Attributes and handle, when they can be had; "." and the root's ".." are the directory.
-                    try:
-                        own = name == b"." or (name == b".." and at_root)
-                        st, fh = stat_and_handle(export, fd, b"." if own else name)
-                        entry += _TRUE + fattr3(st, fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
-                    except OSError:
-                        entry += _NO_ATTR + _NO_ATTR
+                    if name == b"." or (name == b".." and at_root):
+                        name = b"."
+                    raw = lstat(fd, name) if lstat is not None else None
+                    part = parts.get(raw) if raw is not None else None
+                    entry += part if part is not None else self._entry_part(op, fd, name, raw, parts)
                 if size + len(entry) > maxcount or names > dircount:
                     eof = False
                     break
@@ -632,6 +642,25 @@ class Nfsd:
             p.pack_raw(tail)
 
         return pack
+
+    def _entry_part(self, op: Op, dirfd: int, name: bytes, raw: Optional[bytes], parts: dict[bytes, bytes]) -> bytes:
+        """A READDIRPLUS entry's name_attributes and name_handle (RFC 1813 section 3.3.17), not yet cached:
+        from the raw stat ``raw`` (None: the stat failed, or rawstat does not know this machine)."""
+        try:
+            if raw is None:
+                if rawstat.SUPPORTED:
+                    return _NO_ATTR + _NO_ATTR
+                st, fh = self.table.stat_and_handle(op.export, dirfd, name)
+                return _TRUE + fattr3(st, op.fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
+            st = rawstat.Stat(raw)
+            fh = self.table.known_handle(op.export, dirfd, name, st.dev, st.ino, st.ctime_total_ns)
+        except OSError:
+            return _NO_ATTR + _NO_ATTR
+        part = _TRUE + st.fattr3(op.fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
+        if len(parts) >= ENTRY_CACHE:
+            parts.clear()
+        parts[raw] = part
+        return part
 
     def nfs_fsstat(self, op: Op, handle: bytes) -> Packs:
         fd = self._resolve(op, handle)

@@ -50,6 +50,11 @@ class RecordReader:
     def buffered(self) -> int:
         return self._avail + self._total
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come of the fragment being read (0 between fragments)."""
+        return self._need - self._avail if self._need > 0 else 0
+
     def _read(self, n: int) -> bytes:
         chunks = self._chunks
         chunk = chunks[0]
