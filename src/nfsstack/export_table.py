@@ -250,12 +250,23 @@ class ExportTable:
                 return export, os.dup(cached)
             self._evict(handle)
         export, fd, inode = self._resolve(handle, flags)
-        if self.cache_size:
-            self._fds[handle] = (export, os.dup(fd), now, inode)
-            while len(self._fds) > self.cache_size:
-                _, (_, old, _, _) = self._fds.popitem(last=False)
-                os.close(old)
+        self._keep(handle, export, fd, inode, now)
         return export, fd
+
+    def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float) -> None:
+        """Cache a copy of ``fd`` for ``handle`` (under the lock), dropping the least recently used."""
+        if not self.cache_size or handle in self._fds:
+            return
+        self._fds[handle] = (export, os.dup(fd), now, inode)
+        while len(self._fds) > self.cache_size:
+            _, (_, old, _, _) = self._fds.popitem(last=False)
+            os.close(old)
+
+    def remember(self, handle: bytes, export: Export, fd: int, st: os.stat_result) -> None:
+        """Keep a descriptor of an object just made in ``export`` (a copy of the O_PATH ``fd``): the calls that
+        follow a CREATE (WRITE, SETATTR, COMMIT) find it without opening the handle."""
+        with self._lock:
+            self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
 
     def forget(self, st: os.stat_result) -> None:
         """An object was removed through NFS: close the cached descriptors that would keep its blocks, and

@@ -71,7 +71,7 @@ class Op:
     """One call in progress: the caller's export, options and identity, its descriptors, and the
     objects whose attributes its reply carries (``watched``, in the order of the resfail arm)."""
 
-    __slots__ = ("ctx", "export", "options", "who", "fds", "watched")
+    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
@@ -80,6 +80,8 @@ class Op:
         self.who: Optional[Identity] = None
         self.fds: list[int] = []
         self.watched: list[tuple[int, os.stat_result]] = []
+        #: The whole call runs in a pool thread (a large READ or WRITE): it may wait on the disk itself.
+        self.threaded = False
 
     @property
     def fsid(self) -> int:
@@ -116,9 +118,10 @@ class Row:
     decode: Callable[[Unpacker], Any]
     fail: tuple[str, ...]
     idempotent: bool = True
-    #: Runs in the thread pool (True, or a test of the arguments): it moves much data or syncs, and may wait on
-    #: the disk (fsync, reads of cold data, writeback throttling).  Directory changes and small transfers stay
-    #: inline: they are short, and handing them to threads was measured slower (bench/README.md).
+    #: Runs whole in the thread pool (a test of the arguments): it moves much data and may wait on the disk
+    #: (reads of cold data, writeback throttling).  Directory changes and small transfers stay inline: they are
+    #: short, and handing them to threads was measured slower (bench/README.md).  A sync (COMMIT, a stable
+    #: WRITE) is the one wait of a call that runs inline: only the fsync goes to a thread (:meth:`Nfsd._sync`).
     blocking: Any = False
 
 
@@ -209,7 +212,7 @@ PROCEDURES: dict[int, Row] = {
     4: Row("ACCESS", _unpack_fh_uint, ("attr",)),
     5: Row("READLINK", unpack_fh, ("attr",)),
     6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO),
-    7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO or a[3] != UNSTABLE),
+    7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO),
     8: Row("CREATE", _unpack_create, ("wcc",), idempotent=False),
     9: Row("MKDIR", _unpack_mkdir, ("wcc",), idempotent=False),
     10: Row("SYMLINK", _unpack_symlink, ("wcc",), idempotent=False),
@@ -223,7 +226,7 @@ PROCEDURES: dict[int, Row] = {
     18: Row("FSSTAT", unpack_fh, ("attr",)),
     19: Row("FSINFO", unpack_fh, ("attr",)),
     20: Row("PATHCONF", unpack_fh, ("attr",)),
-    21: Row("COMMIT", _unpack_range, ("wcc",), blocking=True),
+    21: Row("COMMIT", _unpack_range, ("wcc",)),
 }
 
 
@@ -267,8 +270,8 @@ class Nfsd:
 
         def start(ctx: CallContext, args: Any):
             op = Op(ctx)
-            blocking = row.blocking
-            if blocking is True or (blocking and blocking(args)):
+            if row.blocking and row.blocking(args):
+                op.threaded = True
                 return self.in_thread(in_thread, op, args)
             try:
                 result = handler(op, args)
@@ -372,23 +375,38 @@ class Nfsd:
 
     def _made(self, op: Op, dirfd: int, name: bytes) -> Packs:
         """The resok arm of the procedures that make an object: its handle and attributes, the directory's wcc."""
-        child = self.table.handle(op.export, dirfd, name)
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        op.fds.append(fd)
+        st = os.fstat(fd)
+        child = self.table.handle(op.export, fd)
+        self.table.remember(child, op.export, fd, st)
         return lambda p: (post_op_fh(p, child), post_op_attr(p, st, op.fsid), op.pack_wcc(p, 0))
 
     @staticmethod
     def _xfer(op: Op) -> int:
         return UDP_XFER if op.ctx.netid.startswith("udp") else RTMAX
 
-    def _sync(self, sync: Callable[[int], None], fd: int) -> None:
-        """fsync or fdatasync (in a pool thread); a failure may have lost data the client thinks written, so a
-        new write verifier makes it resend."""
-        try:
-            sync(fd)
-        except OSError as e:
+    def _sync(self, op: Op, sync: Callable[[int], None], fd: int, then: Callable[[], Packs]) -> Any:
+        """fsync or fdatasync ``fd``, then ``then()``: in a pool thread when the call runs inline, so the reactor
+        never waits on the disk and the thread runs nothing but the system call.  A failure may have lost
+        data the client thinks written, so a new write verifier makes it resend."""
+
+        def synced(_=None) -> Packs:
+            return then()
+
+        def failed(failure: Failure) -> Failure:
             self.write_verifier = secrets.token_bytes(8)
-            log.error("fsync failed: {e}", e=e)
-            raise
+            log.error("fsync failed: {e}", e=failure.value)
+            return failure
+
+        if op.threaded:
+            try:
+                sync(fd)
+            except OSError:
+                failed(Failure())
+                raise
+            return then()
+        return self.in_thread(sync, fd).addCallbacks(synced, failed)
 
     # -- procedures (RFC 1813 section 3.3.N) -------------------------------------------
 
@@ -480,7 +498,7 @@ class Nfsd:
                               p.pack_fopaque(8, verifier))
 
         if stable != UNSTABLE and op.options.sync:
-            self._sync(os.fdatasync if stable == DATA_SYNC else os.fsync, wfd)
+            return self._sync(op, os.fdatasync if stable == DATA_SYNC else os.fsync, wfd, lambda: ok(stable))
         return ok(stable)
 
     def nfs_create(self, op: Op, args) -> Packs:
@@ -720,9 +738,11 @@ class Nfsd:
         sfd = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC)
         op.fds.append(sfd)
 
-        self._sync(os.fsync, sfd)
-        verifier = self.write_verifier
-        return lambda p: (op.pack_wcc(p, 0), p.pack_fopaque(8, verifier))
+        def ok() -> Packs:
+            verifier = self.write_verifier
+            return lambda p: (op.pack_wcc(p, 0), p.pack_fopaque(8, verifier))
+
+        return self._sync(op, os.fsync, sfd, ok)
 
 
 class Workers:
