@@ -234,24 +234,30 @@ class ExportTable:
         with self._lock:
             if flags != os.O_PATH:
                 return self._resolve(handle, flags)[:2]
+            return self._resolve_cached(handle)[:2]
+
+    def resolve_stat(self, handle: bytes) -> tuple[Export, int, os.stat_result]:
+        """(export, O_PATH fd, its fstat taken now) of a handle, as :meth:`resolve`."""
+        with self._lock:
             return self._resolve_cached(handle)
 
-    def _resolve_cached(self, handle: bytes) -> tuple[Export, int]:
+    def _resolve_cached(self, handle: bytes) -> tuple[Export, int, os.stat_result]:
         flags = os.O_PATH
         entry = self._fds.get(handle)
         now = time.monotonic()
         if entry is not None:
             export, cached, checked, _ = entry
             if now - checked < self.recheck:
-                if os.fstat(cached).st_nlink == 0:
+                st = os.fstat(cached)
+                if st.st_nlink == 0:
                     self._evict(handle)
                     raise StaleHandle("object was deleted")
                 self._fds.move_to_end(handle)
-                return export, os.dup(cached)
+                return export, os.dup(cached), st
             self._evict(handle)
-        export, fd, inode = self._resolve(handle, flags)
-        self._keep(handle, export, fd, inode, now)
-        return export, fd
+        export, fd, st = self._resolve(handle, flags)
+        self._keep(handle, export, fd, (st.st_dev, st.st_ino), now)
+        return export, fd, st
 
     def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float) -> None:
         """Cache a copy of ``fd`` for ``handle`` (under the lock), dropping the least recently used."""
@@ -299,7 +305,7 @@ class ExportTable:
         if entry is not None:
             os.close(entry[1])
 
-    def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int, tuple[int, int]]:
+    def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int, os.stat_result]:
         decoded = self.codec.decode(handle)
         export = self.exports.by_id(decoded.export_id)
         if export is None:
@@ -313,7 +319,7 @@ class ExportTable:
         if not self.inside(export, fd) or st.st_nlink == 0:
             os.close(fd)
             raise StaleHandle("object is outside its export")
-        return export, fd, (st.st_dev, st.st_ino)
+        return export, fd, st
 
 
 __all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle"]

@@ -71,7 +71,7 @@ class Op:
     """One call in progress: the caller's export, options and identity, its descriptors, and the
     objects whose attributes its reply carries (``watched``, in the order of the resfail arm)."""
 
-    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded")
+    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
@@ -82,6 +82,8 @@ class Op:
         self.watched: list[tuple[int, os.stat_result]] = []
         #: The whole call runs in a pool thread (a large READ or WRITE): it may wait on the disk itself.
         self.threaded = False
+        #: fd -> its fstat when the handle was resolved (the "before" attributes, without a second fstat)
+        self.resolved: dict[int, os.stat_result] = {}
 
     @property
     def fsid(self) -> int:
@@ -336,12 +338,13 @@ class Nfsd:
     def _resolve(self, op: Op, handle: bytes, write: bool = False) -> int:
         """The O_PATH fd of ``handle``, after checking this client may use its export (on every call)."""
         try:
-            export, fd = self.table.resolve(handle)
+            export, fd, st = self.table.resolve_stat(handle)
         except BadHandle:
             raise NFSError(Stat.BADHANDLE) from None
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         op.fds.append(fd)
+        op.resolved[fd] = st
         if op.export is None:
             options = self.table.options_for(export, op.ctx.peer[0])
             if options is None:
@@ -358,8 +361,9 @@ class Nfsd:
 
     @staticmethod
     def _watch(op: Op, fd: int) -> os.stat_result:
-        """Stat ``fd`` now and include it in the reply's attributes."""
-        st = os.stat(fd)
+        """The attributes of ``fd`` as the call starts (from resolving its handle, or a new fstat), included in
+        the reply's attributes."""
+        st = op.resolved.pop(fd, None) or os.stat(fd)
         op.watched.append((fd, st))
         return st
 
@@ -411,7 +415,7 @@ class Nfsd:
     # -- procedures (RFC 1813 section 3.3.N) -------------------------------------------
 
     def nfs_getattr(self, op: Op, handle: bytes) -> Packs:
-        st = os.stat(self._resolve(op, handle))
+        st = op.resolved[self._resolve(op, handle)]
         return lambda p: p.pack_raw(fattr3(st, op.fsid))
 
     def nfs_setattr(self, op: Op, args) -> Packs:
