@@ -49,6 +49,12 @@ DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
 MAX_UDP_PAYLOAD = 65507
 #: The read size of a TCP connection between records, and the largest one while a big record arrives.
 SMALL_READ, LARGE_READ = 1 << 16, 1 << 20
+#: The replies to the records one read brought leave in groups of this many, so a pipelining client works on the
+#: first ones while the server makes the rest, instead of both taking turns (bench/README.md: 1.3-1.6x GETATTR and
+#: LOOKUP calls/s with 32 in flight on a 2-core machine).
+FLUSH_EVERY = 8
+#: ... or as soon as this many seconds of work are waiting to leave (one READDIRPLUS of a large directory).
+FLUSH_AFTER = 0.0005
 
 
 class BadMessage(Exception):
@@ -273,6 +279,8 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             self.transport.abortConnection()
             return
         out = []
+        done = 0
+        started = perf_counter()
         handle = self.dispatcher.handle
         for record in records:
             try:
@@ -295,6 +303,14 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             else:
                 self.in_flight += 1
                 reply.addBoth(self._late_reply)
+                continue
+            done += 1
+            if done == FLUSH_EVERY or perf_counter() - started > FLUSH_AFTER:
+                # Let the first replies go while the rest are worked on: the client works on them meanwhile.
+                self._send(out)
+                out = []
+                done = 0
+                started = perf_counter()
         if out:
             self._send(out)
         if self._socket is not None:
