@@ -24,6 +24,7 @@ from nfsstack.export_table import ExportTable
 from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
+from nfsstack.nfs3.aiosync import open_syncer
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
@@ -66,6 +67,7 @@ class Options(usage.Options):
             None,
             "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
         ],
+        ["no-aio-fsync", None, "Hand COMMIT's fsync to the thread pool instead of the kernel's asynchronous fsync."],
     ]
 
     optParameters = [
@@ -395,7 +397,10 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                **common).setServiceParent(stack)
     workers = Workers(reactor, max(1, options["threads"]))
     reactor.addSystemEventTrigger("after", "shutdown", workers.stop)
-    stack.nfsd = Nfsd(stack.exports, in_thread=workers)
+    syncer = None if options["no-aio-fsync"] else open_syncer(reactor)
+    if syncer is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", syncer.close)
+    stack.nfsd = Nfsd(stack.exports, in_thread=workers, syncer=syncer)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
 

@@ -236,11 +236,14 @@ class Nfsd:
     """The NFSv3 server; :attr:`program` is its procedure table."""
 
     def __init__(self, table: ExportTable, fs: Optional[LocalFS] = None,
-                 in_thread: Callable[..., defer.Deferred] = threads.deferToThread) -> None:
+                 in_thread: Callable[..., defer.Deferred] = threads.deferToThread,
+                 syncer: Optional[Callable[[int, bool], defer.Deferred]] = None) -> None:
         self.table = table
         self.fs = fs or LocalFS()
         #: Runs the procedures that may wait on the disk off the reactor thread.
         self.in_thread = in_thread
+        #: syncer(fd, datasync) -> Deferred: fsync without a thread (nfs3/aiosync.py); None: in_thread does it.
+        self.syncer = syncer
         #: For the status service: bytes moved, and failed calls by procedure and status.
         self.bytes_read = 0
         self.bytes_written = 0
@@ -390,10 +393,11 @@ class Nfsd:
     def _xfer(op: Op) -> int:
         return UDP_XFER if op.ctx.netid.startswith("udp") else RTMAX
 
-    def _sync(self, op: Op, sync: Callable[[int], None], fd: int, then: Callable[[], Packs]) -> Any:
-        """fsync or fdatasync ``fd``, then ``then()``: in a pool thread when the call runs inline, so the reactor
-        never waits on the disk and the thread runs nothing but the system call.  A failure may have lost
-        data the client thinks written, so a new write verifier makes it resend."""
+    def _sync(self, op: Op, datasync: bool, fd: int, then: Callable[[], Packs]) -> Any:
+        """fdatasync or fsync ``fd``, then ``then()``.  The reactor never waits for it: an inline call hands the
+        sync to the kernel's asynchronous fsync (:attr:`syncer`) or else to a pool thread that runs nothing but
+        the system call.  A failure may have lost data the client thinks written, so a new write verifier makes
+        it resend."""
 
         def synced(_=None) -> Packs:
             return then()
@@ -403,6 +407,7 @@ class Nfsd:
             log.error("fsync failed: {e}", e=failure.value)
             return failure
 
+        sync = os.fdatasync if datasync else os.fsync
         if op.threaded:
             try:
                 sync(fd)
@@ -410,6 +415,11 @@ class Nfsd:
                 failed(Failure())
                 raise
             return then()
+        if self.syncer is not None:
+            try:
+                return self.syncer(fd, datasync).addCallbacks(synced, failed)
+            except OSError:
+                pass  # no room, or refused: the thread pool does it
         return self.in_thread(sync, fd).addCallbacks(synced, failed)
 
     # -- procedures (RFC 1813 section 3.3.N) -------------------------------------------
@@ -502,7 +512,7 @@ class Nfsd:
                               p.pack_fopaque(8, verifier))
 
         if stable != UNSTABLE and op.options.sync:
-            return self._sync(op, os.fdatasync if stable == DATA_SYNC else os.fsync, wfd, lambda: ok(stable))
+            return self._sync(op, stable == DATA_SYNC, wfd, lambda: ok(stable))
         return ok(stable)
 
     def nfs_create(self, op: Op, args) -> Packs:
@@ -746,7 +756,7 @@ class Nfsd:
             verifier = self.write_verifier
             return lambda p: (op.pack_wcc(p, 0), p.pack_fopaque(8, verifier))
 
-        return self._sync(op, os.fsync, sfd, ok)
+        return self._sync(op, False, sfd, ok)
 
 
 class Workers:
