@@ -589,3 +589,22 @@ def test_fuzz_nfs3_handlers_with_damaged_calls(fuzz_env, proc, data, name, flips
         return
     status = int.from_bytes(reply[header.offset : header.offset + 4], "big")
     assert status != Stat.SERVERFAULT, (proc, bytes(args).hex())
+
+
+def test_a_failed_sync_is_an_error_and_a_new_write_verifier(env):
+    """COMMIT's fsync through the syncer (nfs3/aiosync.py) failing: NFS3ERR_IO, and the write verifier changes, so
+    the client resends what it had not seen committed (RFC 1813 section 3.3.21)."""
+    import errno
+
+    _, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    w = nfs("WRITE", f, 0, b"data", 0)
+    assert w.ok
+    synced = []
+    nfsd.syncer = lambda fd, datasync: (synced.append(datasync), defer.succeed(None))[1]
+    c = nfs("COMMIT", f, 0, 0)
+    assert c.ok and c.verf == w.verf and synced == [False]
+    assert nfs("WRITE", f, 0, b"data", 1).ok and synced == [False, True]  # DATA_SYNC: fdatasync
+    nfsd.syncer = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
+    c = nfs("COMMIT", f, 0, 0)
+    assert c.status == Stat.IO and nfsd.write_verifier != w.verf
