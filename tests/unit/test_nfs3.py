@@ -608,3 +608,17 @@ def test_a_failed_sync_is_an_error_and_a_new_write_verifier(env):
     nfsd.syncer = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
     c = nfs("COMMIT", f, 0, 0)
     assert c.status == Stat.IO and nfsd.write_verifier != w.verf
+
+
+@pytest.mark.parametrize("size", [100, 256 * 1024])  # inline, and a pwrite in a pool thread
+def test_a_users_write_clears_set_id_bits_as_locally(env, size):
+    """The pwrite runs as the caller wherever it runs, so the kernel clears S_ISUID as for a local write."""
+    tmp, _, _, nfs, roots = env
+    f = create(nfs, roots["squash"], b"prog", mode=0o755, cred=USER)
+    assert nfs("SETATTR", f, Sattr3(mode=0o4755), cred=USER).ok
+    assert os.stat(tmp / "squash" / "prog").st_mode & 0o7777 == 0o4755
+    w = nfs("WRITE", f, 0, b"x" * size, 0, cred=USER)
+    assert w.ok and w.count == size
+    assert os.stat(tmp / "squash" / "prog").st_mode & 0o7777 == 0o755
+    r = nfs("READ", f, 0, size, cred=USER)
+    assert r.ok and r.data == b"x" * size and r.eof
