@@ -9,8 +9,9 @@ through :mod:`nfsstack.nfs3.vfs`, and returns a function that packs its resok
 arm.  A handler that fails raises; the frame then answers the status with
 the attributes RFC 1813 gives that procedure's resfail arm (post_op_attr or
 wcc_data of the objects the handler had resolved), so error replies carry
-them too.  Procedures that may wait on the disk (writes of data or metadata, READ,
-COMMIT) run whole in the reactor's thread pool; the others run inline.
+them too.  Large READs and WRITEs and SETATTR of a size run whole in the thread
+pool (:class:`Row`); COMMIT and stable WRITEs hand only their fsync to the kernel's
+asynchronous fsync or the pool (:meth:`Nfsd._sync`); the others run inline.
 """
 
 from __future__ import annotations
