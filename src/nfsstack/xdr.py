@@ -122,6 +122,15 @@ class Packer:
         self._parts.append(bytes(data))
         self._parts.append(_PAD[n & 3])
 
+    def pack_opaque_buffer(self, data) -> None:
+        """Variable-length opaque from a buffer the caller hands over (not copied: never change it after)."""
+        n = len(data)
+        if n > _UINT_MAX:
+            raise XDRError("opaque too long")
+        self._parts.append(U32.pack(n))
+        self._parts.append(data)
+        self._parts.append(_PAD[n & 3])
+
     def pack_string(self, value: str | bytes) -> None:
         self.pack_opaque(encode_string(value))
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -269,3 +270,43 @@ def test_full_filesystem_gives_nospc_and_recovers(tmp_path):
         finally:
             stack.stop()
         assert "Traceback" not in stack.log_text(), stack.log_text()[-3000:]
+
+
+def test_pipelined_large_reads_to_a_slow_reader_are_exact(tmp_path):
+    """32 READs of 1 MiB sent at once by a client that does not read for a while: the replies (from the page
+    cache, inline) outgrow the socket buffer and queue in the transport, and every byte still arrives right."""
+    from nfsstack.nfs3.client import PROC, decode, encode
+    from nfsstack.rpc.message import decode_reply, encode_call
+    from nfsstack.rpc.record import frame
+    from tests.support import recv_record
+
+    export = tmp_path / "export"
+    export.mkdir()
+    data = os.urandom(32 << 20)
+    (export / "big").write_bytes(data)
+    stack, port = start_stack(tmp_path, export)
+    try:
+        c = NfsClient(str(export), port, timeout=30.0)
+        fh = c("LOOKUP", c.root, b"big").object
+        sock = c.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        calls = b"".join(frame(encode_call(1000 + i, 100003, 3, PROC["READ"], c.cred) + encode("READ", fh, i << 20, 1 << 20))
+                         for i in range(32))
+        sock.sendall(calls)
+        time.sleep(1.0)  # the server writes what the socket takes and queues the rest
+        got = {}
+        for _ in range(32):
+            record = recv_record(sock)
+            reply = decode_reply(record)
+            assert reply.error is None, reply.error
+            r = decode("READ", record, reply.offset)
+            assert r.ok, r.status
+            got[reply.xid - 1000] = r.data
+        assert sorted(got) == list(range(32))
+        for i in range(32):
+            assert got[i] == data[i << 20:(i + 1) << 20], f"READ {i} differs"
+        assert stack.proc.poll() is None
+        assert "Unhandled Error" not in stack.log_text() and "Traceback" not in stack.log_text()
+        c.close()
+    finally:
+        stack.stop()

@@ -17,7 +17,7 @@ from nfsstack.exports import parse_exports
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
 from nfsstack.nfs3.identity import ROOT
-from nfsstack.nfs3.program import RTMAX, UDP_XFER, Nfsd
+from nfsstack.nfs3.program import RTMAX, SMALL_IO, UDP_XFER, Nfsd
 from nfsstack.nfs3.types import Stat, pack_sattr, unpack_sattr
 from nfsstack.xdr import Packer, Unpacker, XDRError
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
@@ -327,6 +327,33 @@ def test_a_huge_read_is_clamped_to_rtmax(env):
     assert r.count == UDP_XFER
     assert nfs("FSINFO", roots["data"], netid="udp").rtmax == UDP_XFER
     assert nfs("READ", f, 1 << 62, 100).data == b""
+
+
+def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_disk_is_needed(env, monkeypatch):
+    """A READ over SMALL_IO tries preadv2(RWF_NOWAIT) inline; if the kernel would wait (EAGAIN), or has only part
+    of the range cached, the whole call runs again in the pool.  The data is right on every path."""
+    tmp, _, nfsd, nfs, roots = env
+    pooled = []
+    nfsd.in_thread = lambda f, *a: (pooled.append(a[1][1:]), defer.maybeDeferred(f, *a))[1]
+    data = os.urandom(4 * SMALL_IO + 123)
+    (tmp / "data" / "big").write_bytes(data)
+    f = lookup(nfs, roots["data"], b"big")
+    r = nfs("READ", f, 0, 2 * SMALL_IO)
+    assert r.data == data[:2 * SMALL_IO] and not r.eof and pooled == []
+    r = nfs("READ", f, 3 * SMALL_IO, 2 * SMALL_IO)  # a short read at the end of the file is not "part cached"
+    assert r.data == data[3 * SMALL_IO:] and r.eof and pooled == []
+
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, flags=0: (_ for _ in ()).throw(BlockingIOError(11, "would block")))
+    r = nfs("READ", f, 100, 2 * SMALL_IO)
+    assert r.data == data[100:100 + 2 * SMALL_IO] and pooled == [(100, 2 * SMALL_IO)]
+    # only the first 1000 bytes cached: not a short read at EOF, so the pool reads it all
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, flags=0: real(fd, [memoryview(bufs[0])[:1000]], off, flags))
+    r = nfs("READ", f, 0, 3 * SMALL_IO)
+    assert r.data == data[:3 * SMALL_IO] and pooled[-1] == (0, 3 * SMALL_IO) and len(pooled) == 2
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, flags=0: (_ for _ in ()).throw(OSError(95, "not supported")))
+    assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 3
+    assert nfs("READ", f, 0, 100).data == data[:100] and len(pooled) == 3  # a small READ never tries the pool
 
 
 def test_write_count_larger_than_data_is_inval(env):

@@ -9,14 +9,16 @@ through :mod:`nfsstack.nfs3.vfs`, and returns a function that packs its resok
 arm.  A handler that fails raises; the frame then answers the status with
 the attributes RFC 1813 gives that procedure's resfail arm (post_op_attr or
 wcc_data of the objects the handler had resolved), so error replies carry
-them too.  Large READs and WRITEs and SETATTR of a size run whole in the thread
-pool (:class:`Row`); COMMIT and stable WRITEs hand only their fsync to the kernel's
+them too.  Large WRITEs and SETATTR of a size run whole in the thread pool
+(:class:`Row`); a large READ first tries the page cache inline without waiting
+(``RWF_NOWAIT``) and runs in the pool only when the disk is needed; COMMIT and stable WRITEs hand only their fsync to the kernel's
 asynchronous fsync or the pool (:meth:`Nfsd._sync`); the others run inline.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import secrets
 import stat
@@ -72,7 +74,7 @@ class Op:
     """One call in progress: the caller's export, options and identity, its descriptors, and the
     objects whose attributes its reply carries (``watched``, in the order of the resfail arm)."""
 
-    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved")
+    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved", "nowait")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
@@ -83,6 +85,8 @@ class Op:
         self.watched: list[tuple[int, os.stat_result]] = []
         #: The whole call runs in a pool thread (a large READ or WRITE): it may wait on the disk itself.
         self.threaded = False
+        #: A blocking call tried inline first: the handler raises :class:`WouldBlock` rather than wait on the disk.
+        self.nowait = False
         #: fd -> its fstat when the handle was resolved (the "before" attributes, without a second fstat)
         self.resolved: dict[int, os.stat_result] = {}
 
@@ -108,6 +112,10 @@ class Op:
         self.fds.clear()
 
 
+class WouldBlock(Exception):
+    """An inline attempt (:attr:`Op.nowait`) would have to wait on the disk: the call goes to the pool."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A procedure of the table: name, argument decoder, resfail arm, and whether a rerun is harmless.
@@ -126,6 +134,9 @@ class Row:
     #: short, and handing them to threads was measured slower (bench/README.md).  A sync (COMMIT, a stable
     #: WRITE) is the one wait of a call that runs inline: only the fsync goes to a thread (:meth:`Nfsd._sync`).
     blocking: Any = False
+    #: A blocking call that first tries inline, without waiting (RWF_NOWAIT: data already in the page cache),
+    #: and goes to the pool only when the kernel says it would have to wait.
+    nowait: bool = False
 
 
 # -- argument decoders (RFC 1813 section 3.3) ------------------------------------
@@ -214,7 +225,7 @@ PROCEDURES: dict[int, Row] = {
     3: Row("LOOKUP", unpack_diropargs, ("attr",)),
     4: Row("ACCESS", _unpack_fh_uint, ("attr",)),
     5: Row("READLINK", unpack_fh, ("attr",)),
-    6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO),
+    6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO, nowait=True),
     7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO),
     8: Row("CREATE", _unpack_create, ("wcc",), idempotent=False),
     9: Row("MKDIR", _unpack_mkdir, ("wcc",), idempotent=False),
@@ -277,10 +288,17 @@ class Nfsd:
         def start(ctx: CallContext, args: Any):
             op = Op(ctx)
             if row.blocking and row.blocking(args):
-                op.threaded = True
-                return self.in_thread(in_thread, op, args)
+                if not row.nowait:
+                    op.threaded = True
+                    return self.in_thread(in_thread, op, args)
+                op.nowait = True
             try:
                 result = handler(op, args)
+            except WouldBlock:
+                op.close()
+                again = Op(ctx)
+                again.threaded = True
+                return self.in_thread(in_thread, again, args)
             except Exception:
                 return self._failed(Failure(), op, row)
             finally:
@@ -477,18 +495,39 @@ class Nfsd:
             raise NFSError(Stat.INVAL)
         rfd = self.fs.reopen(op.who, fd, os.O_RDONLY, st, op.options.read_only, op.fds)
         count = min(count, self._xfer(op))  # a READ of 1 GiB gets at most rtmax
-        data = os.pread(rfd, count, offset) if count and offset < MAX_OFFSET else b""
+        if not count or offset >= MAX_OFFSET:
+            data = b""
+        elif op.nowait:  # no larger a buffer than the file has bytes there
+            want = min(count, st.st_size - offset)
+            data = self._read_cached(rfd, want, offset) if want > 0 else b""
+        else:
+            data = os.pread(rfd, count, offset)
         after = os.stat(rfd)
         eof = offset + len(data) >= after.st_size
+        if op.nowait and not eof and len(data) < count:
+            raise WouldBlock()  # only part of the range is cached: the pool reads it all
         self.bytes_read += len(data)
 
         def pack(p: Packer) -> None:
             post_op_attr(p, after, op.fsid)
             p.pack_uint(len(data))
             p.pack_bool(eof)
-            p.pack_opaque(data)
+            p.pack_opaque_buffer(data)
 
         return pack
+
+    @staticmethod
+    def _read_cached(fd: int, count: int, offset: int) -> memoryview:
+        """What of ``count`` bytes at ``offset`` the page cache holds, without waiting on the disk
+        (``preadv2(RWF_NOWAIT)``, Linux 4.14); :class:`WouldBlock` if it holds none of it."""
+        buf = bytearray(count)
+        try:
+            n = os.preadv(fd, (buf,), offset, os.RWF_NOWAIT)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                raise WouldBlock() from None
+            raise
+        return memoryview(buf)[:n] if n < count else buf
 
     def nfs_write(self, op: Op, args) -> Packs:
         handle, offset, count, stable, data = args

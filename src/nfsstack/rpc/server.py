@@ -259,7 +259,10 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         t = self.transport
         sock = self._socket
         if sock is None or t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting:
-            t.writeSequence(parts)
+            try:
+                t.writeSequence(parts)
+            except TypeError:  # a READ's data as a buffer, not bytes: Twisted queues bytes only
+                t.writeSequence([p if type(p) is bytes else bytes(p) for p in parts])
             return
         try:
             sent = sock.sendmsg(parts) if len(parts) <= 512 else sock.send(b"".join(parts))
