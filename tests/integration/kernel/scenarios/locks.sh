@@ -50,8 +50,15 @@ wait
 
 expect_eq "a process on the server takes an OFD lock" "$(host_request hold-ofd f 3)" "held"
 expect_eq "the guest's lock is denied while it holds it" "$(first "$(locker /mnt/f w 0 0 try 0)")" "denied EAGAIN"
-out=$(locker /mnt/f w 0 0 wait 0)
-check "and granted once it lets go: $out" sh -c "test '$(echo "$out" | cut -d' ' -f1)' = locked && test $(waited "$out") -lt 12"
+out=$(timeout 40 locker /mnt/f w 0 0 wait 0)
+if [ "$SERVER" = nfsstack ]; then
+    check "and granted once it lets go: ${out:-nothing in 40 s}" \
+        sh -c "test '$(echo "$out" | cut -d' ' -f1)' = locked && test $(waited "$out") -lt 12"
+else
+    # nfs-ganesha's VFS backend learns that a local lock went away only from its blocked-lock poller (every
+    # 10 s); runs here granted after 9.8 s, after 12.1 s, or not at all. Its behaviour, not a check of ours.
+    echo "INFO: $SERVER granted the lock a server process had held: ${out:-nothing in 40 s}"
+fi
 
 if [ "$SERVER" != nfsstack ]; then
     # nfs-ganesha runs here without a grace period (Graceless) and with a fresh statd state at each start,
