@@ -265,6 +265,8 @@ class Nfsd:
         self.write_verifier = secrets.token_bytes(8)
         #: export id -> {raw struct stat: the entry's name_attributes and name_handle, encoded}
         self._entry_parts: dict[int, dict[bytes, bytes]] = {}
+        #: Devices whose filesystem refused RWF_NOWAIT: their large READs go straight to the pool.
+        self._nowait_refused: set[int] = set()
         self.program = Program(NFS_PROG, "nfs", {3: self._procedures()})
 
     def _procedures(self) -> dict[int, Procedure]:
@@ -499,7 +501,7 @@ class Nfsd:
             data = b""
         elif op.nowait:  # no larger a buffer than the file has bytes there
             want = min(count, st.st_size - offset)
-            data = self._read_cached(rfd, want, offset) if want > 0 else b""
+            data = self._read_cached(rfd, want, offset, st.st_dev) if want > 0 else b""
         else:
             data = os.pread(rfd, count, offset)
         after = os.stat(rfd)
@@ -516,15 +518,20 @@ class Nfsd:
 
         return pack
 
-    @staticmethod
-    def _read_cached(fd: int, count: int, offset: int) -> memoryview:
+    def _read_cached(self, fd: int, count: int, offset: int, dev: int) -> memoryview:
         """What of ``count`` bytes at ``offset`` the page cache holds, without waiting on the disk
-        (``preadv2(RWF_NOWAIT)``, Linux 4.14); :class:`WouldBlock` if it holds none of it."""
+        (``preadv2(RWF_NOWAIT)``, Linux 4.14); :class:`WouldBlock` if it holds none of it, or if the
+        filesystem ``dev`` cannot say (tmpfs, FUSE and network filesystems refuse the flag: remembered)."""
+        if dev in self._nowait_refused:
+            raise WouldBlock()
         buf = bytearray(count)
         try:
             n = os.preadv(fd, (buf,), offset, os.RWF_NOWAIT)
         except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait_refused.add(dev)
+                raise WouldBlock() from None
+            if e.errno == errno.EAGAIN:
                 raise WouldBlock() from None
             raise
         return memoryview(buf)[:n] if n < count else buf
