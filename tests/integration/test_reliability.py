@@ -290,8 +290,8 @@ def test_pipelined_large_reads_to_a_slow_reader_are_exact(tmp_path):
         fh = c("LOOKUP", c.root, b"big").object
         sock = c.sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        calls = b"".join(frame(encode_call(1000 + i, 100003, 3, PROC["READ"], c.cred) + encode("READ", fh, i << 20, 1 << 20))
-                         for i in range(32))
+        calls = b"".join(frame(encode_call(1000 + i, 100003, 3, PROC["READ"], c.cred)
+                               + encode("READ", fh, i << 20, 1 << 20)) for i in range(32))
         sock.sendall(calls)
         time.sleep(1.0)  # the server writes what the socket takes and queues the rest
         got = {}

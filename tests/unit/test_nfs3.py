@@ -356,7 +356,10 @@ def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_d
     assert r.data == data[3 * SMALL_IO:] and r.eof and pooled == []
 
     real = os.preadv
-    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, flags=0: (_ for _ in ()).throw(BlockingIOError(11, "would block")))
+    def would_block(fd, bufs, off, flags=0):
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+    monkeypatch.setattr(os, "preadv", would_block)
     r = nfs("READ", f, 100, 2 * SMALL_IO)
     assert r.data == data[100:100 + 2 * SMALL_IO] and pooled == [(100, 2 * SMALL_IO)]
     # only the first 1000 bytes cached: not a short read at EOF, so the pool reads it all
@@ -365,8 +368,12 @@ def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_d
     assert r.data == data[:3 * SMALL_IO] and pooled[-1] == (0, 3 * SMALL_IO) and len(pooled) == 2
     assert nfs("READ", f, 0, 100).data == data[:100] and len(pooled) == 2  # a small READ never tries the pool
     refusals = []
-    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, flags=0: (refusals.append(1), (_ for _ in ()).throw(
-        OSError(errno.EOPNOTSUPP, "not supported")))[1])
+
+    def refuse(fd, bufs, off, flags=0):
+        refusals.append(1)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(os, "preadv", refuse)
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 3
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 4
     assert refusals == [1]  # the filesystem's refusal is remembered: not asked again

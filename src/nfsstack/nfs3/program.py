@@ -11,8 +11,9 @@ the attributes RFC 1813 gives that procedure's resfail arm (post_op_attr or
 wcc_data of the objects the handler had resolved), so error replies carry
 them too.  Large WRITEs and SETATTR of a size run whole in the thread pool
 (:class:`Row`); a large READ first tries the page cache inline without waiting
-(``RWF_NOWAIT``) and runs in the pool only when the disk is needed; COMMIT and stable WRITEs hand only their fsync to the kernel's
-asynchronous fsync or the pool (:meth:`Nfsd._sync`); the others run inline.
+(``RWF_NOWAIT``) and runs in the pool only when the disk is needed; COMMIT and
+stable WRITEs hand only their fsync to the kernel's asynchronous fsync or the
+pool (:meth:`Nfsd._sync`); the others run inline.
 """
 
 from __future__ import annotations
