@@ -14,7 +14,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import struct
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console", action="store_true", help="print the guest's whole console")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
+    # A SIGTERM (`timeout`, `kill`) unwinds like Ctrl-C, so the server, the guest and the namespace are removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result, log = run_scenario(args.server, args.scenario, args.timeout)
     print(result.console if args.console else result.summary())
     print(f"exit status {result.status}, {len(result.failures)} failed checks, {result.seconds:.1f} s")
