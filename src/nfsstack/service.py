@@ -401,6 +401,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     if syncer is not None:
         reactor.addSystemEventTrigger("after", "shutdown", syncer.close)
     stack.nfsd = Nfsd(stack.exports, in_thread=workers, syncer=syncer)
+    reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.listings.close)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
 

@@ -1,4 +1,4 @@
-"""fsync through Linux native AIO (nfs3/aiosync.py), completed in the reactor through an eventfd."""
+"""fsync through io_uring and Linux native AIO (nfs3/aiosync.py), completed in the reactor through an eventfd."""
 
 import errno
 import os
@@ -7,16 +7,29 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from nfsstack.nfs3.aiosync import open_syncer
+from nfsstack.nfs3.aiosync import AioSyncer, UringSyncer, open_syncer
+
+KINDS = [UringSyncer, AioSyncer]
 
 
-@pytest.fixture
-def syncer():
-    s = open_syncer(reactor)
+@pytest.fixture(params=KINDS, ids=lambda k: k.__name__)
+def syncer(request):
+    s = open_syncer(reactor, (request.param,))
     if s is None:
-        pytest.skip("this kernel does not run asynchronous fsyncs")
+        pytest.skip(f"this kernel does not run {request.param.__name__}")
     yield s
     s.close()
+
+
+def test_the_stack_gets_the_first_kind_the_kernel_runs():
+    s = open_syncer(reactor)
+    try:
+        if s is not None:
+            assert type(s) in KINDS
+            assert all(open_syncer(reactor, (k,)) is None for k in KINDS[:KINDS.index(type(s))])
+    finally:
+        if s is not None:
+            s.close()
 
 
 @pytest_twisted.inlineCallbacks
@@ -48,14 +61,19 @@ def test_a_sync_the_kernel_refuses_fails_its_deferred_or_the_call(syncer):
     finally:
         os.close(r)
         os.close(w)
-    with pytest.raises(OSError):
-        syncer(987654)  # not a descriptor: EBADF at once
+    try:
+        yield syncer(987654)  # not a descriptor: EBADF, at submission (AIO) or at completion (io_uring)
+    except OSError as e:
+        assert e.errno == errno.EBADF
+    else:
+        pytest.fail("fsync of no descriptor succeeded")
 
 
-def test_room_runs_out_cleanly(tmp_path):
-    s = open_syncer(reactor)
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_room_runs_out_cleanly(tmp_path, kind):
+    s = open_syncer(reactor, (kind,))
     if s is None:
-        pytest.skip("this kernel does not run asynchronous fsyncs")
+        pytest.skip(f"this kernel does not run {kind.__name__}")
     s.depth = 0  # full: the caller is told at once and uses its thread pool
     try:
         fd = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY, 0o644)

@@ -82,6 +82,7 @@ def env(tmp_path):
         os.close(fd)
     yield tmp_path, table, nfsd, Client(Dispatcher([nfsd.program])), roots
     assert nfsd.fs.ids.current == ROOT, "every call ends as root"
+    nfsd.listings.close()
     table.close()
 
 
@@ -504,6 +505,127 @@ def test_readdirplus_attributes_are_fresh(env):
         made = create(nfs, roots["data"], b"f")
         again = entry()
         assert again.handle == made and nfs("GETATTR", again.handle).ok
+
+
+def _listing(nfs, dirfh, plus=True):
+    """Every entry of a directory, by name, from READDIRPLUS (or READDIR) calls of a few KiB."""
+    entries, cookie = {}, 0
+    for _ in range(1000):
+        if plus:
+            r = nfs("READDIRPLUS", dirfh, cookie, b"\0" * 8, 1024, 4096)
+        else:
+            r = nfs("READDIR", dirfh, cookie, b"\0" * 8, 1024)
+        assert r.ok, r.status
+        entries.update((e.name, e) for e in r.entries)
+        if r.eof:
+            return entries
+        cookie = r.entries[-1].cookie
+    raise AssertionError("no end of the listing")
+
+
+@pytest.fixture
+def getdents_calls(monkeypatch):
+    """How many times nfsd read a directory (a listing served from the cache reads none)."""
+    from nfsstack.nfs3 import dirents
+
+    calls = [0]
+    real = dirents.entries
+
+    def counted(*args, **kw):
+        calls[0] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dirents, "entries", counted)
+    return calls
+
+
+@pytest.fixture
+def deaf(monkeypatch):
+    """inotify reports nothing: what keeps the listings exact is then nfsd's own bookkeeping, and the TTL."""
+    from nfsstack.nfs3 import inotify
+
+    monkeypatch.setattr(inotify.Inotify, "events", lambda self: iter(()))
+
+
+def test_listings_are_kept_until_something_in_them_changes(env, getdents_calls):
+    """A listing asked again is served without reading the directory, the same bytes; a name made, an entry
+    written, or its attributes changed behind nfsd's back (inotify) all show in the next listing."""
+    tmp, _, nfsd, nfs, roots = env
+    for i in range(300):
+        (tmp / "data" / f"f{i:03}").write_bytes(b"x" * i)
+    first = _listing(nfs, roots["data"])
+    calls = getdents_calls[0]
+    assert calls > 3 and _listing(nfs, roots["data"]) == first
+    assert getdents_calls[0] == calls, "the second listing is served from the cache"
+    assert _listing(nfs, roots["data"], plus=False).keys() == first.keys()
+    assert _listing(nfs, roots["data"], plus=False).keys() == first.keys()
+    calls = getdents_calls[0]
+    (tmp / "data" / "f007").write_bytes(b"longer now")
+    assert _listing(nfs, roots["data"])[b"f007"].attributes.size == 10
+    os.chmod(tmp / "data" / "f008", 0o600)
+    assert _listing(nfs, roots["data"])[b"f008"].attributes.mode == 0o600
+    os.utime(tmp / "data" / "f009", ns=(5_000_000_000, 7_000_000_000))
+    assert _listing(nfs, roots["data"])[b"f009"].attributes.mtime == 7_000_000_000
+    (tmp / "data" / "new").touch()
+    os.unlink(tmp / "data" / "f010")
+    names = _listing(nfs, roots["data"]).keys()
+    assert b"new" in names and b"f010" not in names
+    assert getdents_calls[0] > calls
+
+
+def test_changes_made_through_nfs_drop_the_listings_without_inotify(env, deaf, getdents_calls):
+    """A WRITE, SETATTR, LINK or READ through a handle (the file's dentry may have no path to the directory,
+    so inotify may say nothing) drops the listings showing that file."""
+    tmp, _, nfsd, nfs, roots = env
+    for i in range(50):
+        (tmp / "data" / f"f{i:02}").write_bytes(b"abc")
+    _listing(nfs, roots["data"])
+    f = lookup(nfs, roots["data"], b"f05")
+    assert nfs("WRITE", f, 0, b"0123456789", 2).ok
+    assert _listing(nfs, roots["data"])[b"f05"].attributes.size == 10
+    assert nfs("SETATTR", f, Sattr3(mode=0o640)).ok
+    assert _listing(nfs, roots["data"])[b"f05"].attributes.mode == 0o640
+    os.mkdir(tmp / "other" / "sub")
+    assert nfs("LINK", f, roots["data"], b"f05-again").ok
+    entries = _listing(nfs, roots["data"])
+    assert entries[b"f05"].attributes.nlink == 2 and b"f05-again" in entries
+    g = lookup(nfs, roots["data"], b"f06")
+    os.utime(tmp / "data" / "f06", ns=(1_000_000_000, 2_000_000_000))  # unseen: inotify is deaf here
+    _listing(nfs, roots["data"])
+    nfsd.listings.clear()
+    before = _listing(nfs, roots["data"])[b"f06"].attributes.atime
+    assert nfs("READ", g, 0, 3).ok  # atime 1 s after the epoch is older than mtime: the read sets it
+    assert _listing(nfs, roots["data"])[b"f06"].attributes.atime > before
+
+
+def test_entries_changed_from_elsewhere_are_always_fresh(env, deaf):
+    """What no event in the directory reports is taken afresh in every reply: a subdirectory's attributes
+    (changed by its own contents), a file with another link (written through the other directory), the
+    directory itself; and nothing is kept longer than the TTL."""
+    from nfsstack.nfs3 import listings
+
+    tmp, _, nfsd, nfs, roots = env
+    data = tmp / "data"
+    (data / "sub").mkdir()
+    (data / "linked").write_bytes(b"1")
+    (data / "elsewhere").mkdir()
+    os.link(data / "linked", data / "elsewhere" / "alias")
+    (data / "plain").write_bytes(b"1")
+    first = _listing(nfs, roots["data"])
+    (data / "sub" / "child").touch()
+    (data / "elsewhere" / "alias").write_bytes(b"12345")
+    (data / "plain").write_bytes(b"123")  # inotify is deaf: this one stays as it was, for up to the TTL
+    second = _listing(nfs, roots["data"])
+    assert second[b"sub"].attributes.mtime == os.stat(data / "sub").st_mtime_ns != first[b"sub"].attributes.mtime
+    assert second[b"linked"].attributes.size == 5
+    assert second[b"."].attributes.mtime == os.stat(data).st_mtime_ns
+    assert second[b"plain"].attributes.size == 1
+    stamp = listings.TTL
+    try:
+        listings.TTL = 0.0
+        assert _listing(nfs, roots["data"])[b"plain"].attributes.size == 3
+    finally:
+        listings.TTL = stamp
 
 
 def test_readdir_cookie_survives_unrelated_changes(env):

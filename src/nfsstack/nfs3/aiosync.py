@@ -1,14 +1,23 @@
-"""fsync and fdatasync without a thread: Linux native AIO (``IOCB_CMD_FSYNC``), completed through an eventfd.
+"""fsync and fdatasync without a thread: io_uring, or Linux native AIO, completed through an eventfd.
 
 COMMIT and stable WRITEs (RFC 1813 sections 3.3.7 and 3.3.21) must reach the disk
 before the reply, and the reactor thread must not wait for it.  Handing each
 fsync to a pool thread works, but every completion then passes Python's GIL
 between that thread and the reactor several times, and on a busy server those
-hand-offs, not the disk, set the pace.  Linux (4.18 and later) runs an
-``IOCB_CMD_FSYNC`` / ``IOCB_CMD_FDSYNC`` submitted with ``io_submit(2)`` in a
-kernel worker, and signals its completion on an eventfd, which the reactor
-watches like a socket: no Python thread is involved at all.  Where the kernel
-refuses (no AIO, an old kernel), :func:`open_syncer` answers None and callers
+hand-offs, not the disk, set the pace.  The kernel can run the sync itself and
+signal its completion on an eventfd, which the reactor watches like a socket:
+no Python thread is involved at all.  Two ways, the first the kernel takes:
+
+- io_uring (Linux 5.1), ``IORING_OP_FSYNC``: the kernel hands the sync to an
+  io_uring worker thread of its own, which the scheduler may place on any CPU;
+  submitting costs the reactor a few microseconds.  x86_64 only here: the rings
+  are shared memory, and x86's store order is what makes plain writes to them
+  safe from Python.
+- native AIO (Linux 4.18), ``IOCB_CMD_FSYNC``: the sync runs in a kernel
+  worker bound to the submitting CPU, which preempts the reactor at once: each
+  submission costs it tens of microseconds (bench/README.md).
+
+Where the kernel refuses both, :func:`open_syncer` answers None and callers
 use their thread pool.
 """
 
@@ -16,8 +25,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import platform
+import select
 import struct
 from typing import Optional
 
@@ -28,14 +39,6 @@ from zope.interface import implementer
 
 log = Logger(namespace="nfsstack.nfs3")
 
-# (io_setup, io_destroy, io_getevents, io_submit) system call numbers.
-_NR = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}.get(platform.machine())
-_IOCB_CMD_FSYNC, _IOCB_CMD_FDSYNC = 2, 3
-_IOCB_FLAG_RESFD = 1
-# struct iocb (include/uapi/linux/aio_abi.h, little-endian): data, key, rw_flags, opcode, reqprio, fildes, buf,
-# nbytes, offset, reserved2, flags, resfd.
-_IOCB = struct.Struct("<QIIHhIQQqQII")
-_EVENT = struct.Struct("<QQqq")  # struct io_event: data, obj, res, res2
 #: Syncs in flight at once; more wait for a free slot in the pool threads' way (the caller's fallback).
 DEPTH = 256
 
@@ -52,41 +55,37 @@ def _check(result: int, what: str) -> int:
 
 
 @implementer(IReadDescriptor)
-class AioSyncer:
+class _Syncer:
     """``syncer(fd, datasync) -> Deferred`` firing with None once the data (and, unless ``datasync``, the
-    metadata) of ``fd`` is on stable storage, or failing with the OSError the sync met."""
+    metadata) of ``fd`` is on stable storage, or failing with the OSError the sync met.  Subclasses submit
+    (:meth:`_submit`) and collect the (key, result) of finished syncs (:meth:`_finished`)."""
 
     def __init__(self, reactor, depth: int = DEPTH) -> None:
         self.reactor = reactor
         self.depth = depth
-        self._ctx = ctypes.c_ulong(0)
-        _check(_syscall(_NR[0], depth, ctypes.byref(self._ctx)), "io_setup")
-        try:
-            self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        except OSError:
-            _syscall(_NR[1], self._ctx)
-            raise
-        self._events = ctypes.create_string_buffer(_EVENT.size * depth)
-        self._pending: dict[int, tuple[ctypes.Array, defer.Deferred]] = {}
+        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._pending: dict[int, defer.Deferred] = {}
         self._next = 0
         self._closed = False
-        reactor.addReader(self)
-
-    # -- the syncer -----------------------------------------------------------------------
 
     def __call__(self, fd: int, datasync: bool = False) -> defer.Deferred:
         if self._closed or len(self._pending) >= self.depth:
             raise OSError(errno.EAGAIN, "no room for another asynchronous sync")
         self._next = (self._next + 1) & 0xFFFFFFFFFFFF
         key = self._next
-        iocb = ctypes.create_string_buffer(_IOCB.pack(
-            key, 0, 0, _IOCB_CMD_FDSYNC if datasync else _IOCB_CMD_FSYNC, 0, fd, 0, 0, 0, 0,
-            _IOCB_FLAG_RESFD, self._eventfd), _IOCB.size)
-        pointers = (ctypes.c_void_p * 1)(ctypes.addressof(iocb))
-        _check(_syscall(_NR[3], self._ctx, 1, pointers), "io_submit")
+        self._submit(key, fd, datasync)
         d: defer.Deferred = defer.Deferred()
-        self._pending[key] = (iocb, d)
+        self._pending[key] = d
         return d
+
+    def _submit(self, key: int, fd: int, datasync: bool) -> None:
+        raise NotImplementedError
+
+    def _finished(self) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def _destroy(self) -> None:
+        raise NotImplementedError
 
     # -- IReadDescriptor: the eventfd counts completions -----------------------------------------
 
@@ -94,7 +93,7 @@ class AioSyncer:
         return self._eventfd
 
     def logPrefix(self) -> str:
-        return "aio-fsync"
+        return "async-fsync"
 
     def doRead(self) -> None:
         try:
@@ -104,29 +103,25 @@ class AioSyncer:
         self._reap()
 
     def _reap(self) -> None:
-        timeout = (ctypes.c_long * 2)(0, 0)
-        while self._pending:
-            n = _syscall(_NR[2], self._ctx, 0, self.depth, self._events, timeout)
-            if n <= 0:
-                return
-            raw = self._events.raw
-            for i in range(n):
-                key, _, res, _ = _EVENT.unpack_from(raw, i * _EVENT.size)
-                entry = self._pending.pop(key, None)
-                if entry is None:
-                    continue
-                d = entry[1]
-                if res < 0:
-                    d.errback(OSError(-res, os.strerror(-res)))
-                else:
-                    d.callback(None)
+        for key, res in self._finished():
+            d = self._pending.pop(key, None)
+            if d is None:
+                continue
+            if res < 0:
+                d.errback(OSError(-res, os.strerror(-res)))
+            else:
+                d.callback(None)
+
+    def _wait(self, seconds: float) -> None:
+        """Block (start-up and shutdown only) until a sync finishes or ``seconds`` pass, and reap."""
+        if select.select([self._eventfd], [], [], seconds)[0]:
+            self.doRead()
 
     def connectionLost(self, reason) -> None:
         self.close()
 
     def close(self) -> None:
-        """Wait for the syncs in flight (io_destroy does), fail their Deferreds if still pending, free the kernel's
-        context."""
+        """Wait for the syncs in flight, fail their Deferreds if still pending, free the kernel's context."""
         if self._closed:
             return
         self._closed = True
@@ -134,51 +129,188 @@ class AioSyncer:
         for _ in range(30):  # the syncs in flight finish (at most about 30 s), and their callers hear of it
             if not self._pending:
                 break
-            _syscall(_NR[2], self._ctx, 1, 1, self._events, (ctypes.c_long * 2)(1, 0))
-            self._reap()
-        _syscall(_NR[1], self._ctx)
+            self._wait(1.0)
+        self._destroy()
         pending, self._pending = self._pending, {}
-        for _, d in pending.values():
+        for d in pending.values():
             d.errback(OSError(errno.ECANCELED, "the server is stopping"))
         os.close(self._eventfd)
 
 
-def open_syncer(reactor) -> Optional[AioSyncer]:
-    """An :class:`AioSyncer` if this kernel runs asynchronous fsyncs (checked with one on a temporary file),
-    else None."""
-    if _NR is None:
-        return None
+# -- io_uring (include/uapi/linux/io_uring.h) ----------------------------------------------------------
+
+_IO_URING = {"x86_64": (425, 426, 427)}.get(platform.machine())  # setup, enter, register
+_IORING_OP_FSYNC, _IORING_FSYNC_DATASYNC, _IORING_REGISTER_EVENTFD = 3, 1, 4
+_IORING_FEAT_SINGLE_MMAP = 1
+_IORING_OFF_SQ_RING, _IORING_OFF_CQ_RING, _IORING_OFF_SQES = 0, 0x8000000, 0x10000000
+_SQ_OFFSETS = struct.Struct("=7IIQ")  # head, tail, ring_mask, ring_entries, flags, dropped, array, resv1, user_addr
+_CQ_OFFSETS = struct.Struct("=8IQ")  # head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1, user_addr
+_SQE = struct.Struct("=BBHiQQIIQ24x")  # opcode, flags, ioprio, fd, off, addr, len, fsync_flags, user_data
+_CQE = struct.Struct("=QiI")  # user_data, res, flags
+_U32 = struct.Struct("=I")
+_MAP = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+class UringSyncer(_Syncer):
+    """Syncs as ``IORING_OP_FSYNC`` on an io_uring whose completions signal the eventfd."""
+
+    def __init__(self, reactor, depth: int = DEPTH) -> None:
+        if _IO_URING is None:
+            raise OSError(errno.ENOSYS, "io_uring is used on x86_64 only")
+        super().__init__(reactor, depth)
+        self._rings: list[mmap.mmap] = []
+        self._ring = -1
+        try:
+            params = ctypes.create_string_buffer(120)  # struct io_uring_params
+            self._ring = _check(_syscall(_IO_URING[0], depth, params), "io_uring_setup")
+            sq_entries, cq_entries, _, _, _, features = struct.unpack_from("=6I", params.raw, 0)
+            sq_off = _SQ_OFFSETS.unpack_from(params.raw, 40)
+            cq_off = _CQ_OFFSETS.unpack_from(params.raw, 80)
+            sq_size, cq_size = sq_off[6] + sq_entries * 4, cq_off[5] + cq_entries * 16
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            if features & _IORING_FEAT_SINGLE_MMAP:
+                self._sq = self._cq = mmap.mmap(self._ring, max(sq_size, cq_size), _MAP, prot,
+                                                offset=_IORING_OFF_SQ_RING)
+                self._rings.append(self._sq)
+            else:
+                self._sq = mmap.mmap(self._ring, sq_size, _MAP, prot, offset=_IORING_OFF_SQ_RING)
+                self._rings.append(self._sq)
+                self._cq = mmap.mmap(self._ring, cq_size, _MAP, prot, offset=_IORING_OFF_CQ_RING)
+                self._rings.append(self._cq)
+            self._sqes = mmap.mmap(self._ring, sq_entries * _SQE.size, _MAP, prot, offset=_IORING_OFF_SQES)
+            self._rings.append(self._sqes)
+            self._sq_head, self._sq_tail, self._sq_array = sq_off[0], sq_off[1], sq_off[6]
+            self._sq_mask = _U32.unpack_from(self._sq, sq_off[2])[0]
+            self._cq_head, self._cq_tail, self._cqes = cq_off[0], cq_off[1], cq_off[5]
+            self._cq_mask = _U32.unpack_from(self._cq, cq_off[2])[0]
+            self.depth = min(depth, sq_entries, cq_entries)
+            _check(_syscall(_IO_URING[2], self._ring, _IORING_REGISTER_EVENTFD,
+                            ctypes.byref(ctypes.c_int(self._eventfd)), 1), "io_uring_register")
+        except (OSError, ValueError) as e:
+            self._destroy()
+            os.close(self._eventfd)
+            raise OSError(getattr(e, "errno", None) or errno.EINVAL, str(e)) from None
+        reactor.addReader(self)
+
+    def _submit(self, key: int, fd: int, datasync: bool) -> None:
+        sq = self._sq
+        tail = _U32.unpack_from(sq, self._sq_tail)[0]
+        index = tail & self._sq_mask
+        _SQE.pack_into(self._sqes, index * _SQE.size, _IORING_OP_FSYNC, 0, 0, fd, 0, 0, 0,
+                       _IORING_FSYNC_DATASYNC if datasync else 0, key)
+        _U32.pack_into(sq, self._sq_array + index * 4, index)
+        _U32.pack_into(sq, self._sq_tail, (tail + 1) & 0xFFFFFFFF)
+        if _syscall(_IO_URING[1], self._ring, 1, 0, 0, None, 0) != 1:
+            e = ctypes.get_errno()
+            if _U32.unpack_from(sq, self._sq_head)[0] == tail:  # not taken: out of the ring again
+                _U32.pack_into(sq, self._sq_tail, tail)
+            raise OSError(e or errno.EAGAIN, f"io_uring_enter: {os.strerror(e or errno.EAGAIN)}")
+
+    def _finished(self) -> list[tuple[int, int]]:
+        cq, done = self._cq, []
+        head = _U32.unpack_from(cq, self._cq_head)[0]
+        tail = _U32.unpack_from(cq, self._cq_tail)[0]
+        while head != tail:
+            key, res, _ = _CQE.unpack_from(cq, self._cqes + (head & self._cq_mask) * _CQE.size)
+            done.append((key, res))
+            head = (head + 1) & 0xFFFFFFFF
+        _U32.pack_into(cq, self._cq_head, head)
+        return done
+
+    def _destroy(self) -> None:
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
+        if self._ring >= 0:
+            os.close(self._ring)  # the kernel finishes or cancels what is still in flight
+            self._ring = -1
+
+
+# -- native AIO (include/uapi/linux/aio_abi.h) ------------------------------------------------------------
+
+# (io_setup, io_destroy, io_getevents, io_submit) system call numbers.
+_AIO = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}.get(platform.machine())
+_IOCB_CMD_FSYNC, _IOCB_CMD_FDSYNC = 2, 3
+_IOCB_FLAG_RESFD = 1
+# struct iocb (little-endian): data, key, rw_flags, opcode, reqprio, fildes, buf, nbytes, offset, reserved2,
+# flags, resfd.
+_IOCB = struct.Struct("<QIIHhIQQqQII")
+_EVENT = struct.Struct("<QQqq")  # struct io_event: data, obj, res, res2
+
+
+class AioSyncer(_Syncer):
+    """Syncs as ``IOCB_CMD_FSYNC`` on a native AIO context whose completions signal the eventfd."""
+
+    def __init__(self, reactor, depth: int = DEPTH) -> None:
+        if _AIO is None:
+            raise OSError(errno.ENOSYS, "native AIO: unknown machine")
+        super().__init__(reactor, depth)
+        self._ctx = ctypes.c_ulong(0)
+        try:
+            _check(_syscall(_AIO[0], depth, ctypes.byref(self._ctx)), "io_setup")
+        except OSError:
+            os.close(self._eventfd)
+            raise
+        self._events = ctypes.create_string_buffer(_EVENT.size * depth)
+        self._iocbs: dict[int, ctypes.Array] = {}  # the kernel reads them until the sync completes
+        reactor.addReader(self)
+
+    def _submit(self, key: int, fd: int, datasync: bool) -> None:
+        iocb = ctypes.create_string_buffer(_IOCB.pack(
+            key, 0, 0, _IOCB_CMD_FDSYNC if datasync else _IOCB_CMD_FSYNC, 0, fd, 0, 0, 0, 0,
+            _IOCB_FLAG_RESFD, self._eventfd), _IOCB.size)
+        pointers = (ctypes.c_void_p * 1)(ctypes.addressof(iocb))
+        _check(_syscall(_AIO[3], self._ctx, 1, pointers), "io_submit")
+        self._iocbs[key] = iocb
+
+    def _finished(self) -> list[tuple[int, int]]:
+        timeout = (ctypes.c_long * 2)(0, 0)
+        done = []
+        while True:
+            n = _syscall(_AIO[2], self._ctx, 0, self.depth, self._events, timeout)
+            if n <= 0:
+                return done
+            raw = self._events.raw
+            for i in range(n):
+                key, _, res, _ = _EVENT.unpack_from(raw, i * _EVENT.size)
+                self._iocbs.pop(key, None)
+                done.append((key, res))
+
+    def _destroy(self) -> None:
+        _syscall(_AIO[1], self._ctx)  # waits for the syncs in flight
+        self._iocbs.clear()
+
+
+def open_syncer(reactor, kinds: tuple[type, ...] = (UringSyncer, AioSyncer)) -> Optional[_Syncer]:
+    """The first syncer of ``kinds`` this kernel runs (checked with one sync of a temporary file), else None."""
     import tempfile
 
-    try:
-        syncer = AioSyncer(reactor)
-    except OSError as e:
-        log.info("asynchronous fsync unavailable ({e}); syncs use the thread pool", e=e)
-        return None
-    fd, path = tempfile.mkstemp(prefix="nfsstack-aio-")
-    try:
-        os.unlink(path)
-        syncer(fd)  # EINVAL here on kernels without IOCB_CMD_FSYNC
-        # Wait for the probe's completion right here, once, at start-up.
-        deadline = 100
-        while syncer._pending and deadline:
-            _syscall(_NR[2], syncer._ctx, 1, 1, syncer._events, (ctypes.c_long * 2)(0, 100_000_000))
-            key, _, res, _ = _EVENT.unpack_from(syncer._events.raw, 0)
-            entry = syncer._pending.pop(key, None)
-            if entry is not None and res < 0:
-                raise OSError(-res, os.strerror(-res))
-            deadline -= 1
-        if syncer._pending:
-            raise OSError(errno.ETIMEDOUT, "the probe's fsync did not complete")
+    for kind in kinds:
         try:
-            os.eventfd_read(syncer._eventfd)
-        except BlockingIOError:
-            pass
-    except OSError as e:
-        log.info("asynchronous fsync unavailable ({e}); syncs use the thread pool", e=e)
-        syncer._pending.clear()
-        syncer.close()
-        return None
-    finally:
-        os.close(fd)
-    return syncer
+            syncer = kind(reactor)
+        except OSError as e:
+            log.info("{kind} unavailable ({e})", kind=kind.__name__, e=e)
+            continue
+        fd, path = tempfile.mkstemp(prefix="nfsstack-sync-")
+        try:
+            os.unlink(path)
+            d = syncer(fd)  # EINVAL here on kernels without the fsync operation
+            outcome: list = []
+            d.addBoth(outcome.append)
+            for _ in range(100):  # wait for the probe right here, once, at start-up
+                if outcome:
+                    break
+                syncer._wait(0.1)
+            if not outcome:
+                raise OSError(errno.ETIMEDOUT, "the probe's fsync did not complete")
+            if not (outcome[0] is None):
+                raise outcome[0].value
+        except OSError as e:
+            log.info("{kind} unavailable ({e})", kind=kind.__name__, e=e)
+            syncer.close()
+            continue
+        finally:
+            os.close(fd)
+        return syncer
+    log.info("no asynchronous fsync: syncs use the thread pool")
+    return None

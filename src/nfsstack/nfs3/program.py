@@ -36,6 +36,7 @@ from nfsstack.exports import Export, ExportOptions
 from nfsstack.nfs3 import dirents, rawstat
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nfs3.identity import Identity, effective
+from nfsstack.nfs3.listings import Chunk, Listings
 from nfsstack.nfs3.types import (
     DATA_SYNC, EXCLUSIVE, FILE_SYNC, GUARDED, MAX_PATH, NFS_PROG, S_IFMT_OF, UNCHECKED, UNSTABLE, Ftype, NFSError,
     Sattr, Stat, check_name, fattr3, post_op_attr, post_op_fh, stat_of, unpack_diropargs, unpack_fh, unpack_sattr,
@@ -138,6 +139,9 @@ class Row:
     #: A blocking call that first tries inline, without waiting (RWF_NOWAIT: data already in the page cache),
     #: and goes to the pool only when the kernel says it would have to wait.
     nowait: bool = False
+    #: May change (or, reading, touch the atime of) the objects it resolves: cached listings of them, or of
+    #: the directories that list them, are dropped (nfs3/listings.py).
+    changes: bool = True
 
 
 # -- argument decoders (RFC 1813 section 3.3) ------------------------------------
@@ -221,10 +225,10 @@ def _unpack_readdirplus(u: Unpacker):
 
 #: The procedure table of NFSv3 (RFC 1813 section 3.3); procedure 0 is NULL.
 PROCEDURES: dict[int, Row] = {
-    1: Row("GETATTR", unpack_fh, ()),
+    1: Row("GETATTR", unpack_fh, (), changes=False),
     2: Row("SETATTR", _unpack_setattr, ("wcc",), idempotent=False, blocking=lambda a: a[1].size is not None),
-    3: Row("LOOKUP", unpack_diropargs, ("attr",)),
-    4: Row("ACCESS", _unpack_fh_uint, ("attr",)),
+    3: Row("LOOKUP", unpack_diropargs, ("attr",), changes=False),
+    4: Row("ACCESS", _unpack_fh_uint, ("attr",), changes=False),
     5: Row("READLINK", unpack_fh, ("attr",)),
     6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO, nowait=True),
     7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO),
@@ -236,11 +240,11 @@ PROCEDURES: dict[int, Row] = {
     13: Row("RMDIR", unpack_diropargs, ("wcc",), idempotent=False),
     14: Row("RENAME", _unpack_rename, ("wcc", "wcc"), idempotent=False),
     15: Row("LINK", _unpack_link, ("attr", "wcc"), idempotent=False),
-    16: Row("READDIR", _unpack_readdir, ("attr",)),
-    17: Row("READDIRPLUS", _unpack_readdirplus, ("attr",)),
-    18: Row("FSSTAT", unpack_fh, ("attr",)),
-    19: Row("FSINFO", unpack_fh, ("attr",)),
-    20: Row("PATHCONF", unpack_fh, ("attr",)),
+    16: Row("READDIR", _unpack_readdir, ("attr",), changes=False),
+    17: Row("READDIRPLUS", _unpack_readdirplus, ("attr",), changes=False),
+    18: Row("FSSTAT", unpack_fh, ("attr",), changes=False),
+    19: Row("FSINFO", unpack_fh, ("attr",), changes=False),
+    20: Row("PATHCONF", unpack_fh, ("attr",), changes=False),
     21: Row("COMMIT", _unpack_range, ("wcc",)),
 }
 
@@ -265,9 +269,11 @@ class Nfsd:
         #: committed (RFC 1813 section 3.3.7).
         self.write_verifier = secrets.token_bytes(8)
         #: export id -> {raw struct stat: the entry's name_attributes and name_handle, encoded}
-        self._entry_parts: dict[int, dict[bytes, bytes]] = {}
+        self._entry_parts: dict[int, dict[bytes, tuple[bytes, bool]]] = {}
         #: Devices whose filesystem refused RWF_NOWAIT: their large READs go straight to the pool.
         self._nowait_refused: set[int] = set()
+        #: Encoded listings, kept while nothing they show changed.
+        self.listings = Listings()
         self.program = Program(NFS_PROG, "nfs", {3: self._procedures()})
 
     def _procedures(self) -> dict[int, Procedure]:
@@ -306,6 +312,8 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
+                if row.changes and op.watched:
+                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             if isinstance(result, defer.Deferred):
                 return result.addCallbacks(self._succeeded, self._failed, callbackArgs=(op, row),
                                            errbackArgs=(op, row))
@@ -319,6 +327,8 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
+                if row.changes and op.watched:
+                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             return self._succeeded(ok, op, row)
 
         return run
@@ -670,7 +680,8 @@ class Nfsd:
         return self._listing(op, args, plus=True)
 
     def _listing(self, op: Op, args, plus: bool) -> Packs:
-        """READDIR and READDIRPLUS (RFC 1813 sections 3.3.16-17) from the directory's own offsets."""
+        """READDIR and READDIRPLUS (RFC 1813 sections 3.3.16-17) from the directory's own offsets; the body
+        of the reply from :attr:`listings` while nothing it shows changed."""
         handle, cookie, _verifier, count, maxcount = args
         if plus:
             dircount, maxcount = max(count, 512), min(maxcount, self._xfer(op))
@@ -683,10 +694,43 @@ class Nfsd:
         if cookie > MAX_OFFSET:
             raise NFSError(Stat.BAD_COOKIE)  # no directory offset is that large
         rfd = self.fs.reopen(op.who, fd, os.O_RDONLY | os.O_DIRECTORY, dir_st, op.options.read_only, op.fds)
+        room = maxcount - (4 + 4 + 84 + 8 + 4 + 4)  # status, dir attributes, verifier, end of list, eof
+        dirkey = (dir_st.st_dev, dir_st.st_ino)
+        key = (dirkey, op.fsid, op.who, cookie, dircount, room, plus)
+        stamp = (dir_st.st_mtime_ns, dir_st.st_ctime_ns, dir_st.st_size, dir_st.st_nlink)
+        chunk = self.listings.get(key, stamp)
+        body = self._served(op, fd, chunk, room) if chunk is not None else None
+        if body is None:
+            fill = self.listings.begin(dirkey, fd)
+            try:
+                chunk = self._read_listing(op, fd, rfd, dir_st, cookie, dircount, room, plus, fill)
+            except BaseException:
+                if fill is not None:
+                    self.listings.abandon(fill)
+                raise
+            if fill is not None:
+                self.listings.put(fill, key, stamp, chunk)
+            body = self._served(op, fd, chunk, room)
+        tail = b"\0\0\0\0" + (_TRUE if chunk.eof else _NO_ATTR)
+
+        def pack(p: Packer) -> None:
+            op.pack_attr(p, 0)
+            p.pack_raw(_COOKIEVERF)
+            for part in body:
+                p.pack_raw(part)
+            p.pack_raw(tail)
+
+        return pack
+
+    def _read_listing(self, op: Op, fd: int, rfd: int, dir_st: os.stat_result, cookie: int, dircount: int,
+                      room: int, plus: bool, fill) -> Chunk:
+        """The entries of one reply from getdents (and, for READDIRPLUS, an lstat of each), as a
+        :class:`Chunk`: runs of encoded entries, and the entries whose attributes every reply takes afresh."""
         at_root = self.table.is_root(op.export, dir_st)
-        size = 4 + 4 + 84 + 8 + 4 + 4  # status, dir attributes, verifier, end of list, eof
-        names = 0
-        entries: list[bytes] = []
+        size = names = kept = 0
+        segments: list = []
+        run: list[bytes] = []
+        members = fill.members if fill is not None else []
         eof = True
         pack_head, pack_cookie = _ENTRY_HEAD.pack, _COOKIE.pack
         lstat = rawstat.Buffer().lstat if plus and rawstat.SUPPORTED else None
@@ -698,49 +742,88 @@ class Nfsd:
                     fileid = dir_st.st_ino
                 entry = pack_head(1, fileid, n) + name + _PAD[n & 3] + pack_cookie(next_cookie)
                 names += 20 + n + (-n & 3)
+                steady = True
                 if plus:
                     # Attributes and handle, when they can be had; "." and the root's ".." are the directory.
-                    if name == b"." or (name == b".." and at_root):
-                        name = b"."
+                    if name == b"." or name == b"..":
+                        steady = False
+                        if at_root:
+                            name = b"."
                     raw = lstat(fd, name) if lstat is not None else None
-                    part = parts.get(raw) if raw is not None else None
-                    entry += part if part is not None else self._entry_part(op, fd, name, raw, parts)
-                if size + len(entry) > maxcount or names > dircount:
+                    got = parts.get(raw) if raw is not None else None
+                    if got is None:
+                        got = self._entry_part(op, fd, name, raw, parts)
+                    part, steady = got[0], steady and got[1]
+                    if size + len(entry) + len(part) > room or names > dircount:
+                        eof = False
+                        break
+                    size += len(entry) + len(part)
+                    if not steady:
+                        if run:
+                            segments.append(b"".join(run))
+                            run = []
+                        segments.append((entry, name))
+                        continue
+                    entry += part
+                elif size + len(entry) > room or names > dircount:
                     eof = False
                     break
-                size += len(entry)
-                entries.append(entry)
-        if not entries and not eof:
+                else:
+                    size += len(entry)
+                run.append(entry)
+                kept += len(entry)
+                members.append(fileid)
+        if run:
+            segments.append(b"".join(run))
+        if not segments and not eof:
             raise NFSError(Stat.TOOSMALL)
-        tail = b"\0\0\0\0" + (_TRUE if eof else _NO_ATTR)
+        return Chunk(segments, kept, eof)
 
-        def pack(p: Packer) -> None:
-            op.pack_attr(p, 0)
-            p.pack_raw(_COOKIEVERF)
-            for entry in entries:
-                p.pack_raw(entry)
-            p.pack_raw(tail)
+    def _served(self, op: Op, fd: int, chunk: Chunk, room: int) -> Optional[list[bytes]]:
+        """The entries of ``chunk``, with fresh attributes for those it does not keep; None if these
+        have grown past ``room`` (an entry whose lstat failed before now has attributes)."""
+        if len(chunk.segments) == 1 and chunk.segments[0].__class__ is bytes:
+            return chunk.segments
+        body = []
+        size = chunk.kept
+        lstat = rawstat.Buffer().lstat if rawstat.SUPPORTED else None
+        parts = self._entry_parts.setdefault(op.fsid, {})
+        with self.fs.run_as(op.who):
+            for segment in chunk.segments:
+                if segment.__class__ is bytes:
+                    body.append(segment)
+                    continue
+                entry, name = segment
+                raw = lstat(fd, name) if lstat is not None else None
+                got = parts.get(raw) if raw is not None else None
+                if got is None:
+                    got = self._entry_part(op, fd, name, raw, parts)
+                body.append(entry + got[0])
+                size += len(body[-1])
+        return body if size <= room else None
 
-        return pack
-
-    def _entry_part(self, op: Op, dirfd: int, name: bytes, raw: Optional[bytes], parts: dict[bytes, bytes]) -> bytes:
+    def _entry_part(self, op: Op, dirfd: int, name: bytes, raw: Optional[bytes],
+                    parts: dict[bytes, tuple[bytes, bool]]) -> tuple[bytes, bool]:
         """A READDIRPLUS entry's name_attributes and name_handle (RFC 1813 section 3.3.17), not yet cached:
-        from the raw stat ``raw`` (None: the stat failed, or rawstat does not know this machine)."""
+        from the raw stat ``raw`` (None: the stat failed, or rawstat does not know this machine); and whether
+        they change only with an event in this directory (a file or device with one link: nfs3/listings.py)."""
         try:
             if raw is None:
                 if rawstat.SUPPORTED:
-                    return _NO_ATTR + _NO_ATTR
+                    return _NO_ATTR + _NO_ATTR, False
                 st, fh = self.table.stat_and_handle(op.export, dirfd, name)
-                return _TRUE + fattr3(st, op.fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
+                return _TRUE + fattr3(st, op.fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3], False
             st = rawstat.Stat(raw)
             fh = self.table.known_handle(op.export, dirfd, name, st.dev, st.ino, st.ctime_total_ns)
         except OSError:
-            return _NO_ATTR + _NO_ATTR
+            return _NO_ATTR + _NO_ATTR, False
         part = _TRUE + st.fattr3(op.fsid) + _TRUE + _U32.pack(len(fh)) + fh + _PAD[len(fh) & 3]
+        kind = st.mode & 0o170000
+        steady = st.nlink == 1 and kind != stat.S_IFDIR and kind != stat.S_IFLNK
         if len(parts) >= ENTRY_CACHE:
             parts.clear()
-        parts[raw] = part
-        return part
+        parts[raw] = (part, steady)
+        return part, steady
 
     def nfs_fsstat(self, op: Op, handle: bytes) -> Packs:
         fd = self._resolve(op, handle)
