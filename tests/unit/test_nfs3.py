@@ -334,6 +334,9 @@ def test_a_huge_read_is_clamped_to_rtmax(env):
 def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_disk_is_needed(env, monkeypatch):
     """A READ over SMALL_IO tries preadv2(RWF_NOWAIT) inline; if the kernel would wait (EAGAIN), or has only part
     of the range cached, the whole call runs again in the pool.  The data is right on every path."""
+    from nfsstack.nfs3 import program
+
+    monkeypatch.setattr(program, "all_cached", lambda fd, offset, length: None)  # cachestat cannot say
     tmp, _, nfsd, nfs, roots = env
     pooled = []
     nfsd.in_thread = lambda f, *a: (pooled.append(a[1][1:]), defer.maybeDeferred(f, *a))[1]
@@ -378,6 +381,39 @@ def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_d
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 3
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 4
     assert refusals == [1]  # the filesystem's refusal is remembered: not asked again
+
+
+def test_a_large_read_the_page_cache_holds_leaves_as_a_file_slice(env, monkeypatch):
+    """cachestat(2) says every page of the range is cached: the READ answers inline with a FileSlice (sendfile
+    over TCP), whose bytes are the file's; over UDP, or when a page is missing, it reads as before."""
+    from nfsstack.nfs3 import program, vfs
+    from nfsstack.rpc import fileslice
+
+    tmp, _, nfsd, nfs, roots = env
+    pooled, answers, made = [], [], []
+    nfsd.in_thread = lambda f, *a: (pooled.append(a[1][1:]), defer.maybeDeferred(f, *a))[1]
+    monkeypatch.setattr(program, "all_cached",
+                        lambda *a: (answers.append(vfs.all_cached(*a)), answers[-1])[1])
+    real_init = fileslice.FileSlice.__init__
+    monkeypatch.setattr(fileslice.FileSlice, "__init__", lambda self, *a: (made.append(a[1:]), real_init(self, *a))[1])
+    data = os.urandom(4 * SMALL_IO + 123)
+    (tmp / "data" / "big").write_bytes(data)
+    with open(tmp / "data" / "big", "rb") as fh:
+        assert fh.read() == data  # into the page cache
+    f = lookup(nfs, roots["data"], b"big")
+    r = nfs("READ", f, 100, 2 * SMALL_IO)
+    if answers[-1] is None:
+        pytest.skip("this kernel has no cachestat(2)")
+    assert answers[-1] is True and made == [(100, 2 * SMALL_IO)] and pooled == []
+    assert r.data == data[100:100 + 2 * SMALL_IO] and not r.eof and r.count == 2 * SMALL_IO
+    r = nfs("READ", f, 3 * SMALL_IO, 2 * SMALL_IO)  # to the end of the file: the slice stops there
+    assert r.data == data[3 * SMALL_IO:] and r.eof and made[-1] == (3 * SMALL_IO, SMALL_IO + 123)
+    r = nfs("READ", f, 0, UDP_XFER, netid="udp")
+    assert r.data == data[:UDP_XFER] and len(made) == 2
+    with open(tmp / "data" / "big", "rb") as fh:
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    r = nfs("READ", f, 0, 2 * SMALL_IO)
+    assert r.data == data[:2 * SMALL_IO] and (answers[-1] is False) == (len(made) == 2)
 
 
 def test_write_count_larger_than_data_is_inval(env):

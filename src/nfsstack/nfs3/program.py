@@ -42,7 +42,8 @@ from nfsstack.nfs3.types import (
     Sattr, Stat, check_name, fattr3, post_op_attr, post_op_fh, stat_of, unpack_diropargs, unpack_fh, unpack_sattr,
     wcc_data,
 )
-from nfsstack.nfs3.vfs import LocalFS, proc_path, readlink, stat_or_none
+from nfsstack.nfs3.vfs import LocalFS, all_cached, proc_path, readlink, stat_or_none
+from nfsstack.rpc.fileslice import FileSlice
 from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure, raw_parts
 from nfsstack.xdr import Packer, Unpacker, XDRError
 
@@ -512,7 +513,12 @@ class Nfsd:
             data = b""
         elif op.nowait:  # no larger a buffer than the file has bytes there
             want = min(count, st.st_size - offset)
-            data = self._read_cached(rfd, want, offset, st.st_dev) if want > 0 else b""
+            if want <= 0:
+                data = b""
+            elif not op.ctx.netid.startswith("udp") and all_cached(rfd, offset, want):
+                data = FileSlice(os.dup(rfd), offset, want)  # sent by sendfile(2): never copied here
+            else:
+                data = self._read_cached(rfd, want, offset, st.st_dev)
         else:
             data = os.pread(rfd, count, offset)
         after = os.stat(rfd)

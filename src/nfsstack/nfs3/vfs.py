@@ -49,6 +49,23 @@ def stat_or_none(fd: Optional[int]) -> Optional[os.stat_result]:
         return None
 
 
+_NR_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(__import__("platform").machine())
+_PAGE = os.sysconf("SC_PAGESIZE")
+
+
+def all_cached(fd: int, offset: int, length: int) -> Optional[bool]:
+    """Whether the page cache holds every page of ``length`` bytes at ``offset`` (``length`` within the file),
+    asked with cachestat(2) (Linux 6.5) without reading them; None when the kernel cannot say."""
+    if _NR_CACHESTAT is None:
+        return None
+    query = (ctypes.c_uint64 * 2)(offset, length)
+    result = (ctypes.c_uint64 * 5)()  # nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
+    if _libc.syscall(_NR_CACHESTAT, fd, query, result, 0) != 0:
+        return None
+    pages = (offset + length + _PAGE - 1) // _PAGE - offset // _PAGE
+    return result[0] >= pages
+
+
 def readlink(fd: int) -> bytes:
     """The target of the symlink open (O_PATH) at ``fd``: ``readlinkat(fd, "")``."""
     buf = ctypes.create_string_buffer(4097)

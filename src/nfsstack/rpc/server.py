@@ -20,6 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, request_key
+from nfsstack.rpc.fileslice import FileSlice, ShortFile
 from nfsstack.rpc.message import (
     AcceptStat,
     CallRejected,
@@ -40,8 +41,26 @@ Reply = Union[bytes, list, None, defer.Deferred]
 
 
 def joined(reply) -> Optional[bytes]:
-    """A reply as one byte string."""
-    return b"".join(reply) if type(reply) is list else reply
+    """A reply as one byte string (the file data of a :class:`FileSlice` read now)."""
+    if type(reply) is not list:
+        return reply
+    if FileSlice in map(type, reply):
+        return b"".join(_materialized(reply))
+    return b"".join(reply)
+
+
+def _materialized(parts: list) -> list:
+    """``parts`` with every :class:`FileSlice` read into bytes; all of them closed, even on ShortFile."""
+    out = []
+    try:
+        for p in parts:
+            out.append(p.read() if type(p) is FileSlice else p)
+    finally:
+        for p in parts:
+            if type(p) is FileSlice:
+                p.close()
+    return out
+
 
 #: Default upper bound of one record: a 1 MiB NFS WRITE plus headers.
 DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
@@ -258,6 +277,9 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         """
         t = self.transport
         sock = self._socket
+        if FileSlice in map(type, parts):
+            self._send_files(parts)
+            return
         if sock is None or t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting:
             try:
                 t.writeSequence(parts)
@@ -271,6 +293,59 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         total = sum(map(len, parts))
         if sent < total:
             t.write(b"".join(parts)[sent:])
+
+    def _send_files(self, parts: list) -> None:
+        """:meth:`_send` of parts with file data (:class:`FileSlice`): each slice by ``sendfile`` while the socket
+        takes it; what is left from the first part the socket refuses on is read and queued on the transport."""
+        t = self.transport
+        sock = self._socket
+        start = 0
+        if sock is not None and not (t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting):
+            fileno = sock.fileno()
+            run: list = []
+            for i, p in enumerate(parts):
+                if type(p) is not FileSlice:
+                    run.append(p)
+                    continue
+                if run:
+                    total = sum(map(len, run))
+                    try:
+                        sent = sock.sendmsg(run) if len(run) <= 512 else sock.send(b"".join(run))
+                    except OSError:
+                        sent = 0
+                    if sent < total:  # the rest of the run, then the rest of the parts, through the transport
+                        parts = [b"".join(p if type(p) is bytes else bytes(p) for p in run)[sent:], *parts[i:]]
+                        start = 0
+                        break
+                    run = []
+                try:
+                    done = p.send(fileno)
+                except ShortFile:
+                    self._short(parts[i:])
+                    return
+                except OSError:
+                    done = False
+                if not done:
+                    start = i
+                    break
+                p.close()
+            else:
+                if run:
+                    self._send(run)
+                return
+        try:
+            t.writeSequence(_materialized(parts[start:]))
+        except ShortFile:
+            self._short(parts)
+
+    def _short(self, parts: list) -> None:
+        """A file shrank under a READ whose reply promised its bytes: the record cannot be finished, so the
+        connection goes (the client sends the READ again, and gets what the file now holds)."""
+        for p in parts:
+            if type(p) is FileSlice:
+                p.close()
+        log.warn("closing connection from {peer}: a file was truncated while its READ was being sent", peer=self.peer)
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.factory.idle_timeout:
