@@ -299,8 +299,13 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         takes it; what is left from the first part the socket refuses on is read and queued on the transport."""
         t = self.transport
         sock = self._socket
+        if not t.connected or t.disconnecting:  # nobody to send to: nothing is read
+            for p in parts:
+                if type(p) is FileSlice:
+                    p.close()
+            return
         start = 0
-        if sock is not None and not (t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting):
+        if sock is not None and not (t.dataBuffer or t._tempDataBuffer):
             fileno = sock.fileno()
             run: list = []
             for i, p in enumerate(parts):

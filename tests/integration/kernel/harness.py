@@ -76,7 +76,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         server.start()
 
         def on_request(request: str) -> str | None:
-            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME
+            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT
             | hold-ofd NAME SECONDS (a server-side lock) | log PATTERN (how many server log lines match)"""
             verb, _, arg = request.partition(" ")
             if verb == "restart":
@@ -94,6 +94,14 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 return hold_ofd_lock(export / name, float(seconds or 10))
             elif verb == "log":
                 return str(sum(1 for line in server.log_text().splitlines() if re.search(arg, line)))
+            elif verb == "append":
+                name, _, text = arg.partition(" ")
+                try:
+                    with open(export / name, "a") as f:
+                        f.write(text)
+                except OSError as e:
+                    return f"error {e.strerror}"
+                return "ok"
             elif verb == "stat":
                 try:
                     st = os.lstat(export / arg)
