@@ -147,6 +147,7 @@ class Bench:
         cmd = ["ip", "netns", "exec", ns, sys.executable, str(LOAD), "127.0.0.1", str(export), workload,
                "--inflight", str(inflight), "--seconds", str(a.seconds), "--size", str(a.size_mib << 20),
                "--entries", str(a.entries)]
+        os.sync()  # the other server's dirty pages go to disk now, not during this run
         cpu0 = cpu_seconds(pid)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         cpu = cpu_seconds(pid) - cpu0
