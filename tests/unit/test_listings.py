@@ -63,14 +63,14 @@ def test_a_fill_that_a_procedure_touched_meanwhile_is_not_kept(tmp_path, cache):
 
 def test_bounds_on_directories_and_bytes(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(listings, "MAX_DIRS", 3)
-    monkeypatch.setattr(listings, "MAX_BYTES", 100)
+    monkeypatch.setattr(listings, "MAX_BYTES", 100 + 3 * listings.CHUNK_COST)
     dirs = [_dir(tmp_path, f"d{i}") for i in range(5)]
     for path, dirkey, fd in dirs:
         fill = cache.begin(dirkey, fd)
         cache.put(fill, (dirkey, 0), _stamp(path), Chunk([b"x" * 30], 30, True))
     kept = [d for d in dirs if cache.get((d[1], 0), _stamp(d[0])) is not None]
     assert 1 <= len(kept) <= 3 and dirs[-1] in kept
-    assert cache._bytes <= 100 and len(cache._watched) <= 3
+    assert cache._bytes <= listings.MAX_BYTES and len(cache._watched) <= 3
     for _, _, fd in dirs:
         os.close(fd)
 
@@ -94,4 +94,16 @@ def test_only_local_filesystems_are_kept(tmp_path, cache, monkeypatch):
     assert listings.fs_type(fd) in listings.LOCAL  # the tests' temporary directory: ext4, xfs, btrfs or tmpfs
     monkeypatch.setattr(listings, "LOCAL", frozenset())
     assert cache.begin(dirkey, fd) is None
+    os.close(fd)
+
+
+def test_chunks_of_no_bytes_are_bounded_in_number(tmp_path, cache, monkeypatch):
+    """A hostile client asking an empty listing at many cookies and sizes: each empty chunk still counts."""
+    monkeypatch.setattr(listings, "MAX_BYTES", 100 * listings.CHUNK_COST)
+    path, dirkey, fd = _dir(tmp_path)
+    for cookie in range(1000):
+        fill = cache.begin(dirkey, fd)
+        cache.put(fill, (dirkey, cookie), _stamp(path), Chunk([], 0, True))
+        assert len(cache._chunks) <= 100
+    assert cache._bytes <= listings.MAX_BYTES
     os.close(fd)

@@ -42,6 +42,9 @@ TTL = 1.0
 #: Bytes of encoded entries kept, over all directories, and how many entries (about 180 bytes each).
 MAX_BYTES = 16 << 20
 MAX_ENTRIES = 1 << 17
+#: What a chunk costs beyond its kept bytes (key, object, index), charged to MAX_BYTES: a client asking for many
+#: different cookies and sizes of an empty directory makes chunks of no bytes, and their number is bounded too.
+CHUNK_COST = 512
 #: Directories watched at once (each watch pins its inode in memory).
 MAX_DIRS = 1024
 
@@ -155,15 +158,15 @@ class Listings:
             self._drain()
             if fill.spoiled:
                 return
-            if self._bytes + chunk.kept > MAX_BYTES or len(self._home) > MAX_ENTRIES:
+            if self._bytes + chunk.kept + CHUNK_COST > MAX_BYTES or len(self._home) > MAX_ENTRIES:
                 self._reset()
                 return
             chunk.born, chunk.stamp = fill.born, stamp
             old = self._chunks.pop(key, None)
             if old is not None:
-                self._bytes -= old.kept
+                self._bytes -= old.kept + CHUNK_COST
             self._chunks[key] = chunk
-            self._bytes += chunk.kept
+            self._bytes += chunk.kept + CHUNK_COST
             self._keys.setdefault(fill.dirkey, set()).add(key)
             dev, dirkey, home = fill.dirkey[0], fill.dirkey, self._home
             for ino in fill.members:
@@ -226,7 +229,7 @@ class Listings:
         for key in self._keys.pop(dirkey, ()):
             chunk = self._chunks.pop(key, None)
             if chunk is not None:
-                self._bytes -= chunk.kept
+                self._bytes -= chunk.kept + CHUNK_COST
 
     def _end(self, fill: Fill) -> None:
         try:
