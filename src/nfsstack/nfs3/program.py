@@ -313,8 +313,8 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
-                if row.changes:
-                    self._touched(op)
+                if row.changes and op.watched:
+                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             if isinstance(result, defer.Deferred):
                 return result.addCallbacks(self._succeeded, self._failed, callbackArgs=(op, row),
                                            errbackArgs=(op, row))
@@ -328,16 +328,11 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
-                if row.changes:
-                    self._touched(op)
+                if row.changes and op.watched:
+                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             return self._succeeded(ok, op, row)
 
         return run
-
-    def _touched(self, op: Op) -> None:
-        """A procedure that may change what it resolved is done with it: listings showing those objects go."""
-        if op.watched:
-            self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
 
     def _succeeded(self, ok: Packs, op: Op, row: Row) -> list[bytes]:
         try:
@@ -760,8 +755,11 @@ class Nfsd:
                         steady = False
                         if at_root:
                             name = b"."
-                    part, keepable = self._attributes(op, fd, name, lstat, parts)
-                    steady = steady and keepable
+                    raw = lstat(fd, name) if lstat is not None else None
+                    got = parts.get(raw) if raw is not None else None
+                    if got is None:
+                        got = self._entry_part(op, fd, name, raw, parts)
+                    part, steady = got[0], steady and got[1]
                     if size + len(entry) + len(part) > room or names > dircount:
                         eof = False
                         break
@@ -802,16 +800,13 @@ class Nfsd:
                     body.append(segment)
                     continue
                 entry, name = segment
-                body.append(entry + self._attributes(op, fd, name, lstat, parts)[0])
+                raw = lstat(fd, name) if lstat is not None else None
+                got = parts.get(raw) if raw is not None else None
+                if got is None:
+                    got = self._entry_part(op, fd, name, raw, parts)
+                body.append(entry + got[0])
                 size += len(body[-1])
         return body if size <= room else None
-
-    def _attributes(self, op: Op, dirfd: int, name: bytes, lstat, parts: dict) -> tuple[bytes, bool]:
-        """A READDIRPLUS entry's encoded attributes and handle, from a fresh lstat (the encoding cached under
-        the raw struct stat), and whether a listing may keep them (:meth:`_entry_part`)."""
-        raw = lstat(dirfd, name) if lstat is not None else None
-        got = parts.get(raw) if raw is not None else None
-        return got if got is not None else self._entry_part(op, dirfd, name, raw, parts)
 
     def _entry_part(self, op: Op, dirfd: int, name: bytes, raw: Optional[bytes],
                     parts: dict[bytes, tuple[bytes, bool]]) -> tuple[bytes, bool]:

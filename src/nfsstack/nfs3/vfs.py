@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import stat
 from typing import Optional
 
@@ -50,7 +49,7 @@ def stat_or_none(fd: Optional[int]) -> Optional[os.stat_result]:
         return None
 
 
-_NR_CACHESTAT = 451 if platform.machine() in ("x86_64", "aarch64") else None
+_NR_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(__import__("platform").machine())
 _PAGE = os.sysconf("SC_PAGESIZE")
 
 

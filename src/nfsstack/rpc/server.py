@@ -237,8 +237,6 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         self._open = True
         # Plain TCP: replies go straight to the socket when nothing is queued (see _send).
         self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
-        if self._socket is not None:
-            self.transport.bufferSize = SMALL_READ
         self.peer = _address(self.transport.getPeer())
         self.local = _address(self.transport.getHost())
         self.factory.connections.add(self)
@@ -288,17 +286,13 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             except TypeError:  # a READ's data as a buffer, not bytes: Twisted queues bytes only
                 t.writeSequence([p if type(p) is bytes else bytes(p) for p in parts])
             return
-        sent = self._sendmsg(sock, parts)
-        if sent < sum(map(len, parts)):
-            t.write(b"".join(parts)[sent:])
-
-    @staticmethod
-    def _sendmsg(sock, parts: list) -> int:
-        """Bytes of ``parts`` the socket took at once (0 on any error: the transport then meets it)."""
         try:
-            return sock.sendmsg(parts) if len(parts) <= 512 else sock.send(b"".join(parts))
+            sent = sock.sendmsg(parts) if len(parts) <= 512 else sock.send(b"".join(parts))
         except OSError:
-            return 0
+            sent = 0
+        total = sum(map(len, parts))
+        if sent < total:
+            t.write(b"".join(parts)[sent:])
 
     def _send_files(self, parts: list) -> None:
         """:meth:`_send` of parts with file data (:class:`FileSlice`): each slice by ``sendfile`` while the socket
@@ -319,8 +313,12 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                     run.append(p)
                     continue
                 if run:
-                    sent = self._sendmsg(sock, run)
-                    if sent < sum(map(len, run)):  # the rest of the run, then the rest of the parts, through the transport
+                    total = sum(map(len, run))
+                    try:
+                        sent = sock.sendmsg(run) if len(run) <= 512 else sock.send(b"".join(run))
+                    except OSError:
+                        sent = 0
+                    if sent < total:  # the rest of the run, then the rest of the parts, through the transport
                         parts = [b"".join(p if type(p) is bytes else bytes(p) for p in run)[sent:], *parts[i:]]
                         start = 0
                         break
@@ -383,6 +381,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                 if records and not self._handle(records):
                     return
                 window = self.reader.window()
+            self.transport.bufferSize = SMALL_READ
         if self.in_flight >= self.factory.max_in_flight and not self._paused_for_calls:
             self._paused_for_calls = True
             self.transport.pauseProducing()
