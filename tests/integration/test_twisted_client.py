@@ -29,26 +29,57 @@ def sleepy_program():
     return Program(310000, "sleepy", {1: {0: null_procedure(), 1: Procedure("SLEEP", sleep, Unpacker.unpack_uint, Packer.pack_uint)}})
 
 
+def gated_program(held):
+    """Proc 1 answers its argument when the test fires the Deferred it left in ``held``."""
+
+    def hold(ctx, n):
+        d = defer.Deferred()
+        held.append((n, d))
+        return d
+
+    return Program(310000, "gated", {1: {0: null_procedure(), 1: Procedure("HOLD", hold, Unpacker.unpack_uint, Packer.pack_uint)}})
+
+
 @pytest_twisted.inlineCallbacks
 def test_many_calls_in_flight_complete_out_of_order():
-    service = RPCService("sleepy", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor)
+    """50 calls in flight on one connection; the server answers them in an order the test chooses
+    (not the order they were sent, and not by timers, so a slow machine cannot reorder them)."""
+    held = []
+    service = RPCService("gated", [gated_program(held)], 0, interface="127.0.0.1", reactor=reactor)
     service.startService()
     try:
         client = yield connect_tcp(reactor, "127.0.0.1", service.port)
         finished = []
         calls = []
-        for ms in [200, 150, 100, 50, 0] * 10:
-            d = client.call(310000, 1, 1, u32(ms), timeout=10)
+        for n in [200, 150, 100, 50, 0] * 10:
+            d = client.call(310000, 1, 1, u32(n), timeout=10)
             d.addCallback(lambda body: Unpacker(body).unpack_uint())
             d.addCallback(lambda v: finished.append(v) or v)
             calls.append(d)
+        for _ in range(500):  # at most 5 s for all 50 calls to reach the server
+            if len(held) == 50:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert sorted(n for n, _ in held) == sorted([200, 150, 100, 50, 0] * 10)
+        assert finished == []  # nothing answered before the server let it go
+        for n, d in sorted(held, key=lambda item: item[0]):  # smallest first: the reverse of the sending order
+            d.callback(n)
         results = yield defer.gatherResults(calls)
-        assert results == [200, 150, 100, 50, 0] * 10  # each call got its own answer
-        assert finished[:10] == [0] * 10 and finished[-10:] == [200] * 10  # fast ones left first
+        assert results == [200, 150, 100, 50, 0] * 10  # each call got its own answer, matched by xid
+        assert finished == sorted(finished) and finished[:10] == [0] * 10 and finished[-10:] == [200] * 10
         with pytest.raises(AcceptedError) as e:
             yield client.call(310000, 7, 0, timeout=5)
         assert e.value.stat == AcceptStat.PROG_MISMATCH and (e.value.low, e.value.high) == (1, 1)
         yield client.close()
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_call_answered_after_a_delay():
+    service = RPCService("sleepy", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor)
+    service.startService()
+    try:
         udp = udp_client(reactor, "127.0.0.1", service.port)
         body = yield udp.call(310000, 1, 1, u32(10), timeout=5)
         assert Unpacker(body).unpack_uint() == 10
