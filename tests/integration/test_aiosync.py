@@ -83,3 +83,49 @@ def test_room_runs_out_cleanly(tmp_path, kind):
         os.close(fd)
     finally:
         s.close()
+
+
+@pytest.fixture
+def ring():
+    s = open_syncer(reactor, (UringSyncer,))
+    if s is None or not s.can_open:
+        pytest.skip("this kernel does not open files through io_uring")
+    yield s
+    s.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_files_made_by_the_ring_are_made_as_the_submitting_threads_fsuid(ring, tmp_path):
+    """CREATE's open by io_uring: the kernel worker acts as the identity the reactor thread had when it
+    submitted (setfsuid), so ownership and permission checks are the caller's."""
+    from nfsstack.nfs3.identity import Identity, Switcher
+
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    open_dir.chmod(0o777)
+    closed_dir = tmp_path / "closed"
+    closed_dir.mkdir(mode=0o755)
+    fds = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d in (open_dir, closed_dir)]
+    ids, nobody = Switcher(), Identity(65534, 65534, ())
+    try:
+        with ids.acting_as(nobody):
+            made = ring.openat(fds[0], b"mine", flags, 0o640)
+            refused = ring.openat(fds[1], b"theirs", flags, 0o640)
+        assert ids.current.uid == 0
+        fd = yield made
+        os.close(fd)
+        st = os.stat(open_dir / "mine")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)
+        with pytest.raises(PermissionError):
+            yield refused
+        assert not (closed_dir / "theirs").exists()
+        with pytest.raises(FileExistsError):
+            yield ring.openat(fds[0], b"mine", flags, 0o600)
+        fd = yield ring.openat(fds[1], b"roots", flags, 0o600)  # as root again
+        os.close(fd)
+        assert os.stat(closed_dir / "roots").st_uid == 0
+        assert not ring._pending and not ring._opens
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -54,14 +54,47 @@ class Client:
         cred = cred or self.cred
         msg = encode_call(self.xid, 100003, 3, PROC[proc], cred.to_auth()) + encode(proc, *args)
         reply = self.dispatcher.handle(msg, netid or self.netid, peer or self.peer, ("127.0.0.1", 2049))
+        while reactor_later:
+            reactor_later.pop(0)()
         reply = settled(reply)
         header = decode_reply(reply)
         assert header.error is None, header.error
         return decode(proc, reply, header.offset)
 
 
+class Ring:
+    """Stands for io_uring's open (nfs3/aiosync.py): the open runs as the identity at submission, and its
+    Deferred fires later, as the ring's completion does."""
+
+    can_open = True
+
+    def __init__(self):
+        self.opened = []
+
+    def openat(self, dirfd, name, flags, mode):
+        d = defer.Deferred()
+        try:
+            fd = os.open(name, flags, mode, dir_fd=dirfd)
+        except OSError as e:
+            failure = e
+            self.opened.append(None)
+            reactor_later.append(lambda: d.errback(failure))
+        else:
+            self.opened.append(name)
+            reactor_later.append(lambda: d.callback(fd))
+        return d
+
+    def __call__(self, fd, datasync=False):
+        (os.fdatasync if datasync else os.fsync)(fd)
+        return defer.succeed(None)
+
+
+#: Completions of the fake ring, run by the Client after the dispatcher returns (as the reactor would).
+reactor_later = []
+
+
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, request):
     for name in ("data", "ro", "squash", "other", "outside"):
         (tmp_path / name).mkdir()
         (tmp_path / name).chmod(0o777)
@@ -75,6 +108,8 @@ def env(tmp_path):
     )
     table = ExportTable(exports, HandleCodec(b"k" * 32))
     nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    if getattr(request, "param", "inline") == "ring":
+        nfsd.syncer = Ring()
     roots = {}
     for export in exports:
         fd = os.open(export.path, os.O_RDONLY)
@@ -233,6 +268,7 @@ def test_ro_export_refuses_changes_with_rofs(env):
     assert (tmp / "ro" / "readme").read_text() == "read only\n"
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_root_squash_makes_root_nobody(env):
     tmp, _, _, nfs, roots = env
     f = create(nfs, roots["squash"], b"by-root")
@@ -256,6 +292,7 @@ def test_no_root_squash_keeps_root(env):
 # -- permissions are the kernel's ---------------------------------------------------
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_a_user_is_refused_where_the_mode_bits_refuse(env):
     tmp, _, _, nfs, roots = env
     secret = create(nfs, roots["data"], b"secret", mode=0o600)
@@ -276,6 +313,7 @@ def test_a_user_is_refused_where_the_mode_bits_refuse(env):
     assert nfs("ACCESS", mine, 0x3F, cred=USER).access == 0x01 | 0x02 | 0x04 | 0x08 | 0x10
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_the_owner_may_write_a_file_it_made_read_only(env):
     _, _, _, nfs, roots = env
     mine = nfs("MKDIR", roots["data"], b"mine", Sattr3(mode=0o777)).obj
@@ -283,6 +321,7 @@ def test_the_owner_may_write_a_file_it_made_read_only(env):
     assert nfs("WRITE", f, 0, b"cached data", 0, cred=USER).ok  # knfsd's owner override
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_created_modes_ignore_the_server_umask(env):
     tmp, _, nfsd, nfs, roots = env
     old = os.umask(0o077)
@@ -435,6 +474,7 @@ def test_setattr_size_times_and_guard(env):
     assert nfs("SETATTR", d, Sattr3(size=0)).status == Stat.ISDIR
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_create_modes(env):
     tmp, _, _, nfs, roots = env
     create(nfs, roots["data"], b"f")
@@ -632,6 +672,38 @@ def test_changes_made_through_nfs_drop_the_listings_without_inotify(env, deaf, g
     before = _listing(nfs, roots["data"])[b"f06"].attributes.atime
     assert nfs("READ", g, 0, 3).ok  # atime 1 s after the epoch is older than mtime: the read sets it
     assert _listing(nfs, roots["data"])[b"f06"].attributes.atime > before
+
+
+def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getdents_calls):
+    """CREATE's open by io_uring finishes after the call returned to the reactor: a listing made in between (and
+    kept) is dropped when the file is there, even with inotify deaf and the directory's times in the same tick."""
+    tmp, _, nfsd, nfs, roots = env
+    held = []
+
+    class Slow(Ring):
+        def openat(self, dirfd, name, flags, mode):  # the kernel's worker runs later
+            d = defer.Deferred()
+            held.append(lambda: d.callback(os.open(name, flags, mode, dir_fd=dirfd)))
+            return d
+
+    nfsd.syncer = Slow()
+    get, put = nfsd.listings.get, nfsd.listings.put  # as if all happened in one tick of the clock
+    nfsd.listings.get = lambda key, stamp: get(key, ())
+    nfsd.listings.put = lambda fill, key, stamp, chunk: put(fill, key, (), chunk)
+    (tmp / "data" / "old").touch()
+    nfs.xid += 1
+    msg = encode_call(nfs.xid, 100003, 3, PROC["CREATE"], ROOT_CRED.to_auth()) + encode(
+        "CREATE", roots["data"], b"new", 0, Sattr3(mode=0o644))
+    reply = nfs.dispatcher.handle(msg, "tcp", PRIVILEGED, ("127.0.0.1", 2049))
+    assert isinstance(reply, defer.Deferred) and not reply.called and len(held) == 1
+    assert set(_listing(nfs, roots["data"])) == {b".", b"..", b"old"}
+    calls = getdents_calls[0]
+    assert set(_listing(nfs, roots["data"])) == {b".", b"..", b"old"} and getdents_calls[0] == calls  # kept
+    held.pop()()
+    reply = settled(reply)
+    made = decode("CREATE", reply, decode_reply(reply).offset)
+    assert made.ok and made.obj and (tmp / "data" / "new").exists()
+    assert set(_listing(nfs, roots["data"])) == {b".", b"..", b"old", b"new"}
 
 
 def test_entries_changed_from_elsewhere_are_always_fresh(env, deaf):

@@ -584,9 +584,17 @@ class Nfsd:
         dirfd = self._directory(op, handle, name)
         if mode == EXCLUSIVE:
             self.fs.create_exclusive(op.who, dirfd, name, how, op.fds)
-        else:
-            self.fs.create(op.who, dirfd, name, how, mode == GUARDED, op.options.read_only, op.fds)
-        return self._made(op, dirfd, name)
+            return self._made(op, dirfd, name)
+        opener = self.syncer.openat if getattr(self.syncer, "can_open", False) and not op.threaded else None
+        made = self.fs.create(op.who, dirfd, name, how, mode == GUARDED, op.options.read_only, op.fds, opener)
+        if made is None:
+            return self._made(op, dirfd, name)
+
+        def done(_) -> Packs:
+            self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])  # now the file is there
+            return self._made(op, dirfd, name)
+
+        return made.addCallback(done)
 
     def nfs_mkdir(self, op: Op, args) -> Packs:
         (handle, name), attrs = args

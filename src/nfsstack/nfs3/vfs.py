@@ -9,6 +9,7 @@ would for a local user.  Nothing here knows the wire format.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 from typing import Optional
@@ -185,29 +186,56 @@ class LocalFS:
             self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
 
     def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
-               keep: list[int]) -> None:
-        """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8)."""
+               keep: list[int], opener=None):
+        """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8).
+
+        With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/aiosync.py) the kernel makes the
+        file off this thread and a Deferred is returned, firing once all is done; else all is done on return.
+        ``dirfd`` must stay open until then.
+        """
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+        if opener is not None:
+            try:
+                with self.ids.acting_as(who):  # the kernel takes this identity for the open
+                    d = opener(dirfd, name, flags, perm)
+            except OSError:
+                pass  # no room in the ring: made here
+            else:
+                def existing(failure):
+                    failure.trap(FileExistsError)
+                    self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
+
+                return d.addCallbacks(lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep), existing)
         try:
             with self.ids.acting_as(who):
-                fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, perm, dir_fd=dirfd)
+                fd = os.open(name, flags, perm, dir_fd=dirfd)
         except FileExistsError:
-            if guarded:
-                raise
-            # UNCHECKED on an existing regular file: only its attributes (a size of 0 truncates it).
-            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-            keep.append(pfd)
-            st = os.stat(pfd)
-            if not stat.S_ISREG(st.st_mode):
-                raise
-            self.setattr(who, pfd, Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime), st, read_only,
-                         keep)
-            return
+            self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
+            return None
+        self._created(who, dirfd, name, attrs, perm, fd, keep)
+        return None
+
+    def _created(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, perm: int, fd: int,
+                 keep: list[int]) -> None:
+        """A new file's size and the attributes its open could not set."""
         keep.append(fd)
         if attrs.size:
             with self.ids.acting_as(who):
                 os.ftruncate(fd, attrs.size)
         self.finish_create(who, dirfd, name, attrs, perm, keep)
+
+    def _create_existing(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool,
+                         read_only: bool, keep: list[int]) -> None:
+        """UNCHECKED on an existing regular file sets only its attributes (a size of 0 truncates it)."""
+        if guarded:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        keep.append(pfd)
+        st = os.stat(pfd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        self.setattr(who, pfd, Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime), st, read_only, keep)
 
     def create_exclusive(self, who: Identity, dirfd: int, name: bytes, verifier: bytes, keep: list[int]) -> None:
         """EXCLUSIVE CREATE: the client's verifier lives in atime and mtime, so a retransmission finds it."""
