@@ -78,6 +78,8 @@ class ExportTable:
         self.recheck = recheck
         #: handle -> (export, O_PATH fd, when last checked, (st_dev, st_ino))
         self._fds: "OrderedDict[bytes, tuple[Export, int, float, tuple[int, int]]]" = OrderedDict()
+        #: (device, inode) -> the handles in ``_fds`` naming it: REMOVE forgets an object without a scan
+        self._inodes: dict[tuple[int, int], set[bytes]] = {}
         self._options: dict[tuple[int, str], Optional[ExportOptions]] = {}
         #: (export id, st_dev, st_ino) -> (st_ctime_ns, handle): an inode number used again by a new object
         #: (another ctime) is not taken for the old one; an object removed through NFS is dropped at once.
@@ -107,6 +109,7 @@ class ExportTable:
         for entry in self._fds.values():
             os.close(entry[1])
         self._fds.clear()
+        self._inodes.clear()
         self._options.clear()
         self._handles.clear()
 
@@ -264,9 +267,9 @@ class ExportTable:
         if not self.cache_size or handle in self._fds:
             return
         self._fds[handle] = (export, os.dup(fd), now, inode)
+        self._inodes.setdefault(inode, set()).add(handle)
         while len(self._fds) > self.cache_size:
-            _, (_, old, _, _) = self._fds.popitem(last=False)
-            os.close(old)
+            self._evict(next(iter(self._fds)))
 
     def remember(self, handle: bytes, export: Export, fd: int, st: os.stat_result) -> None:
         """Keep a descriptor of an object just made in ``export`` (a copy of the O_PATH ``fd``): the calls that
@@ -279,7 +282,7 @@ class ExportTable:
         forget its handle (its inode number may come back with a new object)."""
         inode = (st.st_dev, st.st_ino)
         with self._lock:
-            for handle in [h for h, entry in self._fds.items() if entry[3] == inode]:
+            for handle in list(self._inodes.get(inode, ())):
                 self._evict(handle)
             for export in self.exports:
                 self._handles.pop((export.export_id, st.st_dev, st.st_ino), None)
@@ -304,6 +307,11 @@ class ExportTable:
         entry = self._fds.pop(handle, None)
         if entry is not None:
             os.close(entry[1])
+            handles = self._inodes.get(entry[3])
+            if handles is not None:
+                handles.discard(handle)
+                if not handles:
+                    del self._inodes[entry[3]]
 
     def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int, os.stat_result]:
         decoded = self.codec.decode(handle)

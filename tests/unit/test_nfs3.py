@@ -902,3 +902,22 @@ def test_a_users_write_clears_set_id_bits_as_locally(env, size):
     assert os.stat(tmp / "squash" / "prog").st_mode & 0o7777 == 0o755
     r = nfs("READ", f, 0, size, cred=USER)
     assert r.ok and r.data == b"x" * size and r.eof
+
+
+def test_the_descriptor_cache_forgets_a_removed_object_by_its_inode(env):
+    """REMOVE closes the cached descriptors of the object (found by inode, not by a scan), and the cache stays
+    within its size; its inode index always matches it."""
+    tmp, table, _, nfs, roots = env
+    table.cache_size = 16
+    handles = [create(nfs, roots["data"], f"f{i}".encode()) for i in range(40)]
+    for h in handles[-10:]:
+        assert nfs("GETATTR", h).ok
+    assert len(table._fds) == 16
+    assert nfs("LINK", handles[-1], roots["data"], b"alias").ok
+    gone = os.stat(tmp / "data" / "f39")
+    assert handles[-1] in table._fds
+    assert nfs("REMOVE", roots["data"], b"f39").ok and nfs("REMOVE", roots["data"], b"alias").ok
+    assert handles[-1] not in table._fds and (gone.st_dev, gone.st_ino) not in table._inodes
+    assert {e[3] for e in table._fds.values()} == set(table._inodes)
+    assert sum(map(len, table._inodes.values())) == len(table._fds)
+    assert nfs("GETATTR", handles[-1]).status == Stat.STALE
