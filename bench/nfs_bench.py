@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import statistics
+import resource
 import subprocess
 import sys
 import tarfile
@@ -149,19 +150,22 @@ class Bench:
                "--entries", str(a.entries)]
         os.sync()  # the other server's dirty pages go to disk now, not during this run
         cpu0 = cpu_seconds(pid)
+        own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         cpu = cpu_seconds(pid) - cpu0
+        own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu = (own1.ru_utime - own0.ru_utime) + (own1.ru_stime - own0.ru_stime)
         try:
             result = json.loads(r.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             result = {"error": (r.stdout + r.stderr)[-500:]}
         figure = result.get("MB_per_s", result.get("per_s"))
         entry = {"round": rnd, "server": name, "workload": workload, "inflight": inflight, "unit": unit,
-                 "figure": figure, "server_cpu_s": round(cpu, 3), **result}
+                 "figure": figure, "server_cpu_s": round(cpu, 3), "client_cpu_s": round(client_cpu, 3), **result}
         if workload in ("write", "read") and result.get("bytes"):
             entry["cpu_s_per_gib"] = round(cpu / (result["bytes"] / (1 << 30)), 2)
         self.results["runs"].append(entry)
-        log(f"round {rnd + 1} {name:9} {workload:12} {figure} {unit}  server cpu {cpu:.2f} s"
+        log(f"round {rnd + 1} {name:9} {workload:12} {figure} {unit}  server cpu {cpu:.2f} s, client {client_cpu:.2f} s"
             + (f"  FAILED {result.get('failed')} {result.get('statuses')}" if result.get("failed") else "")
             + (f"  ERROR {result['error']}" if "error" in result else ""))
 
