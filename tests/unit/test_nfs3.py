@@ -110,6 +110,7 @@ def env(tmp_path, request):
     nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
     if getattr(request, "param", "inline") == "ring":
         nfsd.syncer = Ring()
+        nfsd._create_cost = 1.0  # creates have been slow: their opens go to the ring
     roots = {}
     for export in exports:
         fd = os.open(export.path, os.O_RDONLY)
@@ -674,6 +675,38 @@ def test_changes_made_through_nfs_drop_the_listings_without_inotify(env, deaf, g
     assert _listing(nfs, roots["data"])[b"f06"].attributes.atime > before
 
 
+def test_creates_go_to_the_ring_only_while_they_are_slow(env, monkeypatch):
+    """CREATE's open runs inline while that is cheap; once the moving average of inline creates passes
+    SLOW_CREATE, the opens go to io_uring, all but one in RESAMPLE_CREATE, which keeps measuring."""
+    from nfsstack.nfs3 import program
+
+    clock = [0.0]
+
+    def tick():  # every inline create takes 10 us by this clock
+        clock[0] += 0.000005
+        return clock[0]
+
+    monkeypatch.setattr(program, "perf_counter", tick)
+    tmp, _, nfsd, nfs, roots = env
+    ring = nfsd.syncer = Ring()
+    for i in range(20):
+        create(nfs, roots["data"], f"cheap{i}".encode())
+    assert ring.opened == [] and nfsd._create_cost < program.SLOW_CREATE
+    nfsd._create_cost = 1.0
+    for i in range(program.RESAMPLE_CREATE * 2):
+        create(nfs, roots["data"], f"slow{i}".encode())
+    assert len(ring.opened) == program.RESAMPLE_CREATE * 2 - 2  # two were made inline, and measured
+    nfsd._create_cost = program.SLOW_CREATE * 1.01
+    for i in range(program.RESAMPLE_CREATE * 2):
+        create(nfs, roots["data"], f"again{i}".encode())
+    assert nfsd._create_cost < program.SLOW_CREATE  # the inline samples were cheap: back to inline
+    before = len(ring.opened)
+    for i in range(10):
+        create(nfs, roots["data"], f"inline{i}".encode())
+    assert len(ring.opened) == before
+    assert len(os.listdir(tmp / "data")) == 20 + 4 * program.RESAMPLE_CREATE + 10
+
+
 def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getdents_calls):
     """CREATE's open by io_uring finishes after the call returned to the reactor: a listing made in between (and
     kept) is dropped when the file is there, even with inotify deaf and the directory's times in the same tick."""
@@ -687,6 +720,7 @@ def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getd
             return d
 
     nfsd.syncer = Slow()
+    nfsd._create_cost = 1.0
     get, put = nfsd.listings.get, nfsd.listings.put  # as if all happened in one tick of the clock
     nfsd.listings.get = lambda key, stamp: get(key, ())
     nfsd.listings.put = lambda fill, key, stamp, chunk: put(fill, key, (), chunk)

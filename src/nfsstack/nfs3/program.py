@@ -24,6 +24,7 @@ import os
 import secrets
 import stat
 import struct
+from time import perf_counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -69,6 +70,13 @@ _COOKIE = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 #: Encoded READDIRPLUS attributes and handles kept per export, keyed by the raw struct stat (nfs3/rawstat.py).
 ENTRY_CACHE = 32768
+
+#: A CREATE whose open takes longer than this (moving average, seconds) on the reactor goes to io_uring's worker
+#: instead (nfs3/aiosync.py): one in RESAMPLE_CREATE still runs inline, to see whether creates got cheap again.
+#: Handing an open over costs the reactor and the kernel about 0.1-0.2 ms of CPU in wake-ups (bench/README.md), so a
+#: cheap one (tens of microseconds on a journaled ext4) is made in place.
+SLOW_CREATE = 0.0002
+RESAMPLE_CREATE = 16
 
 Packs = Callable[[Packer], None]
 
@@ -262,6 +270,10 @@ class Nfsd:
         self.in_thread = in_thread
         #: syncer(fd, datasync) -> Deferred: fsync without a thread (nfs3/aiosync.py); None: in_thread does it.
         self.syncer = syncer
+        #: Seconds an inline CREATE has been taking (a moving average), and how many there were: above
+        #: SLOW_CREATE the opens go to io_uring (:meth:`nfs_create`).
+        self._create_cost = 0.0
+        self._creates = 0
         #: For the status service: bytes moved, and failed calls by procedure and status.
         self.bytes_read = 0
         self.bytes_written = 0
@@ -585,9 +597,16 @@ class Nfsd:
         if mode == EXCLUSIVE:
             self.fs.create_exclusive(op.who, dirfd, name, how, op.fds)
             return self._made(op, dirfd, name)
-        opener = self.syncer.openat if getattr(self.syncer, "can_open", False) and not op.threaded else None
+        opener = None
+        if getattr(self.syncer, "can_open", False) and not op.threaded:
+            self._creates += 1
+            if self._create_cost > SLOW_CREATE and self._creates % RESAMPLE_CREATE:
+                opener = self.syncer.openat
+        started = perf_counter()
         made = self.fs.create(op.who, dirfd, name, how, mode == GUARDED, op.options.read_only, op.fds, opener)
         if made is None:
+            if opener is None:
+                self._create_cost += (perf_counter() - started - self._create_cost) / 8
             return self._made(op, dirfd, name)
 
         def done(_) -> Packs:
