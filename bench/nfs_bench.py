@@ -133,7 +133,7 @@ class Bench:
                 self.results["peak_rss_mib"] = {name: round(peak_rss_mib(pid), 1) for name, pid in pids.items()}
             finally:
                 for server, _, _ in servers.values():
-                    server.stop()
+                    server.discard()
         if a.kernel:
             self.kernel()
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -118,6 +118,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         finally:
             server.stop()
             log = server.log_text()
+            server.discard()
             for path in (export, Path(f"{export}-ro"), Path(f"{export}-squash")):
                 shutil.rmtree(path, ignore_errors=True)
         return result, log

@@ -9,6 +9,7 @@ while the guest keeps its mount.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -160,6 +161,11 @@ class Ganesha:
         except OSError:
             return ""
 
+    def discard(self) -> None:
+        """Stopped for good: its working directory (configuration, log) goes too."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 class NfsStack:
     """``twistd -n nfsstack`` exporting ``export_dir`` (as /export) with the options the guest needs."""
@@ -205,6 +211,11 @@ class NfsStack:
 
     def log_text(self) -> str:
         return self.stack.log_text() if self.stack else ""
+
+    def discard(self) -> None:
+        """Stopped for good: its working directory (exports file, state, log) goes too."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 SERVERS = {"nfsstack": NfsStack, "ganesha": Ganesha}
