@@ -44,6 +44,7 @@ from typing import Optional
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger(namespace="nfsstack.nfs3")
@@ -91,9 +92,7 @@ class _Syncer:
     def openat(self, dirfd: int, name: bytes, flags: int, mode: int) -> defer.Deferred:
         """``openat(dirfd, name, flags, mode)`` run by the kernel: a Deferred firing with the new descriptor, or
         failing with the OSError of the open.  The open acts as the calling thread's filesystem identity at the
-        time of this call.  ``dirfd`` must stay open until the Deferred fires."""
-        if not self.can_open:
-            raise OSError(errno.ENOSYS, "no asynchronous open here")
+        time of this call.  ``dirfd`` must stay open until the Deferred fires.  Callers check :attr:`can_open`."""
         key = self._key()
         path = ctypes.create_string_buffer(name)
         self._submit_open(key, dirfd, path, flags, mode)
@@ -324,31 +323,34 @@ class AioSyncer(_Syncer):
         self._iocbs.clear()
 
 
+def _settled(syncer: _Syncer, d: defer.Deferred, what: str):
+    """The result of ``d`` (a probe's), waited for right here, once, at start-up; OSError if it failed or hung."""
+    outcome: list = []
+    d.addBoth(outcome.append)
+    for _ in range(100):
+        if outcome:
+            break
+        syncer._wait(0.1)
+    if not outcome:
+        raise OSError(errno.ETIMEDOUT, f"the probe's {what} did not complete")
+    if isinstance(outcome[0], Failure):
+        raise outcome[0].value
+    return outcome[0]
+
+
 def _probe_open(syncer: _Syncer) -> bool:
     """Whether ``syncer.openat`` creates a file here (once, at start-up)."""
-    if type(syncer)._submit_open is _Syncer._submit_open:
-        return False
     top = tempfile.mkdtemp(prefix="nfsstack-open-")
     dirfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    syncer.can_open = True
     try:
-        outcome: list = []
-        syncer.openat(dirfd, b"probe", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600).addBoth(
-            outcome.append)
-        for _ in range(100):
-            if outcome:
-                break
-            syncer._wait(0.1)
-        if not outcome or not isinstance(outcome[0], int):
-            raise OSError(errno.EINVAL, f"the probe's open gave {outcome[0].value if outcome else 'nothing'}")
-        os.close(outcome[0])
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+        os.close(_settled(syncer, syncer.openat(dirfd, b"probe", flags, 0o600), "open"))
         os.stat(b"probe", dir_fd=dirfd)  # made where it was asked
         return True
     except OSError as e:
         log.info("no asynchronous open ({e})", e=e)
         return False
     finally:
-        syncer.can_open = False  # the caller sets what this answers
         os.close(dirfd)
         shutil.rmtree(top, ignore_errors=True)
 
@@ -364,17 +366,7 @@ def open_syncer(reactor, kinds: tuple[type, ...] = (UringSyncer, AioSyncer)) -> 
         fd, path = tempfile.mkstemp(prefix="nfsstack-sync-")
         try:
             os.unlink(path)
-            d = syncer(fd)  # EINVAL here on kernels without the fsync operation
-            outcome: list = []
-            d.addBoth(outcome.append)
-            for _ in range(100):  # wait for the probe right here, once, at start-up
-                if outcome:
-                    break
-                syncer._wait(0.1)
-            if not outcome:
-                raise OSError(errno.ETIMEDOUT, "the probe's fsync did not complete")
-            if not (outcome[0] is None):
-                raise outcome[0].value
+            _settled(syncer, syncer(fd), "fsync")  # EINVAL on kernels without the fsync operation
         except OSError as e:
             log.info("{kind} unavailable ({e})", kind=kind.__name__, e=e)
             syncer.close()

@@ -237,6 +237,8 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         self._open = True
         # Plain TCP: replies go straight to the socket when nothing is queued (see _send).
         self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
+        if self._socket is not None:
+            self.transport.bufferSize = SMALL_READ
         self.peer = _address(self.transport.getPeer())
         self.local = _address(self.transport.getHost())
         self.factory.connections.add(self)
@@ -381,7 +383,6 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                 if records and not self._handle(records):
                     return
                 window = self.reader.window()
-            self.transport.bufferSize = SMALL_READ
         if self.in_flight >= self.factory.max_in_flight and not self._paused_for_calls:
             self._paused_for_calls = True
             self.transport.pauseProducing()
