@@ -67,9 +67,12 @@ class Ring:
     Deferred fires later, as the ring's completion does."""
 
     can_open = True
+    can_write = True
 
     def __init__(self):
         self.opened = []
+        self.written = []  # (offset, length) of each write it made
+        self.room = True
 
     def openat(self, dirfd, name, flags, mode):
         d = defer.Deferred()
@@ -82,6 +85,15 @@ class Ring:
         else:
             self.opened.append(name)
             reactor_later.append(lambda: d.callback(fd))
+        return d
+
+    def pwrite(self, fd, data, offset):
+        if not self.room:
+            raise OSError(errno.EAGAIN, "no room for another asynchronous operation")
+        d = defer.Deferred()
+        n = os.pwrite(fd, data, offset)
+        self.written.append((offset, n))
+        reactor_later.append(lambda: d.callback(n))
         return d
 
     def __call__(self, fd, datasync=False):
@@ -339,6 +351,7 @@ def test_created_modes_ignore_the_server_umask(env):
 # -- data ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_write_read_commit(env):
     tmp, _, nfsd, nfs, roots = env
     f = create(nfs, roots["data"], b"f")
@@ -347,6 +360,8 @@ def test_write_read_commit(env):
     assert w.ok and w.count == len(data) and w.committed == 0 and w.verf == nfsd.write_verifier
     before, after = w.file_wcc
     assert before.size == 0 and after.size == len(data)
+    if isinstance(nfsd.syncer, Ring):  # a large WRITE's data went by the ring, the small one below in place
+        assert nfsd.syncer.written == [(0, len(data))]
     c = nfs("COMMIT", f, 0, 0)
     assert c.ok and c.verf == w.verf
     assert nfs("WRITE", f, len(data), b"tail", 2).committed == 2
@@ -355,6 +370,26 @@ def test_write_read_commit(env):
     assert (tmp / "data" / "f").read_bytes() == data + b"tail"
     r = nfs("READ", f, 10, 5)
     assert r.data == data[10:15] and not r.eof
+
+
+@pytest.mark.parametrize("env", ["ring"], indirect=True)
+def test_a_large_write_the_full_ring_refuses_is_written_by_the_pool(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"f")
+    pool = []
+    nfsd.in_thread = lambda fn, *a: (pool.append(fn), defer.maybeDeferred(fn, *a))[1]
+    nfsd.syncer.room = False
+    data = os.urandom(200_000)
+    w = nfs("WRITE", f, 4096, data, 2)  # FILE_SYNC: written and synced
+    assert w.ok and w.count == len(data) and w.committed == 2
+    assert w.file_wcc[1].size == 4096 + len(data)
+    assert nfsd.syncer.written == [] and len(pool) == 1  # the whole call ran in the pool
+    assert (tmp / "data" / "f").read_bytes() == bytes(4096) + data
+    nfsd.syncer.room = True
+    w = nfs("WRITE", f, 0, data, 2)  # by the ring, then synced, before the reply
+    assert w.ok and w.count == len(data) and w.committed == 2
+    assert nfsd.syncer.written == [(0, len(data))] and len(pool) == 1
+    assert (tmp / "data" / "f").read_bytes() == data + data[len(data) - 4096:]
 
 
 def test_a_huge_read_is_clamped_to_rtmax(env):

@@ -85,7 +85,7 @@ class Op:
     """One call in progress: the caller's export, options and identity, its descriptors, and the
     objects whose attributes its reply carries (``watched``, in the order of the resfail arm)."""
 
-    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved", "nowait")
+    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved", "nowait", "ring")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
@@ -98,6 +98,8 @@ class Op:
         self.threaded = False
         #: A blocking call tried inline first: the handler raises :class:`WouldBlock` rather than wait on the disk.
         self.nowait = False
+        #: A blocking call run inline, its disk work handed to the kernel's io_uring (:attr:`Row.ring`).
+        self.ring = False
         #: fd -> its fstat when the handle was resolved (the "before" attributes, without a second fstat)
         self.resolved: dict[int, os.stat_result] = {}
 
@@ -148,6 +150,10 @@ class Row:
     #: A blocking call that first tries inline, without waiting (RWF_NOWAIT: data already in the page cache),
     #: and goes to the pool only when the kernel says it would have to wait.
     nowait: bool = False
+    #: A blocking call whose disk work the handler can hand to io_uring (``syncer.pwrite``) where the kernel
+    #: has it: it then runs inline, else whole in the pool.  The handler raises :class:`WouldBlock` when the
+    #: ring has no room, before it changed anything.
+    ring: bool = False
     #: May change (or, reading, touch the atime of) the objects it resolves: cached listings of them, or of
     #: the directories that list them, are dropped (nfs3/listings.py).
     changes: bool = True
@@ -240,7 +246,7 @@ PROCEDURES: dict[int, Row] = {
     4: Row("ACCESS", _unpack_fh_uint, ("attr",), changes=False),
     5: Row("READLINK", unpack_fh, ("attr",)),
     6: Row("READ", _unpack_range, ("attr",), blocking=lambda a: a[2] > SMALL_IO, nowait=True),
-    7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO),
+    7: Row("WRITE", _unpack_write, ("wcc",), blocking=lambda a: a[2] > SMALL_IO, ring=True),
     8: Row("CREATE", _unpack_create, ("wcc",), idempotent=False),
     9: Row("MKDIR", _unpack_mkdir, ("wcc",), idempotent=False),
     10: Row("SYMLINK", _unpack_symlink, ("wcc",), idempotent=False),
@@ -310,7 +316,9 @@ class Nfsd:
         def start(ctx: CallContext, args: Any):
             op = Op(ctx)
             if row.blocking and row.blocking(args):
-                if not row.nowait:
+                if row.ring and getattr(self.syncer, "can_write", False):
+                    op.ring = True
+                elif not row.nowait:
                     op.threaded = True
                     return self.in_thread(in_thread, op, args)
                 op.nowait = True
@@ -578,18 +586,28 @@ class Nfsd:
         if offset + count > MAX_OFFSET:
             raise NFSError(Stat.FBIG)
         wfd = self.fs.reopen(op.who, fd, os.O_WRONLY, st, op.options.read_only, op.fds)
+
+        def done(written: int) -> Any:
+            self.bytes_written += written
+
+            def ok(committed: int) -> Packs:
+                verifier = self.write_verifier
+                return lambda p: (op.pack_wcc(p, 0), p.pack_uint(written), p.pack_uint(committed),
+                                  p.pack_fopaque(8, verifier))
+
+            if stable != UNSTABLE and op.options.sync:
+                return self._sync(op, stable == DATA_SYNC, wfd, lambda: ok(stable))
+            return ok(stable)
+
         with self.fs.run_as(op.who):  # as the caller: writing clears set-id bits, as it would locally
-            written = os.pwrite(wfd, data[:count], offset)
-        self.bytes_written += written
-
-        def ok(committed: int) -> Packs:
-            verifier = self.write_verifier
-            return lambda p: (op.pack_wcc(p, 0), p.pack_uint(written), p.pack_uint(committed),
-                              p.pack_fopaque(8, verifier))
-
-        if stable != UNSTABLE and op.options.sync:
-            return self._sync(op, stable == DATA_SYNC, wfd, lambda: ok(stable))
-        return ok(stable)
+            if op.ring:
+                try:
+                    ringed = self.syncer.pwrite(wfd, data[:count], offset)
+                except OSError:
+                    raise WouldBlock() from None  # no room in the ring: the pool writes it
+            else:
+                return done(os.pwrite(wfd, data[:count], offset))
+        return ringed.addCallback(done)
 
     def nfs_create(self, op: Op, args) -> Packs:
         (handle, name), mode, how = args
