@@ -132,11 +132,19 @@ class Bench:
                             self.one(rnd, name, ns, export, workload, inflight, unit, pids[name])
                 self.results["peak_rss_mib"] = {name: round(peak_rss_mib(pid), 1) for name, pid in pids.items()}
             finally:
-                for server, _, _ in servers.values():
+                for name, (server, _, _) in servers.items():
+                    self.keep_log(name, server)
                     server.discard()
         if a.kernel:
             self.kernel()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def keep_log(self, name: str, server) -> None:
+        """The server's log, next to the results (``nfs-nfsstack.log`` beside ``nfs.json``): its working
+        directory goes when it is discarded, and a failed run is read there."""
+        out = Path(self.args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_name(f"{out.stem}-{name}.log").write_text(server.log_text())
 
     @staticmethod
     def pid(name: str, server) -> int:
