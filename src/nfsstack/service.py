@@ -402,6 +402,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reactor.addSystemEventTrigger("after", "shutdown", syncer.close)
     stack.nfsd = Nfsd(stack.exports, in_thread=workers, syncer=syncer)
     reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.listings.close)
+    TimerService(1.0, stack.nfsd.files.sweep).setServiceParent(stack)
+    reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.files.close)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
 

@@ -130,6 +130,7 @@ def env(tmp_path, request):
         os.close(fd)
     yield tmp_path, table, nfsd, Client(Dispatcher([nfsd.program])), roots
     assert nfsd.fs.ids.current == ROOT, "every call ends as root"
+    nfsd.files.close()
     nfsd.listings.close()
     table.close()
 
@@ -370,6 +371,62 @@ def test_write_read_commit(env):
     assert (tmp / "data" / "f").read_bytes() == data + b"tail"
     r = nfs("READ", f, 10, 5)
     assert r.data == data[10:15] and not r.eof
+
+
+def _open_on(name: str) -> list[str]:
+    """What this process's descriptors open on files called ``name`` (a deleted one ends in " (deleted)")."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if os.path.basename(target).startswith(name):
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
+def test_the_writes_after_a_create_go_through_the_descriptor_it_opened(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"kept", mode=0o444, cred=USER)  # read-only: only its owner writes it
+    assert len(nfsd.files) == 1 and nfsd.files.hits == 0
+    w = nfs("WRITE", f, 0, b"first ", 0, cred=USER)
+    assert w.ok and w.count == 6 and w.file_wcc[0].size == 0 and w.file_wcc[1].size == 6
+    assert nfs("WRITE", f, 6, b"second", 0, cred=USER).ok
+    assert nfsd.files.hits == 2 and nfsd.files.misses == 0
+    assert nfs("COMMIT", f, 0, 0, cred=USER).ok
+    assert (tmp / "data" / "kept").read_bytes() == b"first second"
+
+
+def test_a_kept_descriptor_serves_no_other_caller(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"roots", mode=0o644)  # root's descriptor is kept
+    assert len(nfsd.files) == 1
+    assert nfs("WRITE", f, 0, b"intruder", 2, cred=USER).status == Stat.ACCES
+    assert (tmp / "data" / "roots").read_bytes() == b""
+    assert nfs("WRITE", f, 0, b"root", 2).ok
+
+
+def test_a_permission_change_retires_a_kept_descriptor(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"shared", mode=0o666)
+    other = Credential(1001, 1001, (1001,), "test")
+    assert nfs("WRITE", f, 0, b"one", 0, cred=other).ok  # opened for user 1001, and kept
+    assert nfs("WRITE", f, 3, b"two", 0, cred=other).ok
+    assert nfsd.files.hits == 1
+    os.chmod(tmp / "data" / "shared", 0o644)  # on the server: 1001 may no longer write
+    assert nfs("WRITE", f, 6, b"three", 0, cred=other).status == Stat.ACCES
+    assert (tmp / "data" / "shared").read_bytes() == b"onetwo"
+
+
+def test_remove_closes_the_kept_descriptor(env):
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["data"], b"doomed-file")
+    assert nfs("WRITE", f, 0, b"x" * 5000, 0).ok
+    assert _open_on("doomed-file")
+    assert nfs("REMOVE", roots["data"], b"doomed-file").ok
+    assert _open_on("doomed-file") == [] and len(nfsd.files) == 0  # its blocks are free
 
 
 @pytest.mark.parametrize("env", ["ring"], indirect=True)

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import Export, ExportOptions
 from nfsstack.nfs3 import dirents, rawstat
+from nfsstack.nfs3.filecache import FileCache, OpenFile
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nfs3.identity import Identity, effective
 from nfsstack.nfs3.listings import Chunk, Listings
@@ -85,7 +86,8 @@ class Op:
     """One call in progress: the caller's export, options and identity, its descriptors, and the
     objects whose attributes its reply carries (``watched``, in the order of the resfail arm)."""
 
-    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved", "nowait", "ring")
+    __slots__ = ("ctx", "export", "options", "who", "fds", "watched", "threaded", "resolved", "nowait", "ring",
+                 "lent")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
@@ -102,6 +104,8 @@ class Op:
         self.ring = False
         #: fd -> its fstat when the handle was resolved (the "before" attributes, without a second fstat)
         self.resolved: dict[int, os.stat_result] = {}
+        #: Kept open files (nfs3/filecache.py) the call uses; given back by :meth:`close`.
+        self.lent: Optional[list[OpenFile]] = None
 
     @property
     def fsid(self) -> int:
@@ -123,6 +127,18 @@ class Op:
             except OSError:
                 pass
         self.fds.clear()
+        if self.lent:
+            for entry in self.lent:
+                entry.release()
+            self.lent = None
+
+    def lend(self, entry: OpenFile) -> int:
+        """Use the kept open file ``entry`` until :meth:`close`; its descriptor."""
+        if self.lent is None:
+            self.lent = [entry]
+        else:
+            self.lent.append(entry)
+        return entry.fd
 
 
 class WouldBlock(Exception):
@@ -291,6 +307,8 @@ class Nfsd:
         self._entry_parts: dict[int, dict[bytes, tuple[bytes, bool]]] = {}
         #: Devices whose filesystem refused RWF_NOWAIT: their large READs go straight to the pool.
         self._nowait_refused: set[int] = set()
+        #: Descriptors a CREATE or WRITE opened for writing, kept for the calls that follow (reactor thread only).
+        self.files = FileCache()
         #: Encoded listings, kept while nothing they show changed.
         self.listings = Listings()
         self.program = Program(NFS_PROG, "nfs", {3: self._procedures()})
@@ -433,13 +451,19 @@ class Nfsd:
             raise NFSError(Stat.EXIST)
         return dirfd
 
-    def _made(self, op: Op, dirfd: int, name: bytes) -> Packs:
-        """The resok arm of the procedures that make an object: its handle and attributes, the directory's wcc."""
+    def _made(self, op: Op, dirfd: int, name: bytes, opened: Optional[list[int]] = None) -> Packs:
+        """The resok arm of the procedures that make an object: its handle and attributes, the directory's wcc.
+        ``opened``: the descriptor a CREATE opened the new file with, kept for the WRITEs that follow (it was
+        opened as the caller, who owns the file: a reopen would let it write too)."""
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
         op.fds.append(fd)
         st = os.fstat(fd)
         child = self.table.handle(op.export, fd)
         self.table.remember(child, op.export, fd, st)
+        if opened and not op.threaded and st.st_uid == op.who.uid and stat.S_ISREG(st.st_mode):
+            writer = opened[0]
+            op.fds.remove(writer)
+            self.files.keep(writer, op.who, st)
         return lambda p: (post_op_fh(p, child), post_op_attr(p, st, op.fsid), op.pack_wcc(p, 0))
 
     @staticmethod
@@ -585,14 +609,26 @@ class Nfsd:
             raise NFSError(Stat.INVAL)
         if offset + count > MAX_OFFSET:
             raise NFSError(Stat.FBIG)
-        wfd = self.fs.reopen(op.who, fd, os.O_WRONLY, st, op.options.read_only, op.fds)
+        kept = None if op.threaded else self.files.writer(op.who, st)
+        if kept is not None:
+            wfd = op.lend(kept)
+        else:
+            wfd = self.fs.reopen(op.who, fd, os.O_WRONLY, st, op.options.read_only, op.fds)
+            if not op.threaded:  # kept for the WRITEs and the COMMIT that follow
+                op.fds.remove(wfd)
+                kept = self.files.keep(wfd, op.who, st, lend=True)
+                op.lend(kept)
+        fsid = op.fsid
 
         def done(written: int) -> Any:
             self.bytes_written += written
+            after = stat_or_none(wfd)
+            if kept is not None and after is not None:
+                self.files.saw(kept, after)  # the new ctime is this write's
 
             def ok(committed: int) -> Packs:
                 verifier = self.write_verifier
-                return lambda p: (op.pack_wcc(p, 0), p.pack_uint(written), p.pack_uint(committed),
+                return lambda p: (wcc_data(p, st, after, fsid), p.pack_uint(written), p.pack_uint(committed),
                                   p.pack_fopaque(8, verifier))
 
             if stable != UNSTABLE and op.options.sync:
@@ -621,15 +657,17 @@ class Nfsd:
             if self._create_cost > SLOW_CREATE and self._creates % RESAMPLE_CREATE:
                 opener = self.syncer.openat
         started = perf_counter()
-        made = self.fs.create(op.who, dirfd, name, how, mode == GUARDED, op.options.read_only, op.fds, opener)
+        opened: list[int] = []
+        made = self.fs.create(op.who, dirfd, name, how, mode == GUARDED, op.options.read_only, op.fds, opener,
+                              opened)
         if made is None:
             if opener is None:
                 self._create_cost += (perf_counter() - started - self._create_cost) / 8
-            return self._made(op, dirfd, name)
+            return self._made(op, dirfd, name, opened)
 
         def done(_) -> Packs:
             self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])  # now the file is there
-            return self._made(op, dirfd, name)
+            return self._made(op, dirfd, name, opened)
 
         return made.addCallback(done)
 
@@ -680,6 +718,7 @@ class Nfsd:
         """An object was removed: a cached descriptor must not keep its blocks allocated, and its inode number
         may come back with a new object, so neither its handle nor its encoded entries may be served again."""
         self.table.forget(gone)
+        self.files.forget(gone)
         self._entry_parts.pop(op.fsid, None)
 
     def nfs_remove(self, op: Op, args) -> Packs:
@@ -931,8 +970,12 @@ class Nfsd:
         st = self._watch(op, fd)
         if not stat.S_ISREG(st.st_mode):
             raise NFSError(Stat.ISDIR if stat.S_ISDIR(st.st_mode) else Stat.INVAL)
-        sfd = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC)
-        op.fds.append(sfd)
+        kept = None if op.threaded else self.files.syncer(st)
+        if kept is not None:
+            sfd = op.lend(kept)  # fsync needs no permission: any open file of it does
+        else:
+            sfd = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC)
+            op.fds.append(sfd)
 
         def ok() -> Packs:
             verifier = self.write_verifier

@@ -186,12 +186,13 @@ class LocalFS:
             self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
 
     def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
-               keep: list[int], opener=None):
+               keep: list[int], opener=None, opened: Optional[list[int]] = None):
         """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8).
 
         With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/aiosync.py) the kernel makes the
         file off this thread and a Deferred is returned, firing once all is done; else all is done on return.
-        ``dirfd`` must stay open until then.
+        ``dirfd`` must stay open until then.  The descriptor (write-only) a new file was made with goes to
+        ``keep`` and to ``opened``.
         """
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
@@ -206,20 +207,23 @@ class LocalFS:
                     failure.trap(FileExistsError)
                     self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
 
-                return d.addCallbacks(lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep), existing)
+                return d.addCallbacks(lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep, opened),
+                                      existing)
         try:
             with self.ids.acting_as(who):
                 fd = os.open(name, flags, perm, dir_fd=dirfd)
         except FileExistsError:
             self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
             return None
-        self._created(who, dirfd, name, attrs, perm, fd, keep)
+        self._created(who, dirfd, name, attrs, perm, fd, keep, opened)
         return None
 
     def _created(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, perm: int, fd: int,
-                 keep: list[int]) -> None:
+                 keep: list[int], opened: Optional[list[int]] = None) -> None:
         """A new file's size and the attributes its open could not set."""
         keep.append(fd)
+        if opened is not None:
+            opened.append(fd)
         if attrs.size:
             with self.ids.acting_as(who):
                 os.ftruncate(fd, attrs.size)
