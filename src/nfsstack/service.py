@@ -37,7 +37,7 @@ from nfsstack.portmap.registry import Registry
 from nfsstack.portmap.types import PMAP_PORT
 from nfsstack.rpc.client import RPCDatagramClient
 from nfsstack.rpc.remote import RemoteCaller
-from nfsstack.rpc.server import DEFAULT_MAX_RECORD
+from nfsstack.rpc.server import DEFAULT_MAX_RECORD, replies_held
 from nfsstack.rpc.service import RPCService
 
 
@@ -399,6 +399,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     reactor.addSystemEventTrigger("after", "shutdown", workers.stop)
     syncer = None if options["no-aio-fsync"] else open_syncer(reactor)
     if syncer is not None:
+        syncer.batch = replies_held  # a batch of completions answers its calls with one send per connection
         reactor.addSystemEventTrigger("after", "shutdown", syncer.close)
     stack.nfsd = Nfsd(stack.exports, in_thread=workers, syncer=syncer)
     reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.listings.close)

@@ -35,6 +35,7 @@ made 1 MiB writes slower than writing in place, bench/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -44,7 +45,7 @@ import select
 import shutil
 import struct
 import tempfile
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
@@ -90,6 +91,9 @@ class _Syncer:
         #: Whether :meth:`openat` and :meth:`pwrite` work here (set by :func:`open_syncer`'s probes).
         self.can_open = False
         self.can_write = False
+        #: A context manager around the callbacks of one batch of completions (the RPC server's
+        #: ``replies_held``: their replies leave together, one send per connection).
+        self.batch: Callable[[], ContextManager] = contextlib.nullcontext
 
     def __call__(self, fd: int, datasync: bool = False) -> defer.Deferred:
         key = self._key()
@@ -166,22 +170,25 @@ class _Syncer:
         self._reap()
 
     def _reap(self) -> None:
-        for key, res in self._finished():
-            d = self._pending.pop(key, None)
-            self._held.pop(key, None)
-            opened = key in self._opens
-            counted = opened or key in self._writes
-            if counted:
-                self._opens.discard(key)
-                self._writes.discard(key)
-            if d is None:
-                if opened and res >= 0:
-                    os.close(res)  # nobody waits for it any more
-                continue
-            if res < 0:
-                d.errback(OSError(-res, os.strerror(-res)))
-            else:
-                d.callback(res if counted else None)
+        with self.batch():
+            for key, res in self._finished():
+                self._complete(key, res)
+
+    def _complete(self, key: int, res: int) -> None:
+        d = self._pending.pop(key, None)
+        self._held.pop(key, None)
+        opened = key in self._opens
+        counted = opened or key in self._writes
+        if counted:
+            self._opens.discard(key)
+            self._writes.discard(key)
+        if d is None:
+            if opened and res >= 0:
+                os.close(res)  # nobody waits for it any more
+        elif res < 0:
+            d.errback(OSError(-res, os.strerror(-res)))
+        else:
+            d.callback(res if counted else None)
 
     def _wait(self, seconds: float) -> None:
         """Block (start-up and shutdown only) until a sync finishes or ``seconds`` pass, and reap."""

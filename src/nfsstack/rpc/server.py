@@ -11,6 +11,7 @@ order; :class:`RPCDatagramProtocol` carries it over UDP.
 from __future__ import annotations
 
 import collections
+from contextlib import contextmanager
 from time import perf_counter
 from typing import Callable, Iterable, Optional, Union
 
@@ -74,6 +75,29 @@ SMALL_READ = 1 << 16
 FLUSH_EVERY = 8
 #: ... or as soon as this many seconds of work are waiting to leave (one READDIRPLUS of a large directory).
 FLUSH_AFTER = 0.0005
+
+
+#: The connections whose late replies :func:`replies_held` holds back, in the order they first had one; None
+#: outside it.
+_held: Optional[list] = None
+
+
+@contextmanager
+def replies_held():
+    """Late replies (calls that finished after their record was read) made in the block leave at its end, one
+    send per connection, in order: a batch of io_uring completions (nfs3/aiosync.py) answers a dozen COMMITs
+    with one ``sendmsg`` instead of a dozen, each of which wakes the client on loopback."""
+    global _held
+    if _held is not None:  # nested: the outer block sends
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        held, _held = _held, None
+        for protocol in held:
+            protocol._send_held()
 
 
 class BadMessage(Exception):
@@ -230,6 +254,8 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         self._paused_for_calls = False
         self._open = False
         self._socket = None
+        #: Late replies (record headers and parts) waiting for the end of a :func:`replies_held` block.
+        self._late: list = []
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
 
@@ -295,6 +321,15 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         total = sum(map(len, parts))
         if sent < total:
             t.write(b"".join(parts)[sent:])
+
+    def _send_held(self) -> None:
+        parts, self._late = self._late, []
+        if parts and self._open:
+            self._send(parts)
+        elif parts:
+            for p in parts:
+                if type(p) is FileSlice:
+                    p.close()
 
     def _send_files(self, parts: list) -> None:
         """:meth:`_send` of parts with file data (:class:`FileSlice`): each slice by ``sendfile`` while the socket
@@ -433,9 +468,15 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             reply = None
         if reply is not None and self._open:
             if type(reply) is list:
-                self._send([U32.pack(LAST_FRAGMENT | sum(map(len, reply))), *reply])
+                parts = [U32.pack(LAST_FRAGMENT | sum(map(len, reply))), *reply]
             else:
-                self._send([U32.pack(LAST_FRAGMENT | len(reply)), reply])
+                parts = [U32.pack(LAST_FRAGMENT | len(reply)), reply]
+            if _held is None:
+                self._send(parts)
+            else:
+                if not self._late:
+                    _held.append(self)
+                self._late.extend(parts)
         if self._paused_for_calls and self.in_flight < self.factory.max_in_flight // 2:
             self._paused_for_calls = False
             if self._open and not self._paused_for_writes:
