@@ -32,22 +32,26 @@ class Identity(NamedTuple):
 ROOT = Identity(0, 0, ())
 
 
+#: (id(credential), id(options)) -> (credential, options, identity).  By identity, not by value: a client's
+#: credential and its options are the same objects call after call (decoded once, looked up once), and hashing
+#: two dataclasses by value cost more than the rest of this function.  The entry keeps both alive, so their ids
+#: cannot be reused by other objects while it is there.
 _EFFECTIVE: dict = {}
 
 
 def effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
     """The identity a call gets on an export (exports(5): root_squash, all_squash, anonuid/anongid)."""
-    key = (cred, options)
-    who = _EFFECTIVE.get(key)
-    if who is None:
-        if len(_EFFECTIVE) >= 4096:
-            _EFFECTIVE.clear()
-        who = _effective(cred, options)
-        if who.uid == 0 and who.gid == 0:
-            # Root's supplementary groups change nothing (it passes every permission check), so every
-            # unsquashed root is the one ROOT and no call switches identity for it.
-            who = ROOT
-        _EFFECTIVE[key] = who
+    entry = _EFFECTIVE.get((id(cred), id(options)))
+    if entry is not None and entry[0] is cred and entry[1] is options:
+        return entry[2]
+    who = _effective(cred, options)
+    if who.uid == 0 and who.gid == 0:
+        # Root's supplementary groups change nothing (it passes every permission check), so every
+        # unsquashed root is the one ROOT and no call switches identity for it.
+        who = ROOT
+    if len(_EFFECTIVE) >= 4096:
+        _EFFECTIVE.clear()
+    _EFFECTIVE[(id(cred), id(options))] = (cred, options, who)
     return who
 
 

@@ -37,7 +37,7 @@ from nfsstack.exports import Export, ExportOptions
 from nfsstack.nfs3 import dirents, rawstat
 from nfsstack.nfs3.filecache import FileCache, OpenFile
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
-from nfsstack.nfs3.identity import Identity, effective
+from nfsstack.nfs3.identity import ROOT, Identity, effective
 from nfsstack.nfs3.listings import Chunk, Listings
 from nfsstack.nfs3.types import (
     DATA_SYNC, EXCLUSIVE, FILE_SYNC, GUARDED, MAX_PATH, NFS_PROG, S_IFMT_OF, UNCHECKED, UNSTABLE, Ftype, NFSError,
@@ -350,7 +350,8 @@ class Nfsd:
             except Exception:
                 return self._failed(Failure(), op, row)
             finally:
-                self.fs.reset()
+                if op.who is not ROOT and op.who is not None:  # root's calls never switch identity
+                    self.fs.reset()
                 if row.changes and op.watched:
                     self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             if isinstance(result, defer.Deferred):
@@ -527,14 +528,17 @@ class Nfsd:
             name = b"."
         with self.fs.run_as(op.who):  # the kernel checks search permission on the directory
             st, child = self.table.stat_and_handle(op.export, dirfd, name)
-        return lambda p: (p.pack_opaque(child), post_op_attr(p, st, op.fsid), op.pack_attr(p, 0))
+        # The directory's attributes as this call found them: a lookup changes nothing (no second fstat).
+        fsid = op.fsid
+        return lambda p: (p.pack_opaque(child), post_op_attr(p, st, fsid), post_op_attr(p, dir_st, fsid))
 
     def nfs_access(self, op: Op, args) -> Packs:
         handle, wanted = args
         fd = self._resolve(op, handle)
         st = self._watch(op, fd)
         granted = self.fs.access(op.who, fd, st, op.options.read_only) & wanted
-        return lambda p: (op.pack_attr(p, 0), p.pack_uint(granted))
+        fsid = op.fsid  # the attributes the permissions were decided on: asking changes nothing
+        return lambda p: (post_op_attr(p, st, fsid), p.pack_uint(granted))
 
     def nfs_readlink(self, op: Op, handle: bytes) -> Packs:
         fd = self._resolve(op, handle)
