@@ -10,6 +10,7 @@ from nfsstack.portmap.registry import Registry
 from nfsstack.rpc.client import connect_tcp, udp_client
 from nfsstack.rpc.message import AcceptedError, AcceptStat
 from nfsstack.rpc.program import Procedure, Program, null_procedure
+from nfsstack.rpc.server import replies_held
 from nfsstack.rpc.service import RPCService
 from nfsstack.xdr import Packer, Unpacker
 
@@ -70,6 +71,40 @@ def test_many_calls_in_flight_complete_out_of_order():
         with pytest.raises(AcceptedError) as e:
             yield client.call(310000, 7, 0, timeout=5)
         assert e.value.stat == AcceptStat.PROG_MISMATCH and (e.value.low, e.value.high) == (1, 1)
+        yield client.close()
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_replies_made_together_leave_in_one_send():
+    """What a batch of io_uring completions does (nfs3/aiosync.py): replies made inside ``replies_held`` leave
+    at its end, one send per connection, each call still getting its own answer in completion order."""
+    held = []
+    service = RPCService("gated", [gated_program(held)], 0, interface="127.0.0.1", reactor=reactor)
+    service.startService()
+    try:
+        client = yield connect_tcp(reactor, "127.0.0.1", service.port)
+        calls = [client.call(310000, 1, 1, u32(n), timeout=10).addCallback(lambda b: Unpacker(b).unpack_uint())
+                 for n in range(20)]
+        for _ in range(500):  # at most 5 s for all 20 calls to reach the server
+            if len(held) == 20:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        (protocol,) = service.stream_factory.connections
+        sends = []
+        real_send = protocol._send
+        protocol._send = lambda parts: (sends.append(len(parts)), real_send(parts))[1]
+        with replies_held():
+            for n, d in reversed(held[10:]):
+                d.callback(n)
+            assert sends == []  # nothing left inside the block
+        assert sends == [20]  # ten replies, a record mark and a message each: one send
+        for n, d in held[:10]:
+            d.callback(n)
+        assert sends == [20] + [2] * 10  # outside a block, each reply leaves at once
+        results = yield defer.gatherResults(calls)
+        assert results == list(range(20))
         yield client.close()
     finally:
         yield service.stopService()
