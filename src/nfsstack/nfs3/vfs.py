@@ -179,11 +179,12 @@ class LocalFS:
         mode = None
         if mode_used is not None and mode_used & self.umask:
             mode = mode_used
+        if mode is None and attrs.uid is None and attrs.gid is None and attrs.atime is None and attrs.mtime is None:
+            return  # the usual CREATE: the open set all there was to set
         rest = Sattr(mode, attrs.uid, attrs.gid, None, attrs.atime, attrs.mtime)
-        if any(v is not None for v in (rest.mode, rest.uid, rest.gid, rest.atime, rest.mtime)):
-            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-            keep.append(pfd)
-            self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        keep.append(pfd)
+        self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
 
     def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
                keep: list[int], opener=None, opened: Optional[list[int]] = None):
