@@ -179,6 +179,11 @@ class Listings:
 
     # -- invalidation ------------------------------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """Nothing kept and nothing being filled, so :meth:`touched` has nothing to do.  Read without the lock: a
+        fill that starts after the change it would be told of reads the directory after it, too."""
+        return not self._chunks and not self._fills
+
     def touched(self, objects: list[DirKey]) -> None:
         """An NFS procedure changed (or read: atime) these objects, directories or entries."""
         with self._lock:

@@ -352,7 +352,7 @@ class Nfsd:
             finally:
                 if op.who is not ROOT and op.who is not None:  # root's calls never switch identity
                     self.fs.reset()
-                if row.changes and op.watched:
+                if row.changes and op.watched and not self.listings.idle():
                     self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             if isinstance(result, defer.Deferred):
                 return result.addCallbacks(self._succeeded, self._failed, callbackArgs=(op, row),
@@ -367,7 +367,7 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
-                if row.changes and op.watched:
+                if row.changes and op.watched and not self.listings.idle():
                     self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
             return self._succeeded(ok, op, row)
 
