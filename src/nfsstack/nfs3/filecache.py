@@ -67,7 +67,7 @@ class FileCache:
         self.idle = idle
         self.clock = clock
         self._files: OrderedDict[tuple[int, int], OpenFile] = OrderedDict()
-        #: Calls served by a kept descriptor, and by a fresh open (for the status report and the tests).
+        #: WRITEs served by a kept descriptor, and by a fresh open.
         self.hits = 0
         self.misses = 0
 

@@ -352,8 +352,8 @@ class Nfsd:
             finally:
                 if op.who is not ROOT and op.who is not None:  # root's calls never switch identity
                     self.fs.reset()
-                if row.changes and op.watched and not self.listings.idle():
-                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
+                if row.changes and op.watched:
+                    self._touched(op)
             if isinstance(result, defer.Deferred):
                 return result.addCallbacks(self._succeeded, self._failed, callbackArgs=(op, row),
                                            errbackArgs=(op, row))
@@ -367,11 +367,25 @@ class Nfsd:
                 return self._failed(Failure(), op, row)
             finally:
                 self.fs.reset()
-                if row.changes and op.watched and not self.listings.idle():
-                    self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
+                if row.changes and op.watched:
+                    self._touched(op)
             return self._succeeded(ok, op, row)
 
         return run
+
+    def _touched(self, op: Op) -> None:
+        """Tell the listing cache that the call changed (or read) the objects it watched."""
+        if not self.listings.idle():
+            self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])
+
+    def _keep_open(self, op: Op, fd: int, st: os.stat_result, lend: bool = False) -> OpenFile:
+        """Hand ``fd``, opened for writing as the caller, from the call to the kept open files; with ``lend``,
+        the call goes on using it."""
+        op.fds.remove(fd)  # the cache closes it from now on
+        entry = self.files.keep(fd, op.who, st, lend)
+        if lend:
+            op.lend(entry)
+        return entry
 
     def _succeeded(self, ok: Packs, op: Op, row: Row) -> list[bytes]:
         try:
@@ -462,9 +476,7 @@ class Nfsd:
         child = self.table.handle(op.export, fd)
         self.table.remember(child, op.export, fd, st)
         if opened and not op.threaded and st.st_uid == op.who.uid and stat.S_ISREG(st.st_mode):
-            writer = opened[0]
-            op.fds.remove(writer)
-            self.files.keep(writer, op.who, st)
+            self._keep_open(op, opened[0], st)
         return lambda p: (post_op_fh(p, child), post_op_attr(p, st, op.fsid), op.pack_wcc(p, 0))
 
     @staticmethod
@@ -619,9 +631,7 @@ class Nfsd:
         else:
             wfd = self.fs.reopen(op.who, fd, os.O_WRONLY, st, op.options.read_only, op.fds)
             if not op.threaded:  # kept for the WRITEs and the COMMIT that follow
-                op.fds.remove(wfd)
-                kept = self.files.keep(wfd, op.who, st, lend=True)
-                op.lend(kept)
+                kept = self._keep_open(op, wfd, st, lend=True)
         fsid = op.fsid
 
         def done(written: int) -> Any:
@@ -670,7 +680,7 @@ class Nfsd:
             return self._made(op, dirfd, name, opened)
 
         def done(_) -> Packs:
-            self.listings.touched([(st.st_dev, st.st_ino) for _, st in op.watched])  # now the file is there
+            self._touched(op)  # now the file is there
             return self._made(op, dirfd, name, opened)
 
         return made.addCallback(done)

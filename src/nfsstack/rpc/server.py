@@ -205,13 +205,13 @@ class Dispatcher:
             reply = self._encode(result, xid, procedure.encode)
         except Exception:
             reply = self._failure_reply(Failure(), xid, procedure.name)
-        return self._late_reply(reply, procedure, key, observer, program, started)
+        return self._finish_late(reply, procedure, key, observer, program, started)
 
     def _late_failure(self, failure: Failure, xid: int, procedure, key, observer, program: str, started: float):
         reply = self._failure_reply(failure, xid, procedure.name)
-        return self._late_reply(reply, procedure, key, observer, program, started)
+        return self._finish_late(reply, procedure, key, observer, program, started)
 
-    def _late_reply(self, reply, procedure, key, observer, program: str, started: float):
+    def _finish_late(self, reply, procedure, key, observer, program: str, started: float):
         if key is not None:
             self.reply_cache.finish(key, joined(reply))
         if observer is not None:
