@@ -104,15 +104,17 @@ def null_ok(port: int) -> bool:
 class Stack:
     """``twistd -n nfsstack`` in a subprocess (optionally inside a network namespace)."""
 
-    def __init__(self, *args: str, netns: str | None = None, workdir: str | None = None) -> None:
+    def __init__(self, *args: str, netns: str | None = None, workdir: str | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.args = list(args)
         self.netns = netns
+        self.prefix = list(prefix)  # a command twistd runs under, e.g. setpriv with fewer privileges
         self.workdir = workdir or tempfile.mkdtemp(prefix="nfsstack-test-")
         self.log = Path(self.workdir) / "twistd.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_port: int = 111, timeout: float = 20.0) -> "Stack":
-        cmd = [twistd(), "-n", "--pidfile=", f"--logfile={self.log}", "nfsstack", *self.args]
+        cmd = [*self.prefix, twistd(), "-n", "--pidfile=", f"--logfile={self.log}", "nfsstack", *self.args]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -26,6 +26,7 @@ from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.aiosync import open_syncer
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
+from nfsstack.nfs3.identity import can_switch
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
@@ -360,11 +361,15 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
         )
         portmap.setServiceParent(stack)
-    if kernel_handles_work(os.getcwd()):
-        _file_services(stack, options, common, reactor)
-    else:
+    if not kernel_handles_work(os.getcwd()):
         log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
                   "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
+    elif (cannot_switch := can_switch()) is not None:
+        # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
+        log.error("mountd, nfsd, nlockmgr and status not started: this process cannot act as its clients "
+                  "({why}); run it as root, or give it CAP_SETUID and CAP_SETGID", why=cannot_switch)
+    else:
+        _file_services(stack, options, common, reactor)
     _cluster_service(stack, options, reactor)
     return stack
 

@@ -5,12 +5,22 @@ thread only with the raw setfsuid/setfsgid/setgroups system calls (glibc's
 setgroups would change every thread), so the kernel enforces exactly what it
 would for a local user.  Back to root between calls: resolving handles needs
 CAP_DAC_READ_SEARCH, which a non-zero fsuid drops.
+
+``setfsuid`` and ``setfsgid`` never fail: without CAP_SETUID / CAP_SETGID they
+leave the ids as they were and return the old one.  A process that cannot
+switch (a plain user given CAP_DAC_READ_SEARCH, a container without
+CAP_SETUID) would then serve every client with its own rights, so every switch
+is read back (``setfsuid(-1)`` answers the current id) and one that did not
+take effect fails the call; :func:`can_switch` tells at start-up whether this
+process can switch at all.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import os
 import platform
 import threading
 from typing import NamedTuple, Optional
@@ -69,8 +79,24 @@ def _effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
     return Identity(uid, gid, tuple(gids))
 
 
+class IdentityNotSwitched(PermissionError):
+    """The kernel kept the thread's previous filesystem identity: the call must not run (NFS3ERR_PERM)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EPERM, f"{what} did not take effect (no CAP_SETUID/CAP_SETGID?)")
+
+
+#: A thread whose identity is unknown after a failed switch: the next switch makes every system call again.
+_UNSURE = Identity(-1, -1, (-1,))
+
+
 class Switcher:
-    """Switches the calling thread's filesystem identity, skipping the system calls when nothing changes."""
+    """Switches the calling thread's filesystem identity, skipping the system calls when nothing changes.
+
+    Every switch is checked: the ids are read back, and one the kernel did not
+    take raises :class:`IdentityNotSwitched` after putting the thread back to
+    root as far as it can.
+    """
 
     def __init__(self) -> None:
         self._state = threading.local()
@@ -92,16 +118,34 @@ class Switcher:
             current = ROOT
         if who is current or who == current:
             return
+        try:
+            self._switch(who, current)
+        except OSError:
+            self._state.who = _UNSURE
+            if who != ROOT:
+                try:
+                    self._switch(ROOT, _UNSURE)
+                    self._state.who = ROOT
+                except OSError:
+                    pass  # stays _UNSURE: every later switch tries everything again, and checks it
+            raise
+        self._state.who = who
+
+    def _switch(self, who: Identity, current: Identity) -> None:
+        syscall = _libc.syscall
         if who.gids != current.gids:
             array = (ctypes.c_uint32 * max(1, len(who.gids)))(*who.gids)
-            if _libc.syscall(self._setgroups, len(who.gids), array) != 0:
+            if syscall(self._setgroups, len(who.gids), array) != 0:
                 e = ctypes.get_errno()
                 raise OSError(e, "setgroups failed")
         if who.gid != current.gid:
-            _libc.syscall(self._setfsgid, who.gid)
+            syscall(self._setfsgid, who.gid)
+            if syscall(self._setfsgid, -1) != who.gid:  # -1 is no id: the call only answers the current one
+                raise IdentityNotSwitched(f"setfsgid({who.gid})")
         if who.uid != current.uid:
-            _libc.syscall(self._setfsuid, who.uid)
-        self._state.who = who
+            syscall(self._setfsuid, who.uid)
+            if syscall(self._setfsuid, -1) != who.uid:
+                raise IdentityNotSwitched(f"setfsuid({who.uid})")
 
     def root(self) -> None:
         self.become(ROOT)
@@ -109,6 +153,31 @@ class Switcher:
     def acting_as(self, who: Identity) -> "_Acting":
         """A context manager: the block's filesystem calls run as ``who``, then back to root."""
         return _Acting(self, who)
+
+
+def can_switch() -> Optional[str]:
+    """None when this process can act as its clients (switch to another uid, gid and groups and back to root);
+    else why not, in a few words.
+
+    Probed in a thread of its own, so no other thread's identity is touched.
+    """
+    reasons: list[str] = []
+
+    def probe() -> None:
+        other = 65534 if os.getuid() != 65534 else 65533
+        ids = Switcher()
+        ids._state.who = _UNSURE  # check root too: a plain user's thread starts with its own ids
+        try:
+            ids.become(ROOT)
+            ids.become(Identity(other, other, (other,)))
+            ids.become(ROOT)
+        except OSError as e:
+            reasons.append(e.strerror or str(e))
+
+    thread = threading.Thread(target=probe, name="identity-probe")
+    thread.start()
+    thread.join()
+    return reasons[0] if reasons else None
 
 
 class _Acting:
