@@ -616,6 +616,22 @@ def test_symlink_link_mknod(env):
     assert nfs("MKNOD", roots["data"], b"reg", 1, Sattr3()).status == Stat.BADTYPE
 
 
+def test_setattr_of_a_symlink_changes_the_link_not_its_target(env):
+    """chown -h and touch -h: the owner and times of the symlink itself change, and the reply says so (an lchown
+    of /proc/self/fd/N changed procfs's magic link and reported success)."""
+    tmp, _, _, nfs, roots = env
+    create(nfs, roots["data"], b"target")
+    link = nfs("SYMLINK", roots["data"], b"link", Sattr3(), b"target").obj
+    r = nfs("SETATTR", link, Sattr3(uid=1234, gid=4321))
+    assert r.ok and (r.obj_wcc[1].uid, r.obj_wcc[1].gid) == (1234, 4321)
+    assert (os.lstat(tmp / "data" / "link").st_uid, os.lstat(tmp / "data" / "link").st_gid) == (1234, 4321)
+    assert os.stat(tmp / "data" / "target").st_uid == 0
+    r = nfs("SETATTR", link, Sattr3(atime=1_000_000_000_000_000_000, mtime=2_000_000_000_000_000_000))
+    assert r.ok and os.lstat(tmp / "data" / "link").st_mtime_ns == 2_000_000_000_000_000_000
+    assert os.stat(tmp / "data" / "target").st_mtime_ns != 2_000_000_000_000_000_000
+    assert nfs("SETATTR", link, Sattr3(uid=0), cred=USER).status == Stat.PERM  # not the owner's to give away
+
+
 def test_readdir_lists_each_name_exactly_once_across_calls(env):
     tmp, _, _, nfs, roots = env
     names = {f"file-{i}".encode() for i in range(1500)}

@@ -23,6 +23,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 _AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_fchownat = _libc.fchownat
+_fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]  # -1: unchanged
 
 
 class _Timespec(ctypes.Structure):
@@ -162,9 +165,15 @@ class LocalFS:
                 os.ftruncate(wfd, attrs.size)
         with self.ids.acting_as(who):
             if attrs.uid is not None or attrs.gid is not None:
-                os.chown(path, -1 if attrs.uid is None else attrs.uid, -1 if attrs.gid is None else attrs.gid,
-                         follow_symlinks=not is_link)
-            # After chown, which clears set-id bits: a mode set in the same call keeps them.
+                # On the descriptor itself (AT_EMPTY_PATH): an lchown of /proc/self/fd/N would change procfs's
+                # magic link, not the symlink it stands for, and report success.
+                if _fchownat(fd, b"", -1 if attrs.uid is None else attrs.uid,
+                             -1 if attrs.gid is None else attrs.gid, _AT_EMPTY_PATH) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+            # After chown, which clears set-id bits: a mode set in the same call keeps them.  chmod and utimensat
+            # follow the magic link, which lands on the object itself, a symlink included (Linux has no modes
+            # on symlinks: theirs is never set).
             if attrs.mode is not None and not is_link:
                 os.chmod(path, attrs.mode & 0o7777)
             if attrs.atime is not None or attrs.mtime is not None:

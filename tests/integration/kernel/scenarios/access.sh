@@ -15,6 +15,10 @@ check "user can create in their own directory" as_user 'echo mine > /mnt/mine/f 
 check "the file is theirs" sh -c 'test "$(stat -c %u:%g /mnt/mine/f)" = 1000:1000'
 check "user may chmod their file" as_user chmod 600 /mnt/mine/f
 expect_fail "user may not chown to root" "not permitted" as_user chown 0 /mnt/mine/f
+mkdir -p /mnt/sticky && chmod 1777 /mnt/sticky
+check "root gives a symlink to the user with chown -h" sh -c 'ln -s nowhere /mnt/sticky/link && chown -h 1000:1000 /mnt/sticky/link'
+check "the user renames their symlink in a sticky directory" as_user mv /mnt/sticky/link /mnt/sticky/link2
+check "and removes it" as_user rm /mnt/sticky/link2
 check "mode change lets the user in" sh -c 'chmod 755 /mnt/private && su user -s /bin/sh -c "ls /mnt/private" | grep -qx f'
 check "mount the root_squash export" mount_at "$NFS_EXPORT_SQUASH" /sq
 check "root's new file belongs to nobody" sh -c 'touch /sq/by-root && test "$(stat -c %u /sq/by-root)" = 65534'

@@ -17,6 +17,10 @@ check "touch -d" sh -c 'touch -d "2001-02-03 04:05:06" c/f3 && test "$(date -r c
 check "truncate up" sh -c 'truncate -s 100000 c/f3 && test "$(stat -c %s c/f3)" = 100000 && test "$(tail -c 10 c/f3 | od -An -tx1 | tr -d " ")" = 00000000000000000000'
 check "truncate down" sh -c 'truncate -s 3 c/f3 && test "$(cat c/f3)" = two'
 check "remove a symlink, not its target" sh -c 'rm a/sym && test -e c/f3'
+check "chown -h changes the symlink, not its target" sh -c 'ln -s nowhere a/owned && chown -h 1000:1000 a/owned && test "$(stat -c %u:%g a/owned)" = 1000:1000'
+seen=$(host_request stat a/owned)
+expect_eq "the server's symlink is owned as chown -h set it" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' a/owned)"
+expect_eq "and the guest sees the owner it set" "${seen%%:0o*}" "1000:1000"
 check "rmdir of a non-empty directory fails" sh -c '! rmdir c 2>/dev/null && test -d c'
 seen=$(host_request stat c/f3)
 expect_eq "server and client agree on owner, mode, size and links" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' c/f3)"
