@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""The sabotage run: break one promise at a time, in a copy of the tree, and show which test catches it.
+
+    python3 tests/sabotage.py            # every sabotage; exit 1 if one survives or no longer applies
+    python3 tests/sabotage.py --list     # their names and the promise each breaks
+    python3 tests/sabotage.py NAME ...   # only these
+
+Each sabotage replaces a few exact lines of ``src/`` (each must occur exactly once, so a sabotage that no longer
+matches the code fails the run instead of silently testing nothing) in a fresh copy of the repository, then runs
+only the tests meant to catch it there.  A sabotage is caught when pytest reports failed tests (exit status 1);
+the report names the first one.  A copy that cannot even be collected (status 2-5) counts as not caught: the
+sabotage must break behaviour, not syntax.  The tests themselves pass on the unsabotaged tree (CI runs the whole
+suite first), so a failure here is the sabotage's doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Sabotage:
+    name: str
+    promise: str  # what the code promises, which this sabotage breaks
+    path: str  # file under the repository
+    edits: tuple[tuple[str, str], ...]  # (exact old text, its replacement), each old text found exactly once
+    tests: tuple[str, ...]  # pytest node ids or paths run against the sabotaged copy
+
+
+NFSD = "src/nfsstack/nfs3/program.py"
+NFS3 = "tests/unit/test_nfs3.py"
+STABLE_TESTS = "tests/unit/test_stable_writes.py"
+STABLE = "            if stable != UNSTABLE and op.options.sync:\n"
+
+SABOTAGES = (
+    Sabotage(
+        "commit-without-sync", "COMMIT answers only after the file's data reached stable storage", NFSD,
+        (("        return self._sync(op, False, sfd, ok)\n", "        return ok()\n"),),
+        (f"{NFS3}::test_write_read_commit", f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path",
+         "tests/integration/test_durability.py"),
+    ),
+    Sabotage(
+        "file-sync-inline-without-sync", "a FILE_SYNC WRITE run inline syncs before its reply", NFSD,
+        ((STABLE, "            if stable != UNSTABLE and op.options.sync and (op.threaded or op.ring):\n"),),
+        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+    ),
+    Sabotage(
+        "file-sync-ring-without-sync", "a FILE_SYNC WRITE written by io_uring syncs before its reply", NFSD,
+        ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.ring:\n"),),
+        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+    ),
+    Sabotage(
+        "file-sync-pool-without-sync", "a FILE_SYNC WRITE run in the thread pool syncs before its reply", NFSD,
+        ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.threaded:\n"),),
+        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+    ),
+    Sabotage(
+        "portmapper-handler-raises", "no portmapper call crashes its handler (SYSTEM_ERR)",
+        "src/nfsstack/portmap/program.py",
+        (("        netid = PROT_TO_NETID.get(m.prot)\n        reg = self.registry.lookup(m.prog, m.vers, netid) if",
+          "        if m.prog % 7 == 3:\n            raise RuntimeError('sabotage')\n"
+          "        netid = PROT_TO_NETID.get(m.prot)\n        reg = self.registry.lookup(m.prog, m.vers, netid) if"),),
+        ("tests/unit/test_portmap.py",),
+    ),
+    Sabotage(
+        "mountd-handler-raises", "no MNT call crashes mountd", "src/nfsstack/mount/program.py",
+        (("    def _mnt(self, ctx: CallContext, path: str) -> tuple:\n",
+          "    def _mnt(self, ctx: CallContext, path: str) -> tuple:\n        raise RuntimeError('sabotage')\n"),),
+        ("tests/unit/test_mountd.py",),
+    ),
+    Sabotage(
+        "nfsd-handler-raises", "no ACCESS call crashes nfsd", NFSD,
+        (("    def nfs_access(self, op: Op, args) -> Packs:\n",
+          "    def nfs_access(self, op: Op, args) -> Packs:\n        raise RuntimeError('sabotage')\n"),),
+        (NFS3,),
+    ),
+    Sabotage(
+        "nlockmgr-handler-raises", "no NLM TEST call crashes nlockmgr", "src/nfsstack/nlm/program.py",
+        (("        holder = self.table.test(key, lock, context=args.alock.fh)\n",
+          "        holder = self.table.test(key, lock, context=args.alock.fh)\n"
+          "        if args.alock.offset % 5 == 1:\n            raise RuntimeError('sabotage')\n"),),
+        ("tests/unit/test_nlm.py",),
+    ),
+    Sabotage(
+        "status-handler-raises", "no NSM call crashes status", "src/nfsstack/nsm/program.py",
+        (("    def sm_stat(self, ctx: CallContext, name: str) -> tuple[int, int]:\n",
+          "    def sm_stat(self, ctx: CallContext, name: str) -> tuple[int, int]:\n"
+          "        raise RuntimeError('sabotage')\n"),),
+        ("tests/unit/test_nlm.py",),
+    ),
+    Sabotage(
+        "forged-handle-accepted", "a handle whose MAC does not match is NFS3ERR_BADHANDLE",
+        "src/nfsstack/nfs3/handles.py",
+        (("        if not hmac.compare_digest(handle[end : end + MAC_SIZE], self._mac(handle[:end])):\n",
+          "        if False:\n"),),
+        (f"{NFS3}::test_forged_or_truncated_handles_are_badhandle",),
+    ),
+    Sabotage(
+        "root-squash-ignored", "root is squashed to anonuid on a root_squash export",
+        "src/nfsstack/nfs3/identity.py",
+        (("    if options.root_squash:\n", "    if False:\n"),),
+        (f"{NFS3}::test_root_squash_makes_root_nobody",),
+    ),
+    Sabotage(
+        "ro-ignored", "a ro export refuses every change with NFS3ERR_ROFS", NFSD,
+        (("        if write and op.options.read_only:\n", "        if False:\n"),),
+        (f"{NFS3}::test_ro_export_refuses_changes_with_rofs",),
+    ),
+    Sabotage(
+        "insecure-port-admitted", "a secure export refuses calls from unprivileged ports", NFSD,
+        (("            if options.secure and not op.ctx.privileged_port:\n", "            if False:\n"),),
+        (f"{NFS3}::test_secure_export_refuses_unprivileged_ports",),
+    ),
+    Sabotage(
+        "drc-disabled", "a retransmitted non-idempotent call gets its first reply again",
+        "src/nfsstack/rpc/server.py",
+        (("            cached = self.reply_cache.begin(key)\n", "            cached = None\n"),),
+        ("tests/unit/test_rpc_dispatch.py::test_duplicate_request_cache_replays_non_idempotent_calls",
+         f"{NFS3}::test_retransmitted_remove_gets_the_first_reply"),
+    ),
+    Sabotage(
+        "conflicting-lock-granted", "a lock conflicting with a granted one is denied or waits",
+        "src/nfsstack/nlm/locks.py",
+        (("            if held.conflicts(lock):\n                return held\n",
+          "            if False:\n                return held\n"),),
+        ("tests/unit/test_locks.py",),
+    ),
+    Sabotage(
+        "registration-left-at-stop", "a stopped service unregisters from the portmapper",
+        "src/nfsstack/rpc/service.py",
+        (("            for prog, vers, netid in self._registered:\n", "            for prog, vers, netid in ():\n"),),
+        ("tests/integration/test_twisted_client.py::test_register_with_a_portmapper_over_tcp_then_unregister",
+         "tests/integration/test_rpcinfo.py::test_registered_service_is_shown_and_removed_on_stop"),
+    ),
+    Sabotage(
+        "keepalive-mac-ignored", "a keepalive without the right MAC is refused", "src/nfsstack/cluster/keepalive.py",
+        (("        if not hmac.compare_digest(mac, _mac(key, bytes(data[:end]))):\n", "        if False:\n"),),
+        ("tests/unit/test_cluster.py",),
+    ),
+    Sabotage(
+        "identity-switch-unchecked", "a filesystem identity switch that did not take effect fails the call",
+        "src/nfsstack/nfs3/identity.py",
+        (("            if syscall(self._setfsgid, -1) != who.gid:", "            if False:"),
+         ("            if syscall(self._setfsuid, -1) != who.uid:", "            if False:"),
+         ("            if syscall(self._setgroups, len(who.gids), array) != 0:",
+          "            if syscall(self._setgroups, len(who.gids), array) != 0 and False:")),
+        ("tests/integration/test_privileges.py::test_a_switch_that_did_not_happen_fails_the_call",),
+    ),
+    Sabotage(
+        "serves-without-identity-switch", "a process that cannot act as its clients does not serve files",
+        "src/nfsstack/service.py",
+        (("    elif (cannot_switch := can_switch()) is not None:\n", "    elif (cannot_switch := None) is not None:\n"),),
+        ("tests/integration/test_privileges.py::test_plain_user_with_read_search_never_serves_as_itself",),
+    ),
+    Sabotage(
+        "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/vfs.py",
+        (("                if _fchownat(fd, b\"\", -1 if attrs.uid is None else attrs.uid,\n"
+          "                             -1 if attrs.gid is None else attrs.gid, _AT_EMPTY_PATH) != 0:\n",
+          "                if os.chown(path, -1 if attrs.uid is None else attrs.uid,\n"
+          "                            -1 if attrs.gid is None else attrs.gid, follow_symlinks=not is_link):\n"),),
+        (f"{NFS3}::test_setattr_of_a_symlink_changes_the_link_not_its_target",),
+    ),
+)
+
+
+def _copy(into: Path) -> None:
+    """The files a test run needs; the guest image cache is shared, not copied (it is read only)."""
+    for name in ("src", "tests", "twisted", "etc", "bench"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, into / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, into / name)
+    if (REPO / ".cache").exists():
+        (into / ".cache").symlink_to(REPO / ".cache")
+
+
+def _apply(sabotage: Sabotage, root: Path) -> None:
+    path = root / sabotage.path
+    text = path.read_text()
+    for old, new in sabotage.edits:
+        n = text.count(old)
+        if n != 1:
+            raise LookupError(f"{sabotage.name}: {sabotage.path} has {n} copies of {old.strip()[:60]!r}")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def run(sabotage: Sabotage, keep: bool = False) -> tuple[bool, str, float]:
+    """(caught, by which test or why not, seconds)."""
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix=f"nfsstack-sabotage-{sabotage.name}-"))
+    os.chmod(root, 0o755)  # servers that switch to a client's uid still walk through it
+    try:
+        _copy(root)
+        _apply(sabotage, root)
+        tests = [t for t in sabotage.tests if (root / t.split("::")[0]).exists()]
+        if not tests:
+            return False, "none of its tests exist", time.monotonic() - started
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPATH", None)
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rf", *tests],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        failed = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("FAILED ")]
+        if out.returncode == 1 and failed:
+            return True, failed[0], time.monotonic() - started
+        tail = " | ".join(out.stdout.strip().splitlines()[-3:])
+        return False, f"pytest exit {out.returncode}: {tail}", time.monotonic() - started
+    finally:
+        if keep:
+            print(f"  kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="sabotages to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the sabotages and exit")
+    parser.add_argument("--keep", action="store_true", help="keep each sabotaged copy")
+    args = parser.parse_args(argv)
+    known = {s.name: s for s in SABOTAGES}
+    if args.list:
+        for s in SABOTAGES:
+            print(f"{s.name:32} {s.promise}")
+        return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"no sabotage named {', '.join(unknown)}")
+    chosen = [known[n] for n in args.names] or list(SABOTAGES)
+    survived = []
+    for s in chosen:
+        try:
+            caught, why, seconds = run(s, args.keep)
+        except LookupError as e:
+            caught, why, seconds = False, f"no longer applies: {e}", 0.0
+        print(f"{'caught  ' if caught else 'SURVIVED'} {s.name:32} {seconds:6.1f} s  {why}", flush=True)
+        if not caught:
+            survived.append(s.name)
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} sabotages caught"
+          + (f"; survived: {', '.join(survived)}" if survived else ""))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
