@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import time
 
 from twisted.application import service
@@ -72,7 +73,7 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["exports", None, None, "exports(5) file (default: export ./export to everyone, rw, root_squash)."],
+        ["exports", None, None, "exports(5) file (default: export ./export to this machine only, rw, root_squash)."],
         ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
         ["bind", None, "", "Address the RPC services listen on (default: all IPv4 addresses)."],
         ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
@@ -103,6 +104,7 @@ class Options(usage.Options):
             except ExportsError as e:
                 raise usage.UsageError(str(e))
         else:
+            check_default_export(os.path.abspath(DEFAULT_EXPORT))
             self.exports = None
         if self["max-record"] < 1024:
             raise usage.UsageError("--max-record must be at least 1024")
@@ -305,16 +307,43 @@ def make_forwarder(reactor, interface: str = "127.0.0.1"):
 log = Logger(namespace="nfsstack")
 
 DEFAULT_EXPORT = "export"
+#: Who may mount the default export: this machine only.  Other hosts need an exports file that names them.
+DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")
+
+
+def check_default_export(path: str) -> None:
+    """Refuse a ``./export`` that is not a plain directory of the server's own user: a symlink would export
+    whatever it points to (a link to / exported the whole root filesystem), and another user's directory is
+    not ours to open to clients."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise usage.UsageError(f"{path} is a symlink (to {os.readlink(path)}): not exported. Make it a directory of "
+                               "your own, or name what to export in an exports file (--exports FILE).")
+    if not stat.S_ISDIR(st.st_mode):
+        raise usage.UsageError(f"{path} is not a directory: not exported. Remove it, or use --exports FILE.")
+    if st.st_uid != os.geteuid():
+        raise usage.UsageError(f"{path} belongs to uid {st.st_uid}, not to the server's user (uid {os.geteuid()}): "
+                               "not exported. Use a directory of your own, or --exports FILE.")
 
 
 def default_exports() -> Exports:
-    """``./export`` (created world-writable and sticky, like /tmp), to everyone, rw with root_squash."""
+    """``./export`` (created world-writable and sticky, like /tmp), to this machine's clients only, rw with
+    root_squash."""
     path = os.path.abspath(DEFAULT_EXPORT)
-    if not os.path.isdir(path):
-        os.makedirs(path)
-        os.chmod(path, 0o1777)
-    exports = parse_exports(f'"{path}" *(rw)\n', "<default export>")
-    log.info("no --exports given: exporting {path} to * (rw,root_squash,secure)", path=path)
+    check_default_export(path)
+    try:
+        os.mkdir(path, 0o1777)
+        os.chmod(path, 0o1777)  # the umask took its share
+    except FileExistsError:
+        check_default_export(path)  # made between the check and here
+    clients = " ".join(f"{c}(rw)" for c in DEFAULT_CLIENTS)
+    exports = parse_exports(f'"{path}" {clients}\n', "<default export>")
+    log.info("no --exports given: exporting {path} to this machine only ({clients}: rw,root_squash,secure); "
+             "to export to other hosts, write an exports(5) file and start with --exports FILE",
+             path=path, clients=", ".join(DEFAULT_CLIENTS))
     return exports
 
 

@@ -72,3 +72,43 @@ def test_corrupt_state_files_are_reported_and_rebuilt(tmp_path):
     assert "corrupt" in log and "not a mount entry" in log, log
     assert int((state / "nsm" / "state").read_text()) % 2 == 1
     assert len((state / "handle.key").read_bytes()) >= 32
+
+
+@pytest.mark.parametrize("kind", ["symlink to /", "file", "another user's directory"])
+def test_a_default_export_that_is_not_our_own_directory_is_refused(tmp_path, kind):
+    """Without --exports the stack exports ./export: a symlink there (a link to / exported the whole root
+    filesystem rw), a file, or a directory of another user is refused at start with one clear message."""
+    export = tmp_path / "export"
+    if kind == "symlink to /":
+        export.symlink_to("/")
+    elif kind == "file":
+        export.write_text("not a directory\n")
+    else:
+        export.mkdir()
+        os.chown(export, 12345, 12345)
+    port = free_port()
+    out = subprocess.run([twistd(), "-n", "--pidfile=", "nfsstack", "--bind", "127.0.0.1", "--portmap-port", str(port),
+                          "--nfs-port", "0", "--status-port", "0"], capture_output=True, text=True, env=server_env(),
+                         cwd=tmp_path, timeout=60)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0, said
+    assert "not exported" in said and "--exports FILE" in said and "Traceback" not in said, said
+    assert {"symlink to /": "is a symlink (to /)", "file": "is not a directory",
+            "another user's directory": "belongs to uid 12345"}[kind] in said, said
+
+
+def test_the_default_export_admits_this_machine_only(tmp_path, monkeypatch):
+    """The default export is rw for loopback clients (127.0.0.0/8 and ::1) and for nobody else."""
+    from nfsstack.service import default_exports
+
+    monkeypatch.chdir(tmp_path)
+    exports = default_exports()
+    (export,) = list(exports)
+    assert export.path == str(tmp_path / "export") and (tmp_path / "export").is_dir()
+    assert (tmp_path / "export").stat().st_mode & 0o7777 == 0o1777
+    no_name = lambda address: None  # noqa: E731
+    for address in ("127.0.0.1", "127.3.4.5", "::1"):
+        options = export.options_for(address, no_name)
+        assert options is not None and not options.read_only and options.root_squash, address
+    for address in ("10.0.0.5", "192.168.1.20", "2001:db8::1", "::ffff:10.0.0.5"):
+        assert export.options_for(address, no_name) is None, address
