@@ -11,6 +11,7 @@ import signal
 import socket
 import stat
 import time
+from pathlib import Path
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -41,6 +42,7 @@ from nfsstack.rpc.client import RPCDatagramClient
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD, replies_held
 from nfsstack.rpc.service import RPCService
+from nfsstack.statefile import make_private
 
 
 def _port(value: str) -> int:
@@ -228,10 +230,11 @@ class ExportsReloader(service.Service):
 
     name = "exports-reload"
 
-    def __init__(self, table: ExportTable, path: str, reactor) -> None:
+    def __init__(self, table: ExportTable, path: str, reactor, mounts: MountList | None = None) -> None:
         self.table = table
         self.path = path
         self.reactor = reactor
+        self.mounts = mounts
         self._previous = None
 
     def startService(self) -> None:
@@ -253,6 +256,8 @@ class ExportsReloader(service.Service):
         def loaded(exports: Exports) -> None:
             self.table.reload(exports)
             log.info("reloaded {path}: {n} exports", path=self.path, n=len(exports))
+            if self.mounts is not None:
+                _forget_unexported_mounts(self.mounts, self.table)
 
         def failed(f) -> None:
             log.error("exports not reloaded, the old ones stay in force: {error}", error=f.value)
@@ -407,15 +412,27 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     """status, nlockmgr, mountd and nfsd, in that order, on the exports."""
     state_dir = os.path.abspath(options["state-dir"])
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    # The handle key signs every handle: whoever reads it can forge one for any file of an export.
+    for path, mode in ((state_dir, 0o700), (os.path.join(state_dir, "handle.key"), 0o600)):
+        try:
+            was = make_private(Path(path), mode)
+        except FileNotFoundError:
+            continue
+        if was is not None:
+            log.warn("{path} was open to other users (mode {was:04o}): its mode is now {mode:04o}", path=path,
+                     was=was, mode=mode)
     exports = getattr(options, "exports", None) or default_exports()
     for export in exports:
         if not os.path.isdir(export.path):
             log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
                       src=exports.source, line=export.line)
     stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
+    stack.mounts = MountList(state_dir)
+    _forget_unexported_mounts(stack.mounts, stack.exports)
     TimerService(5.0, stack.exports.sweep).setServiceParent(stack)
     if options["exports"] is not None:
-        ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor).setServiceParent(stack)
+        ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor,
+                        stack.mounts).setServiceParent(stack)
     remote = RemoteCaller(reactor)
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
@@ -425,7 +442,6 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     LockingStart(stack.nsm, stack.nlm, remote).setServiceParent(stack)
     RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
-    stack.mounts = MountList(state_dir)
     stack.mountd = Mountd(stack.exports, stack.mounts)
     RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
@@ -441,6 +457,12 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.files.close)
     RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                **common).setServiceParent(stack)
+
+
+def _forget_unexported_mounts(mounts: MountList, table: ExportTable) -> None:
+    """The mount list keeps no entry of a directory that no export holds any more (``showmount -a``)."""
+    for host, directory in mounts.keep_only(lambda d: table.containing(d) is not None):
+        log.info("mount list: {host}:{dir} forgotten, no export holds it any more", host=host, dir=directory)
 
 
 def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:

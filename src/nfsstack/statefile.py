@@ -22,3 +22,13 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def make_private(path: Path, mode: int) -> int | None:
+    """Take away the group's and others' access to ``path`` (a state directory, the handle key): its mode
+    becomes ``mode``.  The mode it had, when that gave others any access; None when it was private already."""
+    st = os.stat(path)
+    if st.st_mode & 0o077 == 0:
+        return None
+    os.chmod(path, mode)
+    return st.st_mode & 0o7777

@@ -112,3 +112,45 @@ def test_the_default_export_admits_this_machine_only(tmp_path, monkeypatch):
         assert options is not None and not options.read_only and options.root_squash, address
     for address in ("10.0.0.5", "192.168.1.20", "2001:db8::1", "::ffff:10.0.0.5"):
         assert export.options_for(address, no_name) is None, address
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (file handles)")
+def test_state_files_open_to_others_are_made_private_and_the_mount_list_follows_the_exports(tmp_path):
+    """A state directory or handle key others can read is made private at start, with a warning (whoever reads
+    the key can forge a handle to any file); the mount list forgets directories no export holds, at start and
+    after a reload."""
+    import signal
+    import time
+
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    (state / "handle.key").write_bytes(os.urandom(32))
+    (state / "handle.key").chmod(0o644)
+    for name in ("kept", "dropped", "old"):
+        (tmp_path / name).mkdir()
+    (state / "rmtab").write_text(
+        f'{{"host": "10.0.0.1", "dir": "{tmp_path / "kept"}"}}\n{{"host": "10.0.0.2", "dir": "{tmp_path / "old"}"}}\n'
+        f'{{"host": "10.0.0.3", "dir": "{tmp_path / "dropped"}"}}\n')
+    exports = tmp_path / "exports"
+    exports.write_text(f"{tmp_path / 'kept'} 127.0.0.1(rw)\n{tmp_path / 'dropped'} 127.0.0.1(rw)\n")
+    port = free_port()
+    stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port),
+                  "--exports", str(exports), "--state-dir", str(state), workdir=str(tmp_path))
+    stack.start(port, timeout=30)
+    try:
+        assert state.stat().st_mode & 0o7777 == 0o700 and (state / "handle.key").stat().st_mode & 0o7777 == 0o600
+        rmtab = (state / "rmtab").read_text()
+        assert "10.0.0.1" in rmtab and "10.0.0.3" in rmtab and "10.0.0.2" not in rmtab, rmtab
+        exports.write_text(f"{tmp_path / 'kept'} 127.0.0.1(rw)\n")
+        stack.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "10.0.0.3" in (state / "rmtab").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rmtab = (state / "rmtab").read_text()
+        assert "10.0.0.1" in rmtab and "10.0.0.3" not in rmtab, rmtab
+    finally:
+        stack.stop()
+    log = stack.log_text()
+    assert "was open to other users (mode 0755)" in log and "was open to other users (mode 0644)" in log, log
+    assert f"10.0.0.2:{tmp_path / 'old'} forgotten" in log and f"10.0.0.3:{tmp_path / 'dropped'} forgotten" in log, log

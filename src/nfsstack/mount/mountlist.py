@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from twisted.logger import Logger
 
@@ -17,11 +18,19 @@ from nfsstack.statefile import write_atomically
 log = Logger(namespace="nfsstack.mount")
 
 
+#: rpc.mountd's rmtab grows with every client that ever mounted; this one keeps the newest entries only.
+MAX_ENTRIES = 1024
+
+
 class MountList:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, limit: int = MAX_ENTRIES) -> None:
         self.path = Path(state_dir) / "rmtab"
+        self.limit = limit
         self.entries: list[tuple[str, str]] = []
         self._load()
+        if len(self.entries) > self.limit:
+            del self.entries[: len(self.entries) - self.limit]
+            self._save()
 
     def _load(self) -> None:
         try:
@@ -48,7 +57,18 @@ class MountList:
     def add(self, host: str, directory: str) -> None:
         if (host, directory) not in self.entries:
             self.entries.append((host, directory))
+            if len(self.entries) > self.limit:
+                del self.entries[0]  # the oldest
             self._save()
+
+    def keep_only(self, exported: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """Forget the mounts of directories no export holds any more (at start, after a reload); the ones
+        forgotten."""
+        gone = [e for e in self.entries if not exported(e[1])]
+        if gone:
+            self.entries = [e for e in self.entries if exported(e[1])]
+            self._save()
+        return gone
 
     def remove(self, host: str, directory: str) -> None:
         if (host, directory) in self.entries:
