@@ -40,29 +40,30 @@ class Sabotage:
 NFSD = "src/nfsstack/nfs3/program.py"
 NFS3 = "tests/unit/test_nfs3.py"
 STABLE_TESTS = "tests/unit/test_stable_writes.py"
+#: The power cut first: the sabotages of a sync must lose data where it counts, not only skip a call.
+DURABILITY = "tests/integration/test_durability.py::test_power_cut_keeps_what_was_committed"
 STABLE = "            if stable != UNSTABLE and op.options.sync:\n"
 
 SABOTAGES = (
     Sabotage(
         "commit-without-sync", "COMMIT answers only after the file's data reached stable storage", NFSD,
         (("        return self._sync(op, False, sfd, ok)\n", "        return ok()\n"),),
-        (f"{NFS3}::test_write_read_commit", f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path",
-         "tests/integration/test_durability.py"),
+        (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
         "file-sync-inline-without-sync", "a FILE_SYNC WRITE run inline syncs before its reply", NFSD,
         ((STABLE, "            if stable != UNSTABLE and op.options.sync and (op.threaded or op.ring):\n"),),
-        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+        (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
         "file-sync-ring-without-sync", "a FILE_SYNC WRITE written by io_uring syncs before its reply", NFSD,
         ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.ring:\n"),),
-        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+        (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
         "file-sync-pool-without-sync", "a FILE_SYNC WRITE run in the thread pool syncs before its reply", NFSD,
         ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.threaded:\n"),),
-        (f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path", "tests/integration/test_durability.py"),
+        (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
         "portmapper-handler-raises", "no portmapper call crashes its handler (SYSTEM_ERR)",
