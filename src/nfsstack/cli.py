@@ -15,21 +15,24 @@ from nfsstack.exports import ExportsError, load_exports
 
 
 def exports_check(path: str) -> int:
+    """Every error and warning of the file, as exportfs would give them; then what each client gets."""
     try:
         exports = load_exports(path)
     except ExportsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for error in e.errors:
+            print(f"error: {error}", file=sys.stderr)
         return 1
-    status = 0
+    for warning in exports.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for export in exports:
         if not os.path.isdir(export.path):
-            print(f"error: {exports.source}:{export.line}: {export.path} is not a directory", file=sys.stderr)
-            status = 1
+            # Not an error of the file: it may be checked on another machine than the server's.
+            print(f"warning: {exports.source}:{export.line}: {export.path} is not a directory here: the server "
+                  "refuses to mount it until it is", file=sys.stderr)
         clients = " ".join(f"{spec.text}({options.describe()})" for spec, options in export.clients)
         print(f"{export.path}\t{clients}")
-    if status == 0:
-        print(f"{path}: {len(exports)} export(s), OK")
-    return status
+    print(f"{path}: {len(exports)} export(s), OK" + (f", {len(exports.warnings)} warning(s)" if exports.warnings else ""))
+    return 0
 
 
 def _host_port(host: str, port: int) -> str:

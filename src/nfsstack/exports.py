@@ -17,9 +17,19 @@ on the line.
 Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 ``no_root_squash`` / ``all_squash`` / ``no_all_squash``; ``anonuid=N``,
 ``anongid=N``; ``secure`` (default) / ``insecure``; ``sync`` (default) /
-``async``; ``fsid=N`` / ``fsid=root``; ``no_subtree_check`` (what we always
-do), ``wdelay`` / ``no_wdelay`` (no effect here); ``sec=sys``.  Anything else
-is an error naming the file and line, as are netgroups (``@group``).
+``async``; ``fsid=N`` / ``fsid=root``; ``mountpoint`` / ``mp`` (``=PATH``):
+served only while the export (or PATH) is a mount point, as knfsd does;
+``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
+its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
+``sec=sys``.  ``crossmnt`` and ``nohide`` are refused: filesystems mounted
+below an export are not served (their handles would need an export of their
+own).  Anything else is an error naming the file and line, as are netgroups
+(``@group``).
+
+Like ``exportfs``, the parser reports every error of a file at once, and warns
+(:attr:`Exports.warnings`) where a file does what it probably does not mean:
+options after a space (``/data host (rw)`` gives ``rw`` to everyone), or a
+client named twice for one path.
 """
 
 from __future__ import annotations
@@ -36,7 +46,11 @@ ANON_ID = 65534  # nobody / nogroup
 
 
 class ExportsError(ValueError):
-    """A bad exports file: the message names the file and line."""
+    """A bad exports file: each of :attr:`errors` names the file and line; the message holds them all."""
+
+    def __init__(self, *errors: str) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +65,8 @@ class ExportOptions:
     secure: bool = True
     sync: bool = True
     fsid: Optional[str] = None
+    #: ``mountpoint``/``mp``: served only while this path ("" = the export's own) is a mount point.
+    mountpoint: Optional[str] = None
 
     def describe(self) -> str:
         parts = ["ro" if self.read_only else "rw", "sync" if self.sync else "async"]
@@ -62,6 +78,8 @@ class ExportOptions:
             parts.append(f"anongid={self.anongid}")
         if self.fsid is not None:
             parts.append(f"fsid={self.fsid}")
+        if self.mountpoint is not None:
+            parts.append(f"mountpoint={self.mountpoint}" if self.mountpoint else "mountpoint")
         return ",".join(parts)
 
 
@@ -78,6 +96,9 @@ _FLAGS: dict[str, Optional[dict]] = {
     "sync": {"sync": True},
     "async": {"sync": False},
     "no_subtree_check": None,
+    "subtree_check": None,  # what knfsd checks with it, that an object lies inside its export, we always do
+    "mountpoint": {"mountpoint": ""},
+    "mp": {"mountpoint": ""},
     "wdelay": None,
     "no_wdelay": None,
 }
@@ -141,6 +162,8 @@ class Exports:
 
     exports: list[Export] = field(default_factory=list)
     source: str = "<none>"
+    #: What exportfs would warn about: "FILE:LINE: ..." each.
+    warnings: list[str] = field(default_factory=list)
 
     def __iter__(self):
         return iter(self.exports)
@@ -182,9 +205,16 @@ def _parse_options(text: str, base: ExportOptions, where: str) -> ExportOptions:
     for opt in filter(None, (o.strip() for o in text.split(","))):
         name, eq, value = opt.partition("=")
         if not eq:
+            if name in ("crossmnt", "nohide"):
+                raise ExportsError(f"{where}: {name} is not supported: filesystems mounted below an export are not "
+                                   "served (LOOKUP answers NFS3ERR_XDEV); export each filesystem on a line of its own")
             if name not in _FLAGS:
                 raise ExportsError(f"{where}: unknown export option {name!r}")
             changes.update(_FLAGS[name] or {})
+        elif name in ("mountpoint", "mp"):
+            if not value.startswith("/"):
+                raise ExportsError(f"{where}: {name}= needs an absolute path, not {value!r}")
+            changes["mountpoint"] = normalize(value)
         elif name in ("anonuid", "anongid"):
             if not value.isdigit() or int(value) > 0xFFFFFFFF:
                 raise ExportsError(f"{where}: {name} needs a number, not {value!r}")
@@ -253,27 +283,49 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
 
 
 def parse_exports(text: str, filename: str = "<exports>", resolve: Callable[[str], list[str]] = resolve_host) -> Exports:
-    """Parse an exports file; raise :class:`ExportsError` at the first bad line."""
+    """Parse an exports file; raise :class:`ExportsError` with every bad line of it."""
     result = Exports(source=filename)
+    errors: list[str] = []
     seen: dict[str, int] = {}
     ids: dict[int, str] = {}
     for number, line in _logical_lines(text):
-        where = f"{filename}:{number}"
         try:
-            words = shlex.split(line, comments=True)
-        except ValueError as e:
-            raise ExportsError(f"{where}: {e}") from None
-        if not words:
+            export = _parse_line(line, f"{filename}:{number}", number, resolve, result.warnings)
+            if export is None:
+                continue
+            if export.path in seen:
+                raise ExportsError(f"{filename}:{number}: {export.path} is already exported on line {seen[export.path]}")
+            if export.export_id in ids:
+                raise ExportsError(f"{filename}:{number}: {export.path} has the same fsid/export id as "
+                                   f"{ids[export.export_id]}")
+        except ExportsError as e:
+            errors.extend(e.errors)
             continue
-        path, rest = words[0], words[1:]
-        if not path.startswith("/"):
-            raise ExportsError(f"{where}: export path {path!r} is not absolute")
-        path = normalize(path)
-        if path in seen:
-            raise ExportsError(f"{where}: {path} is already exported on line {seen[path]}")
-        defaults = ExportOptions()
-        clients: list[tuple[ClientSpec, ExportOptions]] = []
-        for word in rest:
+        ids[export.export_id] = export.path
+        seen[export.path] = number
+        result.exports.append(export)
+    if errors:
+        raise ExportsError(*errors)
+    return result
+
+
+def _parse_line(line: str, where: str, number: int, resolve: Callable[[str], list[str]],
+                warnings: list[str]) -> Optional[Export]:
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError as e:
+        raise ExportsError(f"{where}: {e}") from None
+    if not words:
+        return None
+    path, rest = words[0], words[1:]
+    if not path.startswith("/"):
+        raise ExportsError(f"{where}: export path {path!r} is not absolute")
+    path = normalize(path)
+    defaults = ExportOptions()
+    clients: list[tuple[ClientSpec, ExportOptions]] = []
+    errors: list[str] = []
+    for word in rest:
+        try:
             if word.startswith("-") and not clients:
                 defaults = _parse_options(word[1:], defaults, where)
                 continue
@@ -284,20 +336,26 @@ def parse_exports(text: str, filename: str = "<exports>", resolve: Callable[[str
                 options = _parse_options(opts[:-1], defaults, where)
             else:
                 options = defaults
-            clients.append((_parse_client(host, where, resolve), options))
-        if not clients:
-            # exportfs exports to everyone, with a warning; we ask for it to be said.
-            raise ExportsError(f"{where}: {path} names no clients (write '*' to export to everyone)")
-        fsids = {o.fsid for _, o in clients}
-        if len(fsids) > 1:
-            raise ExportsError(f"{where}: clients of one export must share its fsid")
-        export_id = _export_id(path, fsids.pop())
-        if export_id in ids:
-            raise ExportsError(f"{where}: {path} has the same fsid/export id as {ids[export_id]}")
-        ids[export_id] = path
-        seen[path] = number
-        result.exports.append(Export(path, tuple(clients), number, export_id))
-    return result
+            if not host:
+                # exportfs: "No host name given with /data (rw), suggest *(rw) to avoid warning".
+                warnings.append(f"{where}: {word} has no client before it, so it is given to everyone (*); "
+                                f"write *{word} if that is meant, or remove the space after the client it belongs to")
+            spec = _parse_client(host, where, resolve)
+        except ExportsError as e:
+            errors.extend(e.errors)
+            continue
+        if any(spec.text == other.text for other, _ in clients):
+            warnings.append(f"{where}: client {spec.text} is named twice for {path}: its first entry's options apply")
+        clients.append((spec, options))
+    if errors:
+        raise ExportsError(*errors)
+    if not clients:
+        # exportfs exports to everyone, with a warning; we ask for it to be said.
+        raise ExportsError(f"{where}: {path} names no clients (write '*' to export to everyone)")
+    fsids = {o.fsid for _, o in clients}
+    if len(fsids) > 1:
+        raise ExportsError(f"{where}: clients of one export must share its fsid")
+    return Export(path, tuple(clients), number, _export_id(path, fsids.pop()))
 
 
 def load_exports(filename: str, resolve: Callable[[str], list[str]] = resolve_host) -> Exports:

@@ -256,6 +256,8 @@ class ExportsReloader(service.Service):
         def loaded(exports: Exports) -> None:
             self.table.reload(exports)
             log.info("reloaded {path}: {n} exports", path=self.path, n=len(exports))
+            for warning in exports.warnings:
+                log.warn("{warning}", warning=warning)
             if self.mounts is not None:
                 _forget_unexported_mounts(self.mounts, self.table)
 
@@ -422,6 +424,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
             log.warn("{path} was open to other users (mode {was:04o}): its mode is now {mode:04o}", path=path,
                      was=was, mode=mode)
     exports = getattr(options, "exports", None) or default_exports()
+    for warning in exports.warnings:
+        log.warn("{warning}", warning=warning)
     for export in exports:
         if not os.path.isdir(export.path):
             log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,

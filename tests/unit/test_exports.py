@@ -83,3 +83,88 @@ def test_errors_name_file_and_line(text, message):
 
 def test_describe():
     assert ExportOptions(read_only=False, secure=False, anonuid=5).describe() == "rw,sync,root_squash,insecure,anonuid=5"
+
+
+# -- exportfs's checks --------------------------------------------------------------
+
+
+def test_options_after_a_space_go_to_everyone_with_a_warning():
+    """``/data 127.0.0.1 (rw)``: as in exportfs, 127.0.0.1 gets the defaults and ``(rw)`` goes to everyone, and
+    that is said, with the file and line."""
+    e = parse("\n/data 127.0.0.1 (rw)\n")
+    assert options(e, "/data", "127.0.0.1").read_only
+    assert not options(e, "/data", "198.51.100.7").read_only
+    assert len(e.warnings) == 1 and e.warnings[0].startswith("exports:2: (rw) has no client before it"), e.warnings
+    assert "everyone" in e.warnings[0]
+    assert parse("/data 127.0.0.1(rw) *(ro)\n").warnings == []
+
+
+def test_every_error_of_a_file_is_reported():
+    with pytest.raises(ExportsError) as e:
+        parse("/a *(rw,bogus)\nrelative *\n/b *(rw)\n/c host.invalid(rw) *(fsid=x)\n/b *(ro)\n")
+    assert [line.split(":")[1] for line in e.value.errors] == ["1", "2", "4", "4", "5"], e.value.errors
+    assert "bogus" in e.value.errors[0] and "already exported on line 3" in e.value.errors[4]
+    assert str(e.value).count("\n") == 4
+
+
+def test_a_client_named_twice_for_one_path_is_a_warning():
+    e = parse("/srv 192.0.2.0/24(rw) 127.0.0.1(ro) 192.0.2.0/24(ro)\n")
+    assert e.warnings == ["exports:1: client 192.0.2.0/24 is named twice for /srv: its first entry's options apply"]
+    assert not options(e, "/srv", "192.0.2.9").read_only
+
+
+def test_knfsd_options_subtree_check_and_mountpoint_are_taken_and_crossmnt_refused():
+    e = parse("/srv *(subtree_check) 192.0.2.1(no_subtree_check,mp) 192.0.2.2(mountpoint=/srv/disk)\n")
+    assert options(e, "/srv", "198.51.100.1").mountpoint is None
+    assert options(e, "/srv", "192.0.2.1").mountpoint == ""
+    assert options(e, "/srv", "192.0.2.2").mountpoint == "/srv/disk"
+    for flag in ("crossmnt", "nohide"):
+        with pytest.raises(ExportsError, match=f"{flag} is not supported"):
+            parse(f"/srv *({flag})\n")
+    with pytest.raises(ExportsError, match="absolute path"):
+        parse("/srv *(mp=disk)\n")
+
+
+def test_the_shipped_exports_file_passes_the_check(capsys):
+    from pathlib import Path
+
+    from nfsstack.cli import exports_check
+
+    shipped = Path(__file__).resolve().parents[2] / "etc" / "exports"
+    assert exports_check(str(shipped)) == 0
+    out, err = capsys.readouterr()
+    assert "error" not in err and "2 export(s), OK" in out, (out, err)
+    assert "\t192.168.0.0/16(rw,sync,root_squash,secure)" in out
+
+
+def test_a_mountpoint_export_is_mounted_only_while_it_is_a_mount_point(tmp_path):
+    """exports(5) ``mountpoint``: a disk that failed to mount leaves an empty directory; mountd refuses it."""
+    import os
+
+    from nfsstack.export_table import ExportTable
+    from nfsstack.mount.mountlist import MountList
+    from nfsstack.mount.program import Mountd
+    from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
+    from nfsstack.rpc.message import decode_reply, encode_call
+    from nfsstack.rpc.server import Dispatcher
+    from nfsstack.xdr import Packer, Unpacker
+
+    if not kernel_handles_work("/"):
+        pytest.skip("needs root (open_by_handle_at)")
+    (tmp_path / "disk").mkdir()
+    exports = parse_exports(f"{tmp_path / 'disk'} 127.0.0.1(rw,mp) 127.0.0.2(rw)\n/ 127.0.0.1(ro,mountpoint)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    dispatcher = Dispatcher([Mountd(table, MountList(str(tmp_path / "state"))).program])
+
+    def mnt(path, address):
+        p = Packer()
+        p.pack_string(path)
+        reply = dispatcher.handle(encode_call(1, 100005, 3, 1) + p.getvalue(), "udp", (address, 700),
+                                  ("127.0.0.1", 635))
+        return Unpacker(reply, decode_reply(reply).offset).unpack_int()
+
+    assert not os.path.ismount(tmp_path / "disk")
+    assert mnt(str(tmp_path / "disk"), "127.0.0.1") == 2  # MNT3ERR_NOENT: not a mount point
+    assert mnt(str(tmp_path / "disk"), "127.0.0.2") == 0  # that client's entry does not ask for one
+    assert mnt("/", "127.0.0.1") == 0  # a mount point
+    table.close()

@@ -129,6 +129,11 @@ class Mountd:
             log.info("refused mount request from {addr} for {path}: illegal port {port}", addr=address,
                      path=path, port=ctx.peer[1])
             return MountStat.MNT3ERR_ACCES, b""
+        if options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path):
+            # exports(5) mountpoint: a disk that failed to mount leaves an empty directory, not to be served.
+            log.warn("refused mount request from {addr} for {path}: {mp} is not a mount point", addr=address,
+                     path=path, mp=options.mountpoint or export.path)
+            return MountStat.MNT3ERR_NOENT, b""
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
