@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_U
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     rpcbind nfs-common libnfs-utils iproute2 util-linux qemu-system-x86 busybox-static nfs-ganesha nfs-ganesha-vfs \
-    gcc libc6-dev prometheus fuse3 libfuse3-3 \
+    gcc libc6-dev prometheus fuse3 libfuse3-3 systemd \
     >/dev/null
 python3 -m pip install -q '.[test]'
 # The guest image (Debian's kernel and busybox, downloaded with apt) is built once into .cache/.

@@ -279,3 +279,94 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+class FuzzInput:
+    """Choices read off a fuzzer's bytes (one ``st.binary`` draw per example, as libFuzzer's FuzzedDataProvider):
+    one draw is cheap enough for the 20,000 examples of the "long" profile, where a strategy per field costs
+    milliseconds an example, and hypothesis still shrinks the bytes (fewer actions; a zero byte picks the first,
+    plainest choice).  Past the end of the bytes every choice is 0."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def more(self) -> bool:
+        return self.pos < len(self.data)
+
+    def byte(self) -> int:
+        b = self.data[self.pos] if self.pos < len(self.data) else 0
+        self.pos += 1
+        return b
+
+    def pick(self, choices):
+        return choices[self.byte() % len(choices)]
+
+    def bytes(self, limit: int) -> bytes:
+        n = self.byte() % (limit + 1)
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def number(self, small: int, edges) -> int:
+        """0..``small`` (7 times in 8), or one of ``edges``."""
+        kind, value = self.byte(), self.byte()
+        return value % (small + 1) if kind < 224 else edges[value % len(edges)]
+
+    def mutate(self, body: bytes) -> bytes:
+        """``body`` as it is (7 times in 8), or cut, with a byte flipped, extended, or replaced by the next bytes."""
+        how, where = self.byte(), self.byte()
+        if how < 224:
+            return body
+        how %= 4
+        if how == 0:
+            return body[:where % max(len(body), 1)]
+        if how == 1 and body:
+            i = where % len(body)
+            return body[:i] + bytes([body[i] ^ (self.byte() | 1)]) + body[i + 1:]
+        if how == 2:
+            return body + self.bytes(12)
+        return self.bytes(120)
+
+
+# -- IPv6 and rpcbind's local socket (appended for the IPv6 tests) ---------------------------------------------
+
+
+def free_port_dual() -> int:
+    """A port free for TCP and UDP on both 127.0.0.1 and ::1."""
+    for _ in range(100):
+        port = free_port()
+        ok = True
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET6, kind) as s:
+                try:
+                    s.bind(("::1", port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free port")
+
+
+#: A Stack ``prefix`` giving the server a private mount namespace with a fresh tmpfs on /run, so the
+#: rpcbind socket it serves there is the test's, never the machine's.
+PRIVATE_RUN = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs tmpfs /run && exec "$0" "$@"')
+
+
+def in_stack_ns(stack: "Stack", *cmd: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in the server's network and mount namespaces (its /run), e.g. ``rpcinfo`` without a host."""
+    return subprocess.run(["nsenter", "--target", str(stack.proc.pid), "--mount", "--net", *cmd],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class NfsClientAnyFamily(NfsClient):
+    """:class:`NfsClient` that also speaks UDP to an IPv6 host (``host="::1"``)."""
+
+    def _connect(self, port: int) -> socket.socket:
+        if self.proto == "tcp" or ":" not in self.host:
+            return super()._connect(port)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.connect((self.host, port))
+        s.settimeout(self.timeout)
+        return s

@@ -1,13 +1,22 @@
-"""The ``nfsstack`` command: tools beside the server.
+"""The ``nfsstack`` command: tools beside the server, as nfs-utils has them beside knfsd.
 
     nfsstack exports check FILE             validate an exports file; print what it exports
+    nfsstack exports list [--json]          the exports in force in the running server (exportfs -v)
+    nfsstack exports reload [--json]        read the exports file again (exportfs -r)
+    nfsstack stat [--json]                  calls per procedure and per client, errors (nfsstat -s)
+    nfsstack clients [--json]               mounted clients and keepalive members
     nfsstack status [HOST] [--json]         the status of a running server, from its port 1110
     nfsstack keepalive SERVER [--interval S] send keepalives to a server (run on NFS clients); say when it restarts
+
+The commands that talk to a running server use its port 1110 (``--host``, ``--port``; 127.0.0.1:1110 by
+default); ``exports reload`` is taken from this machine only.  Each exits non-zero when the server cannot be
+reached or refuses.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -39,17 +48,119 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def status(host: str, port: int, as_json: bool, timeout: float = 10.0) -> int:
-    import json
+def _ask(host: str, port: int, path: str, post: bool = False, timeout: float = 30.0) -> dict:
+    """The JSON a running server answers on port 1110; an answer with an error status is returned too (its
+    body says what went wrong).  OSError when the server cannot be reached."""
     import urllib.error
     import urllib.request
 
-    url = f"http://{_host_port(host, port)}/status"
+    url = f"http://{_host_port(host, port)}{path}"
+    request = urllib.request.Request(url, data=b"" if post else None, method="POST" if post else "GET")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            report = json.loads(response.read())
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        print(f"error: {url}: {e}", file=sys.stderr)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            return json.loads(e.read())
+        except ValueError:
+            raise OSError(f"{url}: HTTP {e.code}") from None
+    except (urllib.error.URLError, ValueError) as e:
+        raise OSError(f"{url}: {getattr(e, 'reason', e)}") from None
+
+
+def _asked(host: str, port: int, path: str, post: bool = False) -> dict | None:
+    try:
+        return _ask(host, port, path, post)
+    except OSError as e:
+        print(f"error: {e} (is the server running, with its status port {port} on {host}?)", file=sys.stderr)
+        return None
+
+
+def exports_list(host: str, port: int, as_json: bool) -> int:
+    """``exportfs -v``: every export in force, each client with its options."""
+    report = _asked(host, port, "/status")
+    if report is None:
+        return 1
+    if as_json:
+        print(json.dumps(report["exports"], indent=1, sort_keys=True))
+        return 0
+    rows = [(e["path"], c["client"], c["options"]) for e in report["exports"] for c in e["clients"]]
+    _table(("path", "client", "options"), rows)
+    return 0
+
+
+def exports_reload(host: str, port: int, as_json: bool) -> int:
+    """``exportfs -r``: the server reads its exports file again; a file with errors leaves the old exports."""
+    result = _asked(host, port, "/exports/reload", post=True)
+    if result is None:
+        return 1
+    if as_json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    elif result.get("ok"):
+        print(f"reloaded {result['file']}: {len(result['exports'])} exports")
+        for line in result["changes"] or ["nothing changed"]:
+            print(f"  {line}")
+        for warning in result.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        for error in result.get("errors") or [result.get("error", "refused")]:
+            print(f"error: {error}", file=sys.stderr)
+        if "errors" in result:
+            print("the exports in force are unchanged", file=sys.stderr)
+    return 0 if result.get("ok") else 1
+
+
+def stat(host: str, port: int, as_json: bool) -> int:
+    """``nfsstat -s``: the server's calls per program and procedure, per client, and its errors."""
+    report = _asked(host, port, "/stat")
+    if report is None:
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+        return 0
+    by_program: dict[str, list] = {}
+    for c in report["calls"]:
+        by_program.setdefault(c["program"], []).append(c)
+    for program, calls in sorted(by_program.items()):
+        total = sum(c["calls"] for c in calls) or 1
+        print(f"{program.upper()} CALLS")
+        _table(("procedure", "calls", "share"),
+               [(c["procedure"], str(c["calls"]), f"{100 * c['calls'] / total:.0f}%") for c in calls])
+        print()
+    programs = sorted({p for c in report["clients"] for p in c["calls"]})
+    print("CALLS PER CLIENT")
+    _table(("client", *programs), [(c["client"], *(str(c["calls"].get(p, 0)) for p in programs))
+                                   for c in report["clients"]])
+    print("\nRPC ERRORS")
+    _table(("service", "error", "count"), [(e["service"], e["error"], str(e["count"])) for e in report["rpc_errors"]])
+    print("\nNFS ERRORS")
+    _table(("procedure", "status", "count"),
+           [(e["procedure"], e["status"], str(e["count"])) for e in report["nfs_errors"]])
+    return 0
+
+
+def clients(host: str, port: int, as_json: bool) -> int:
+    """The clients that mounted an export (the mount list) and the keepalive members."""
+    report = _asked(host, port, "/status")
+    if report is None:
+        return 1
+    members = report["keepalive"]["members"]
+    if as_json:
+        print(json.dumps({"mounts": report["mounts"], "keepalive": members}, indent=1, sort_keys=True))
+        return 0
+    print("MOUNTED CLIENTS")
+    _table(("client", "path"), [(m["host"], m["path"]) for m in report["mounts"]])
+    print("\nKEEPALIVE CLIENTS AND PEERS")
+    _table(("kind", "id", "address", "state", "last seen", "restarts"),
+           [(m["kind"], m["id"], m["address"], m["state"],
+             "never" if m["last_seen_seconds_ago"] is None else f"{m['last_seen_seconds_ago']:.1f} s ago",
+             str(m["restarts"])) for m in members])
+    return 0
+
+
+def status(host: str, port: int, as_json: bool, timeout: float = 10.0) -> int:
+    report = _asked(host, port, "/status")
+    if report is None:
         return 1
     if as_json:
         print(json.dumps(report, indent=1, sort_keys=True))
@@ -137,6 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     exports_sub = exports.add_subparsers(dest="action", required=True)
     check = exports_sub.add_parser("check", help="validate an exports file")
     check.add_argument("file")
+    server_commands = [
+        exports_sub.add_parser("list", help="the exports in force in the running server (exportfs -v)"),
+        exports_sub.add_parser("reload", help="the running server reads its exports file again (exportfs -r)"),
+        sub.add_parser("stat", help="the running server's calls per procedure and client, and errors (nfsstat -s)"),
+        sub.add_parser("clients", help="the running server's mounted clients and keepalive members"),
+    ]
+    for command in server_commands:
+        command.add_argument("--host", default="127.0.0.1", help="the server (default: this machine)")
+        command.add_argument("--port", type=int, default=1110, help="its status port (default 1110)")
+        command.add_argument("--json", action="store_true", help="JSON, for scripts")
     st = sub.add_parser("status", help="a running server's status, from its port 1110")
     st.add_argument("host", nargs="?", default="127.0.0.1")
     st.add_argument("--port", type=int, default=1110)
@@ -149,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     kp.add_argument("--id", default=None, help="this client's id (default: the host name)")
     kp.add_argument("--key-file", default=None, help="the shared HMAC key, if the server has one")
     args = parser.parse_args(argv)
-    if args.command == "exports" and args.action == "check":
-        return exports_check(args.file)
+    if args.command == "exports":
+        if args.action == "check":
+            return exports_check(args.file)
+        return {"list": exports_list, "reload": exports_reload}[args.action](args.host, args.port, args.json)
+    if args.command in ("stat", "clients"):
+        return {"stat": stat, "clients": clients}[args.command](args.host, args.port, args.json)
     if args.command == "status":
         return status(args.host, args.port, args.json)
     if args.command == "keepalive":

@@ -60,6 +60,10 @@ class HostNames:
         return threads.deferToThread(self._lookup, address).addCallback(store)
 
 
+class ExportGone(StaleHandle):
+    """A valid handle of an export that is no longer in the exports file (removed by a reload)."""
+
+
 class ExportTable:
     """Handles to descriptors, and which options a client gets.
 
@@ -317,7 +321,7 @@ class ExportTable:
         decoded = self.codec.decode(handle)
         export = self.exports.by_id(decoded.export_id)
         if export is None:
-            raise StaleHandle("export no longer exported")
+            raise ExportGone("export no longer exported")
         try:
             mount_fd = self.root(export)[0]
             fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
@@ -330,4 +334,4 @@ class ExportTable:
         return export, fd, st
 
 
-__all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle"]
+__all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle", "ExportGone"]

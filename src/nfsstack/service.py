@@ -16,7 +16,6 @@ from pathlib import Path
 from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet import threads
-from twisted.logger import Logger
 from twisted.python import usage
 
 from nfsstack.cluster.metrics import CallStats, StackCollector
@@ -24,6 +23,7 @@ from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
+from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.aiosync import open_syncer
@@ -55,6 +55,15 @@ def _port(value: str) -> int:
 _port.coerceDoc = "A port number, 0..65535."  # type: ignore[attr-defined]
 
 
+def _log_level(value: str) -> str:
+    if value not in LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value
+
+
+_log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -75,9 +84,12 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        ["config", None, None, "INI file in the style of /etc/nfs.conf with any of these options "
+                               "(etc/nfsstack.conf); the command line wins over it."],
         ["exports", None, None, "exports(5) file (default: export ./export to this machine only, rw, root_squash)."],
         ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
-        ["bind", None, "", "Address the RPC services listen on (default: all IPv4 addresses)."],
+        ["bind", None, "", "Addresses (comma-separated, IPv4 and IPv6) the RPC services listen on "
+         "(default: all IPv4 and, if the host has IPv6, all IPv6 addresses).", RPCService.check_bind],
         ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
         ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
         ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
@@ -92,14 +104,34 @@ class Options(usage.Options):
         ["keepalive-misses", None, 3, "Missed intervals after which a client or peer is stale.", int],
         ["keepalive-key", None, None, "File with the shared key: keepalives carry an HMAC-SHA256."],
         ["node-name", None, None, "This server's name in keepalives and the status (default: the host name)."],
-        ["rpcbind-socket", None, "/run/rpcbind.sock", "Local socket of the system rpcbind (with --system-rpcbind)."],
+        ["rpcbind-socket", None, None, "rpcbind's local socket: served by the stack's portmapper (by default "
+         "/run/rpcbind.sock, when on port 111 and no other rpcbind serves it), or where --system-rpcbind "
+         "registers; '' = none."],
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
         ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
+        ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
+                                    "critical.", _log_level],
     ]
 
+    def parseOptions(self, options=None) -> None:
+        # Which options the command line gives, so that --config fills in only the others (postOptions).
+        import sys
+
+        from nfsstack.config import command_line_options
+
+        self.command_line = command_line_options(self, sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
+        if self["config"] is not None:
+            from nfsstack.config import ConfigError, apply_config
+
+            try:
+                self.config_settings = apply_config(self, self["config"], getattr(self, "command_line", ()))
+            except ConfigError as e:
+                raise usage.UsageError(str(e))
         if self["exports"] is not None:
             try:
                 self.exports = load_exports(self["exports"])
@@ -205,6 +237,23 @@ class NfsStackService(service.MultiService):
             },
         }
 
+    def stat(self) -> dict:
+        """What ``nfsstack stat`` shows (``nfsstat -s``): calls per program and procedure, per client, and the
+        errors: RPC error replies per service, NFS statuses other than OK per procedure."""
+        calls = [{"program": program, "procedure": procedure, "calls": n}
+                 for (program, procedure), (n, _, _) in sorted(self.call_stats.stats.items())]
+        clients: dict[str, dict[str, int]] = {}
+        for (client, program), n in self.call_stats.clients.items():
+            clients.setdefault(client, {})[program] = n
+        return {
+            "calls": calls,
+            "clients": [{"client": c, "calls": by_program} for c, by_program in sorted(clients.items())],
+            "rpc_errors": [{"service": s.name, "error": error, "count": n}
+                           for s in self.rpc_services() for error, n in sorted(s.dispatcher.errors.items())],
+            "nfs_errors": [{"procedure": proc, "status": status, "count": n}
+                           for (proc, status), n in sorted(self.nfsd.failures.items())] if self.nfsd else [],
+        }
+
     def counters(self) -> dict:
         """The raw counters /metrics turns into metric families."""
         out = {
@@ -219,6 +268,21 @@ class NfsStackService(service.MultiService):
         if self.node is not None:
             out.update(self.node.counts())
         return out
+
+
+def describe_exports(exports: Exports) -> list[str]:
+    """One line per export: its path and each client with its options, as ``exportfs -v`` shows them."""
+    return [f"{e.path} " + " ".join(f"{spec.text}({o.describe()})" for spec, o in e.clients) for e in exports]
+
+
+def export_changes(before: Exports, after: Exports) -> list[str]:
+    """What a reload changed: exports added, removed, or with other clients or options."""
+    old = {e.path: line for e, line in zip(before, describe_exports(before))}
+    new = {e.path: line for e, line in zip(after, describe_exports(after))}
+    out = [f"export removed: {old[path]}" for path in old if path not in new]
+    out += [f"export added: {new[path]}" for path in new if path not in old]
+    out += [f"export changed: {old[path]} -> {new[path]}" for path in new if path in old and old[path] != new[path]]
+    return out
 
 
 class ExportsReloader(service.Service):
@@ -253,16 +317,25 @@ class ExportsReloader(service.Service):
     def reload(self):
         """Load the file in a thread (host names are looked up), then swap it in."""
 
-        def loaded(exports: Exports) -> None:
+        def loaded(exports: Exports) -> dict:
+            before = self.table.exports
             self.table.reload(exports)
-            log.info("reloaded {path}: {n} exports", path=self.path, n=len(exports))
+            changes = export_changes(before, exports)
+            log.info("reloaded {path}: {n} exports, {what}", path=self.path, n=len(exports),
+                     what=f"{len(changes)} changed" if changes else "nothing changed")
+            for change in changes:
+                log.info("{change}", change=change)
             for warning in exports.warnings:
                 log.warn("{warning}", warning=warning)
             if self.mounts is not None:
                 _forget_unexported_mounts(self.mounts, self.table)
+            return {"ok": True, "file": self.path, "exports": describe_exports(exports), "changes": changes,
+                    "warnings": exports.warnings}
 
-        def failed(f) -> None:
+        def failed(f) -> dict:
             log.error("exports not reloaded, the old ones stay in force: {error}", error=f.value)
+            errors = getattr(f.value, "errors", None) or [str(f.value)]
+            return {"ok": False, "file": self.path, "errors": errors}
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_exports,
                                          self.path).addCallbacks(loaded, failed)
@@ -311,7 +384,7 @@ def make_forwarder(reactor, interface: str = "127.0.0.1"):
     return forward
 
 
-log = Logger(namespace="nfsstack")
+log = logger("nfsstack")
 
 DEFAULT_EXPORT = "export"
 #: Who may mount the default export: this machine only.  Other hosts need an exports file that names them.
@@ -369,6 +442,7 @@ def _raise_fd_limit() -> None:
 def makeService(options: Options, reactor=None) -> NfsStackService:
     if reactor is None:
         from twisted.internet import reactor
+    set_level(options["log-level"])
     stack = NfsStackService()
     _raise_fd_limit()
     common = dict(
@@ -378,9 +452,13 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
     )
+    from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
+
+    rpcbind_socket = options["rpcbind-socket"]
     if options["system-rpcbind"]:
         stack.registrar = RpcbindRegistrar(
-            reactor, port=options["portmap-port"], socket_path=options["rpcbind-socket"] or None
+            reactor, port=options["portmap-port"],
+            socket_path=DEFAULT_SOCKET if rpcbind_socket is None else (rpcbind_socket or None),
         )
     else:
         registry = Registry()
@@ -390,8 +468,16 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             remote_calls=options["remote-calls"],
             forwarder=make_forwarder(reactor) if options["remote-calls"] else None,
         )
+        if rpcbind_socket is None:  # the default: rpcbind's socket, if this is the host's portmapper
+            rpcbind_socket = DEFAULT_SOCKET if options["portmap-port"] == PMAP_PORT else ""
+            if rpcbind_socket and foreign_network_namespace(rpcbind_socket):
+                log.info("not serving {path}: this network namespace is not the one of the machine's {dir} "
+                         "(--rpcbind-socket PATH serves one anyway)", path=rpcbind_socket,
+                         dir=os.path.dirname(rpcbind_socket))
+                rpcbind_socket = ""
         portmap = RPCService(
-            "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar, **common
+            "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar,
+            unix_socket=rpcbind_socket or None, **common
         )
         portmap.listen_hint = (
             " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
@@ -426,6 +512,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     exports = getattr(options, "exports", None) or default_exports()
     for warning in exports.warnings:
         log.warn("{warning}", warning=warning)
+    for line in describe_exports(exports):
+        log.info("export {line}", line=line)
     for export in exports:
         if not os.path.isdir(export.path):
             log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
@@ -477,5 +565,6 @@ def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
         child.dispatcher.observer = stack.call_stats
     collector = StackCollector(stack.call_stats, stack.counters)
     binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
+    reloader = stack.namedServices.get("exports-reload")
     ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
-                   reactor).setServiceParent(stack)
+                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None).setServiceParent(stack)

@@ -97,8 +97,15 @@ def test_exports_check_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nfsstack.cli", "exports", "check", str(good)], capture_output=True,
                        text=True, env=server_env())
     assert r.returncode == 0 and "1 export(s), OK" in r.stdout and "insecure" in r.stdout
+    missing = tmp_path / "missing"
+    missing.write_text(f"{tmp_path} *(rw)\n/does/not/exist *(ro)\n")
+    r = subprocess.run([sys.executable, "-m", "nfsstack.cli", "exports", "check", str(missing)], capture_output=True,
+                       text=True, env=server_env())
+    # A file may be checked on another machine than its server's: a missing directory is a warning there.
+    assert r.returncode == 0 and f"warning: {missing}:2: /does/not/exist is not a directory here" in r.stderr
     bad = tmp_path / "bad"
-    bad.write_text(f"{tmp_path} *(rw)\n/does/not/exist *(ro)\n")
+    bad.write_text(f"{tmp_path} *(rw,bogus)\n/does/not/exist (ro)\nrelative *\n")
     r = subprocess.run([sys.executable, "-m", "nfsstack.cli", "exports", "check", str(bad)], capture_output=True,
                        text=True, env=server_env())
-    assert r.returncode == 1 and f"{bad}:2: /does/not/exist is not a directory" in r.stderr
+    assert r.returncode == 1 and f"error: {bad}:1: unknown export option 'bogus'" in r.stderr, r.stderr
+    assert f"error: {bad}:3: export path 'relative' is not absolute" in r.stderr, r.stderr

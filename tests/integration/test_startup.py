@@ -12,7 +12,7 @@ REQUIRED_OPTIONS = [
     "--exports", "--state-dir", "--bind", "--portmap-port", "--nfs-port", "--mountd-port", "--nlm-port",
     "--statd-port", "--status-port", "--system-rpcbind", "--remote-calls", "--max-record", "--idle-timeout",
     "--grace-time", "--status-bind", "--status-allow", "--peers", "--keepalive-interval", "--keepalive-misses",
-    "--keepalive-key", "--node-name",
+    "--keepalive-key", "--node-name", "--log-level",
 ]
 
 

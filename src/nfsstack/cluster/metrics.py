@@ -11,26 +11,49 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Callable, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 #: Upper bounds (seconds) of the call latency histogram buckets.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+#: Clients counted one by one (``nfsstack stat``); the calls of any more are counted as OTHER_CLIENTS.
+MAX_CLIENTS = 1024
+OTHER_CLIENTS = "(others)"
+
+
 class CallStats:
-    """Per (program, procedure): calls, total seconds and a latency histogram."""
+    """Per (program, procedure): calls, total seconds and a latency histogram; per client and program: calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_clients: int = MAX_CLIENTS) -> None:
         self.stats: dict[tuple[str, str], list] = {}
+        self.clients: dict[tuple[str, str], int] = {}
+        self.max_clients = max_clients
+        self._known: set[str] = set()
 
-    def __call__(self, program: str, procedure: str, seconds: float) -> None:
+    def __call__(self, program: str, procedure: str, seconds: float, client: str = "") -> None:
         entry = self.stats.get((program, procedure))
         if entry is None:
             entry = self.stats[(program, procedure)] = [0, 0.0, [0] * (len(BUCKETS) + 1)]
         entry[0] += 1
         entry[1] += seconds
         entry[2][bisect_left(BUCKETS, seconds)] += 1
+        key = (client, program)
+        n = self.clients.get(key)
+        if n is None:
+            if client not in self._known:
+                if len(self._known) >= self.max_clients:
+                    key = (OTHER_CLIENTS, program)
+                    self.clients[key] = self.clients.get(key, 0) + 1
+                    return
+                self._known.add(client)
+            n = 0
+        self.clients[key] = n + 1
 
 
 class StackCollector(Collector):

@@ -2,7 +2,10 @@
 
 ``GET /status`` answers the stack's status as JSON, ``GET /metrics`` the
 Prometheus text format, ``GET /healthz`` 200 while every service listens
-(503 and the ones that do not, else).  Keepalives (:mod:`nfsstack.cluster.
+(503 and the ones that do not, else), ``GET /stat`` the call counters as
+``nfsstack stat`` shows them; ``POST /exports/reload`` reads the exports file
+again (``nfsstack exports reload``, as ``exportfs -r``), for callers on this
+machine only.  Keepalives (:mod:`nfsstack.cluster.
 keepalive`) are answered, sent to the configured peers every interval, and
 kept in a :class:`~nfsstack.cluster.members.Members` table.
 
@@ -25,14 +28,18 @@ from typing import Callable, Iterable, Optional
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application import service
 from twisted.internet import defer, protocol, task
-from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from nfsstack.cluster import keepalive as ka
 from nfsstack.cluster.members import Members
+from nfsstack.logs import logger
 from nfsstack.rpc.program import parse_address
 
-log = Logger(namespace="nfsstack.cluster")
+log = logger("nfsstack.cluster")
+
+
+#: Callers on this machine: the only ones that may change the running server over HTTP.
+LOCAL = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
 
 
 def parse_networks(text: str) -> list:
@@ -182,6 +189,43 @@ class _Json(resource.Resource):
         return json.dumps(self.produce(), indent=1, sort_keys=True).encode() + b"\n"
 
 
+class _Action(resource.Resource):
+    """A POST that changes the running server: only callers on this machine (loopback), whatever the allowed
+    networks; ``act()`` answers a dict (or a Deferred of one) with "ok" true or false."""
+
+    isLeaf = True
+
+    def __init__(self, act: Optional[Callable[[], object]], unavailable: str) -> None:
+        super().__init__()
+        self.act = act
+        self.unavailable = unavailable
+
+    def render_POST(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        host = getattr(request.getClientAddress(), "host", "")
+        if not allowed(LOCAL, host):
+            request.setResponseCode(403)
+            return b'{"ok": false, "error": "only from this machine"}\n'
+        if self.act is None:
+            request.setResponseCode(409)
+            return json.dumps({"ok": False, "error": self.unavailable}).encode() + b"\n"
+
+        def answer(result: dict) -> None:
+            if not result.get("ok"):
+                request.setResponseCode(409)
+            request.write(json.dumps(result, indent=1, sort_keys=True).encode() + b"\n")
+            request.finish()
+
+        def failed(failure) -> None:
+            log.failure("{path} failed", failure, path=request.path)
+            request.setResponseCode(500)
+            request.write(b'{"ok": false, "error": "internal error"}\n')
+            request.finish()
+
+        defer.maybeDeferred(self.act).addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+
 class _Metrics(resource.Resource):
     isLeaf = True
 
@@ -242,7 +286,8 @@ class ClusterService(service.Service):
     name = "cluster"
 
     def __init__(self, node: Node, port: int, binds: list[str], report: Callable[[], dict],
-                 down: Callable[[], list[str]], registry, reactor=None) -> None:
+                 down: Callable[[], list[str]], registry, reactor=None, stat: Optional[Callable[[], dict]] = None,
+                 reload: Optional[Callable[[], object]] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.node = node
@@ -253,6 +298,11 @@ class ClusterService(service.Service):
         root.putChild(b"status", _Json(report))
         root.putChild(b"metrics", _Metrics(registry))
         root.putChild(b"healthz", _Health(down))
+        root.putChild(b"stat", _Json(stat or (lambda: {})))
+        exports = resource.Resource()
+        exports.putChild(b"reload", _Action(reload, "no exports file to reload: the stack serves its default "
+                                                    "export (start it with --exports FILE)"))
+        root.putChild(b"exports", exports)
         self.site = StatusSite(root, node.networks, timeout=30)
         self.site.displayTracebacks = False
         self.site.log = lambda request: None  # no access log on every scrape

@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from twisted.logger import Logger
-
+from nfsstack.logs import logger
 from nfsstack.statefile import write_atomically
 
-log = Logger(namespace="nfsstack.mount")
+log = logger("nfsstack.mount")
 
 
 #: rpc.mountd's rmtab grows with every client that ever mounted; this one keeps the newest entries only.

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from enum import IntEnum
+from typing import Optional
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from nfsstack.export_table import ExportTable
+from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
+from nfsstack.refusals import RefusalLog
 from nfsstack.rpc.message import AuthFlavor
 from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
 from nfsstack.xdr import Packer, Unpacker
 
-log = Logger(namespace="nfsstack.mount")
+log = logger("nfsstack.mount")
 
 MOUNT_PROG = 100005
 MNTPATHLEN = 1024
@@ -89,9 +92,11 @@ def _pack_exports(p: Packer, exports: list) -> None:
 class Mountd:
     """The mount daemon's state; :attr:`program` is its procedure table."""
 
-    def __init__(self, table: ExportTable, mounts: MountList) -> None:
+    def __init__(self, table: ExportTable, mounts: MountList, refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
         self.mounts = mounts
+        #: Mount requests refused by export policy, logged per client (rate-limited), as rpc.mountd logs them.
+        self.refusals = refusals or RefusalLog(time.monotonic)
         self.program = self._program()
 
     def _program(self) -> Program:
@@ -119,20 +124,19 @@ class Mountd:
         export = self.table.containing(path) if path.startswith("/") else None
         if export is None:
             status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
-            log.info("refused mount request from {addr} for {path}: not exported", addr=address, path=path)
+            self.refusals.refused(address, "mount request: not exported", path)
             return status, b""
         options = self.table.options_for(export, address)
         if options is None:
-            log.info("refused mount request from {addr} for {path}: no client match", addr=address, path=path)
+            self.refusals.refused(address, "mount request: no export entry admits this client", path)
             return MountStat.MNT3ERR_ACCES, b""
         if options.secure and not ctx.privileged_port:
-            log.info("refused mount request from {addr} for {path}: illegal port {port}", addr=address,
-                     path=path, port=ctx.peer[1])
+            self.refusals.refused(address, "mount request from an unprivileged port to a secure export", path)
             return MountStat.MNT3ERR_ACCES, b""
         if options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path):
             # exports(5) mountpoint: a disk that failed to mount leaves an empty directory, not to be served.
-            log.warn("refused mount request from {addr} for {path}: {mp} is not a mount point", addr=address,
-                     path=path, mp=options.mountpoint or export.path)
+            self.refusals.refused(address, f"mount request: {options.mountpoint or export.path} is not a mount point",
+                                  path)
             return MountStat.MNT3ERR_NOENT, b""
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -140,7 +144,7 @@ class Mountd:
             return _ERRNO.get(e.errno, MountStat.MNT3ERR_IO), b""
         try:
             if not self.table.inside(export, fd):
-                log.info("refused mount request from {addr} for {path}: leaves the export", addr=address, path=path)
+                self.refusals.refused(address, "mount request: the path leaves the export", path)
                 return MountStat.MNT3ERR_ACCES, b""
             handle = self.table.handle(export, fd)
         except OSError as e:

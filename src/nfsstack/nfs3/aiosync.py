@@ -49,11 +49,12 @@ from typing import Callable, ContextManager, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-log = Logger(namespace="nfsstack.nfs3")
+from nfsstack.logs import logger
+
+log = logger("nfsstack.nfs3")
 
 #: Syncs in flight at once; more wait for a free slot in the pool threads' way (the caller's fallback).
 DEPTH = 256

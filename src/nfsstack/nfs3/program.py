@@ -24,32 +24,59 @@ import os
 import secrets
 import stat
 import struct
-from time import perf_counter
+import time
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportTable
+from nfsstack.export_table import ExportGone, ExportTable
 from nfsstack.exports import Export, ExportOptions
+from nfsstack.logs import logger
 from nfsstack.nfs3 import dirents, rawstat
 from nfsstack.nfs3.filecache import FileCache, OpenFile
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nfs3.identity import ROOT, Identity, effective
 from nfsstack.nfs3.listings import Chunk, Listings
 from nfsstack.nfs3.types import (
-    DATA_SYNC, EXCLUSIVE, FILE_SYNC, GUARDED, MAX_PATH, NFS_PROG, S_IFMT_OF, UNCHECKED, UNSTABLE, Ftype, NFSError,
-    Sattr, Stat, check_name, fattr3, post_op_attr, post_op_fh, stat_of, unpack_diropargs, unpack_fh, unpack_sattr,
+    DATA_SYNC,
+    EXCLUSIVE,
+    FILE_SYNC,
+    GUARDED,
+    MAX_PATH,
+    NFS_PROG,
+    S_IFMT_OF,
+    UNCHECKED,
+    UNSTABLE,
+    Ftype,
+    NFSError,
+    Sattr,
+    Stat,
+    check_name,
+    fattr3,
+    post_op_attr,
+    post_op_fh,
+    stat_of,
+    unpack_diropargs,
+    unpack_fh,
+    unpack_sattr,
     wcc_data,
 )
 from nfsstack.nfs3.vfs import LocalFS, all_cached, proc_path, readlink, stat_or_none
+from nfsstack.refusals import RefusalLog
 from nfsstack.rpc.fileslice import FileSlice
-from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure, raw_parts
+from nfsstack.rpc.program import (
+    CallContext,
+    Procedure,
+    Program,
+    null_procedure,
+    raw_parts,
+)
 from nfsstack.xdr import Packer, Unpacker, XDRError
 
-log = Logger(namespace="nfsstack.nfs3")
+log = logger("nfsstack.nfs3")
 
 #: Largest READ and WRITE over TCP (FSINFO rtmax/wtmax): the kernel client then uses 1 MiB requests.
 RTMAX = WTMAX = 1 << 20
@@ -285,9 +312,12 @@ class Nfsd:
 
     def __init__(self, table: ExportTable, fs: Optional[LocalFS] = None,
                  in_thread: Callable[..., defer.Deferred] = threads.deferToThread,
-                 syncer: Optional[Callable[[int, bool], defer.Deferred]] = None) -> None:
+                 syncer: Optional[Callable[[int, bool], defer.Deferred]] = None,
+                 refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
         self.fs = fs or LocalFS()
+        #: Calls refused by export policy, logged per client (rate-limited).
+        self.refusals = refusals or RefusalLog(time.monotonic)
         #: Runs the procedures that may wait on the disk off the reactor thread.
         self.in_thread = in_thread
         #: syncer(fd, datasync) -> Deferred: fsync without a thread (nfs3/aiosync.py); None: in_thread does it.
@@ -430,6 +460,9 @@ class Nfsd:
             export, fd, st = self.table.resolve_stat(handle)
         except BadHandle:
             raise NFSError(Stat.BADHANDLE) from None
+        except ExportGone:
+            self.refusals.refused(op.ctx.peer[0], "a handle of an export no longer exported", "STALE")
+            raise NFSError(Stat.STALE) from None
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         op.fds.append(fd)
@@ -437,13 +470,18 @@ class Nfsd:
         if op.export is None:
             options = self.table.options_for(export, op.ctx.peer[0])
             if options is None:
+                self.refusals.refused(op.ctx.peer[0], "no export entry admits this client", export.path)
                 raise NFSError(Stat.ACCES)
             if options.secure and not op.ctx.privileged_port:
-                raise NFSError(Stat.PERM)  # knfsd: "request from insecure port"
+                # knfsd: "request from insecure port"
+                self.refusals.refused(op.ctx.peer[0], "call from an unprivileged port to a secure export",
+                                      export.path)
+                raise NFSError(Stat.PERM)
             op.export, op.options, op.who = export, options, effective(op.ctx.credential, options)
         elif export.export_id != op.export.export_id:
             raise NFSError(Stat.XDEV)
         if write and op.options.read_only:
+            self.refusals.refused(op.ctx.peer[0], "a change to a read-only export", op.export.path)
             self._watch(op, fd)  # the failure reply still carries its attributes
             raise NFSError(Stat.ROFS)
         return fd

@@ -16,11 +16,10 @@ import os
 import struct
 from typing import Any, Callable, Hashable, Optional
 
-from twisted.logger import Logger
-
+from nfsstack.logs import logger
 from nfsstack.nlm.locks import END, FileLocks, Lock, Owner
 
-log = Logger(namespace="nfsstack.nlm")
+log = logger("nfsstack.nlm")
 
 F_OFD_GETLK, F_OFD_SETLK = 36, 37
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2

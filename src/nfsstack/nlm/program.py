@@ -22,19 +22,20 @@ from functools import partial
 from typing import Any, Callable, Hashable, Optional
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import ExportOptions
+from nfsstack.logs import logger
 from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nlm import types as t
 from nfsstack.nlm.locks import Lock, LockTable, Owner, Status, Waiter
 from nfsstack.nlm.ofd import OfdMirror
 from nfsstack.nlm.types import NLM_PROG, NlmStat, Proc
 from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
-from nfsstack.xdr import Packer, Unpacker
+from nfsstack.xdr import Packer, Unpacker, XDRError
 
-log = Logger(namespace="nfsstack.nlm")
+log = logger("nfsstack.nlm")
 
 _STATUS = {Status.GRANTED: NlmStat.GRANTED, Status.DENIED: NlmStat.DENIED, Status.BLOCKED: NlmStat.BLOCKED}
 
@@ -190,8 +191,11 @@ class Nlm:
         finally:
             os.close(fd)
 
-    def _check_grace(self, reclaim: bool) -> None:
+    def _check_grace(self, ctx: CallContext, reclaim: bool) -> None:
         if self.grace.active != reclaim:
+            log.debug("{host}: {what} refused, {when}", host=ctx.peer[0],
+                      what="a reclaim" if reclaim else "a lock request",
+                      when="the grace period is over" if reclaim else "in the grace period")
             raise Refused(NlmStat.DENIED_GRACE_PERIOD)
 
     @staticmethod
@@ -209,7 +213,7 @@ class Nlm:
     # -- procedures ------------------------------------------------------------------------
 
     def test(self, ctx: CallContext, args: t.TestArgs, version: int) -> t.TestRes:
-        self._check_grace(False)
+        self._check_grace(ctx, False)
         key, _ = self._file(ctx, args.alock.fh)
         lock = Lock.of(self._owner(ctx, args.alock), args.alock.offset, args.alock.length, args.exclusive)
         holder = self.table.test(key, lock, context=args.alock.fh)
@@ -219,7 +223,7 @@ class Nlm:
         return t.TestRes(args.cookie, NlmStat.DENIED, h)
 
     def lock(self, ctx: CallContext, args: t.LockArgs, version: int, monitor: bool = True) -> t.Res:
-        self._check_grace(args.reclaim)
+        self._check_grace(ctx, args.reclaim)
         key, options = self._file(ctx, args.alock.fh)
         if args.exclusive and options.read_only:
             raise Refused(NlmStat.ROFS)
@@ -240,14 +244,14 @@ class Nlm:
         return self.lock(ctx, args, version, monitor=False)
 
     def cancel(self, ctx: CallContext, args: t.CancArgs, version: int) -> t.Res:
-        self._check_grace(False)
+        self._check_grace(ctx, False)
         key, _ = self._file(ctx, args.alock.fh)
         lock = Lock.of(self._owner(ctx, args.alock), args.alock.offset, args.alock.length, args.exclusive)
         self.table.cancel(key, lock)
         return t.Res(args.cookie, NlmStat.GRANTED)
 
     def unlock(self, ctx: CallContext, args: t.UnlockArgs, version: int) -> t.Res:
-        self._check_grace(False)
+        self._check_grace(ctx, False)
         key, _ = self._file(ctx, args.alock.fh)
         lock = Lock.of(self._owner(ctx, args.alock), args.alock.offset, args.alock.length, False)
         self._granted_later(key, self.table.unlock(key, lock.owner, lock.start, lock.end))
@@ -258,7 +262,7 @@ class Nlm:
         return t.Res(args.cookie, NlmStat.DENIED)
 
     def share(self, ctx: CallContext, args: t.ShareArgs, version: int) -> t.ShareRes:
-        self._check_grace(args.reclaim)
+        self._check_grace(ctx, args.reclaim)
         s = args.share
         key, options = self._file(ctx, s.fh)
         if s.access & 2 and options.read_only:
@@ -269,7 +273,7 @@ class Nlm:
         return t.ShareRes(args.cookie, NlmStat.GRANTED if ok else NlmStat.DENIED)
 
     def unshare(self, ctx: CallContext, args: t.ShareArgs, version: int) -> t.ShareRes:
-        self._check_grace(False)
+        self._check_grace(ctx, False)
         s = args.share
         key, _ = self._file(ctx, s.fh)
         self.table.unshare(key, Owner(s.caller_name or ctx.peer[0], 0, s.oh))
@@ -311,8 +315,15 @@ class Nlm:
         self.callbacks["sent"] += 1
 
         def answered(body: bytes) -> None:
-            res = t.unpack_res(Unpacker(body), pending.version == 4)
-            if res.stat != NlmStat.GRANTED and key is not None:
+            try:
+                res = t.unpack_res(Unpacker(body), pending.version == 4)
+            except (XDRError, ValueError) as e:  # not an nlm_res: as if unanswered, the lock stays granted
+                failed(Failure(e))
+                return
+            if res.stat == NlmStat.GRANTED:
+                log.info("GRANTED callback to {host} accepted: a blocked lock on {key} is granted", host=pending.host,
+                         key=key)
+            elif key is not None:
                 # The client no longer wants it (the waiting process went away): let the next one have it.
                 lock = waiter.lock
                 self._granted_later(key, self.table.unlock(key, lock.owner, lock.start, lock.end))

@@ -15,17 +15,31 @@ import socket
 from typing import Callable, Optional
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 
+from nfsstack.logs import logger
 from nfsstack.nsm.state import Monitor, NsmState
 from nfsstack.nsm.types import (
-    SM_PROG, SM_VERS, STAT_FAIL, STAT_SUCC, Mon, MyId, Proc, StatChge, pack_stat_chge, pack_stat_res, pack_status,
-    unpack_mon, unpack_mon_id, unpack_my_id, unpack_name, unpack_stat_chge,
+    SM_PROG,
+    SM_VERS,
+    STAT_FAIL,
+    STAT_SUCC,
+    Mon,
+    MyId,
+    Proc,
+    StatChge,
+    pack_stat_chge,
+    pack_stat_res,
+    pack_status,
+    unpack_mon,
+    unpack_mon_id,
+    unpack_my_id,
+    unpack_name,
+    unpack_stat_chge,
 )
 from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
 from nfsstack.xdr import Packer
 
-log = Logger(namespace="nfsstack.nsm")
+log = logger("nfsstack.nsm")
 
 NLM_PROG = 100021
 #: Seconds to wait before each try of SM_NOTIFY to a host (about 2 minutes in all).

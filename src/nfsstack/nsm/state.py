@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from twisted.logger import Logger
-
+from nfsstack.logs import logger
 from nfsstack.statefile import write_atomically
 
-log = Logger(namespace="nfsstack.nsm")
+log = logger("nfsstack.nsm")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ from nfsstack.xdr import Packer, Unpacker
 NO_FORWARD = frozenset({PMAP_PROG, 100003, 100005, 100009, 100011, 100021, 100024, 100227})
 #: A forwarded result may be at most this many times the size of the call that asked for it.
 MAX_AMPLIFICATION = 4
+#: The netids of local (AF_UNIX) transports: their callers are on this host by construction.
+LOCAL_NETIDS = frozenset({"local", "unix"})
 #: Bound on the per-(prog, vers, netid) lookup statistics kept for GETSTAT.
 MAX_STAT_ENTRIES = 256
 
@@ -62,9 +64,14 @@ MAX_STAT_ENTRIES = 256
 def caller_owner(ctx: CallContext) -> str:
     """The owner string rpcbind records for a caller.
 
-    A privileged source port means root on the caller's side; otherwise the
-    AUTH_SYS uid (never 0, which an unprivileged port cannot prove).
+    Over the local socket, the caller's uid as the kernel tells it
+    (SO_PEERCRED): 0 is the superuser.  Over IP, a privileged source port
+    means root on the caller's side; otherwise the AUTH_SYS uid (never 0,
+    which an unprivileged port cannot prove).
     """
+    if ctx.netid in LOCAL_NETIDS:
+        uid = ctx.peer[1]
+        return SUPERUSER if uid == 0 else str(uid) if uid > 0 else "unknown"
     if ctx.privileged_port:
         return SUPERUSER
     cred = ctx.credential
@@ -161,7 +168,8 @@ class Portmapper:
 
     @staticmethod
     def _require_local(ctx: CallContext) -> None:
-        if not ctx.is_loopback:
+        """SET and UNSET: from the local socket, 127.0.0.0/8 or ::1 (a v4-mapped loopback address too)."""
+        if ctx.netid not in LOCAL_NETIDS and not ctx.is_loopback:
             raise AuthDenied(AuthStat.AUTH_TOOWEAK, f"SET/UNSET from {ctx.peer[0]}")
 
     def _count_lookup(self, vers: int, prog: int, pvers: int, netid: str, found: bool) -> None:

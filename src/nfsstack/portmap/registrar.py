@@ -12,16 +12,16 @@ import os
 from typing import Optional
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from nfsstack.logs import logger
 from nfsstack.portmap.registry import SUPERUSER, Registration, Registry
 from nfsstack.portmap.types import PMAP_PROG, PMAP_PORT, RPCB, RPCB_VERS4, Mapping, NETIDS, parse_uaddr
 from nfsstack.rpc.client import connect_tcp, connect_unix
 from nfsstack.rpc.message import AcceptedError, AcceptStat
 from nfsstack.xdr import Packer, Unpacker
 
-log = Logger(namespace="nfsstack.portmap")
+log = logger("nfsstack.portmap")
 
 
 class IPortRegistrar(Interface):

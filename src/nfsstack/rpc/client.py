@@ -12,13 +12,19 @@ from typing import Optional
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReactorTCP, IReactorUDP
-from twisted.logger import Logger
 
-from nfsstack.rpc.message import AUTH_NULL, OpaqueAuth, RPCError, decode_reply, encode_call
+from nfsstack.logs import logger
+from nfsstack.rpc.message import (
+    AUTH_NULL,
+    OpaqueAuth,
+    RPCError,
+    decode_reply,
+    encode_call,
+)
 from nfsstack.rpc.record import RecordReader, RecordTooLarge, frame
 from nfsstack.xdr import XDRError
 
-log = Logger(namespace="nfsstack.rpc.client")
+log = logger("nfsstack.rpc.client")
 
 
 class RPCTimeout(RPCError):

@@ -14,13 +14,13 @@ import socket
 from typing import Optional
 
 from twisted.internet import defer, error
-from twisted.logger import Logger
 
+from nfsstack.logs import logger
 from nfsstack.rpc.client import RPCDatagramClient, connect_tcp
 from nfsstack.rpc.message import AUTH_NULL, OpaqueAuth
 from nfsstack.xdr import Packer, Unpacker
 
-log = Logger(namespace="nfsstack.rpc.remote")
+log = logger("nfsstack.rpc.remote")
 
 PMAP_PROG, PMAP_VERS, PMAPPROC_GETPORT = 100000, 2, 3
 IPPROTO = {"tcp": 6, "udp": 17}

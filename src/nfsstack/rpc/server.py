@@ -16,10 +16,10 @@ from time import perf_counter
 from typing import Callable, Iterable, Optional, Union
 
 from twisted.internet import defer, protocol, tcp
-from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from nfsstack.logs import logger
 from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, request_key
 from nfsstack.rpc.fileslice import FileSlice, ShortFile
 from nfsstack.rpc.message import (
@@ -31,11 +31,18 @@ from nfsstack.rpc.message import (
     decode_call,
     prog_mismatch_reply,
 )
-from nfsstack.rpc.program import AuthDenied, CallContext, GarbageArgs, NoReply, Program, raw_parts
+from nfsstack.rpc.program import (
+    AuthDenied,
+    CallContext,
+    GarbageArgs,
+    NoReply,
+    Program,
+    raw_parts,
+)
 from nfsstack.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
 from nfsstack.xdr import U32, Packer, Unpacker, XDRError
 
-log = Logger(namespace="nfsstack.rpc")
+log = logger("nfsstack.rpc")
 
 #: A reply message: bytes, or a list of byte strings (a raw_parts procedure's), or a Deferred of either.
 Reply = Union[bytes, list, None, defer.Deferred]
@@ -119,8 +126,8 @@ class Dispatcher:
         #: Calls by (prog, vers, proc); errors by accept/reject name.
         self.calls: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
-        #: Told of every call's duration: observer(program name, procedure name, seconds).
-        self.observer: Optional[Callable[[str, str, float], None]] = None
+        #: Told of every call's duration: observer(program name, procedure name, seconds, client host).
+        self.observer: Optional[Callable[[str, str, float, str], None]] = None
         for program in programs:
             self.add(program)
 
@@ -188,34 +195,35 @@ class Dispatcher:
         else:
             if isinstance(result, defer.Deferred):
                 # One callback pair does all that follows a late result (each one more costs a COMMIT ~1 us).
-                late = (xid, procedure, key, observer, program.name, started)
+                late = (xid, procedure, key, observer, program.name, started, peer[0])
                 return result.addCallbacks(self._late_result, self._late_failure, callbackArgs=late,
                                            errbackArgs=late)
             reply = self._encode(result, xid, procedure.encode)
         if key is not None:
             self.reply_cache.finish(key, joined(reply))
         if observer is not None:
-            observer(program.name, procedure.name, perf_counter() - started)
+            observer(program.name, procedure.name, perf_counter() - started, peer[0])
         return reply
 
-    def _late_result(self, result, xid: int, procedure, key, observer, program: str, started: float):
+    def _late_result(self, result, xid: int, procedure, key, observer, program: str, started: float, client: str):
         """The reply to a call whose handler returned a Deferred, once it fired: encoded, remembered in the
         duplicate request cache, observed."""
         try:
             reply = self._encode(result, xid, procedure.encode)
         except Exception:
             reply = self._failure_reply(Failure(), xid, procedure.name)
-        return self._finish_late(reply, procedure, key, observer, program, started)
+        return self._finish_late(reply, procedure, key, observer, program, started, client)
 
-    def _late_failure(self, failure: Failure, xid: int, procedure, key, observer, program: str, started: float):
+    def _late_failure(self, failure: Failure, xid: int, procedure, key, observer, program: str, started: float,
+                      client: str):
         reply = self._failure_reply(failure, xid, procedure.name)
-        return self._finish_late(reply, procedure, key, observer, program, started)
+        return self._finish_late(reply, procedure, key, observer, program, started, client)
 
-    def _finish_late(self, reply, procedure, key, observer, program: str, started: float):
+    def _finish_late(self, reply, procedure, key, observer, program: str, started: float, client: str):
         if key is not None:
             self.reply_cache.finish(key, joined(reply))
         if observer is not None:
-            observer(program, procedure.name, perf_counter() - started)
+            observer(program, procedure.name, perf_counter() - started, client)
         return reply
 
     @staticmethod

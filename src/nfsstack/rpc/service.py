@@ -1,46 +1,211 @@
 """A Twisted service that serves RPC programs on one port over TCP and UDP.
 
-It listens first, then registers every version of every program for both
-netids with its registrar; on stop it unregisters, then stops listening.  A
-dynamic port (0) takes the same number for TCP and UDP, as rpcbind users
-expect.
+It listens first, then registers every version of every program for each
+netid it listens on with its registrar; on stop it unregisters, then stops
+listening.  A dynamic port (0) takes the same number for TCP and UDP, and for
+IPv4 and IPv6, as rpcbind users expect.
+
+By default a service listens on all IPv4 addresses (``0.0.0.0``, netids tcp
+and udp) and all IPv6 addresses (``::``, netids tcp6 and udp6), on separate
+sockets (IPV6_V6ONLY), as rpcbind and the libtirpc daemons do: an IPv4 client
+is then seen with its IPv4 address and calls on the netid of its family.
+Without IPv6 (no ``::1``) the service listens on IPv4 only.  A service may
+also serve a local (AF_UNIX) stream socket, as rpcbind serves
+``/run/rpcbind.sock``; its callers are identified by their uid (SO_PEERCRED).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import errno
+import ipaddress
+import os
+import socket
+import stat
+import struct
+from typing import Optional, Sequence, Union
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from nfsstack.portmap.types import netid_for, uaddr
+from nfsstack.portmap.types import PMAP_PROG, netid_for, uaddr
 from nfsstack.rpc.program import Program
 from nfsstack.rpc.server import (
     DEFAULT_MAX_RECORD,
     Dispatcher,
     RPCDatagramProtocol,
     RPCStreamFactory,
+    RPCStreamProtocol,
 )
 
 log = Logger(namespace="nfsstack.rpc")
 
+#: The peer host of a call over a local (AF_UNIX) socket; the peer "port" is the caller's uid (-1 unknown).
+LOCAL_PEER = "local"
+#: The netid of rpcbind's local socket (netconfig(5): loopback, cots_ord).
+LOCAL_NETID = "local"
+
+_ipv6_checked: list = []
+
+
+def ipv6_available() -> bool:
+    """True if this host (network namespace) has IPv6: an AF_INET6 socket can bind ``::1``.
+
+    Asked once per process; the first "no" is logged once.
+    """
+    if not _ipv6_checked:
+        reason = None
+        if not socket.has_ipv6:
+            reason = "Python was built without IPv6"
+        else:
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+                    s.bind(("::1", 0))
+            except OSError as e:
+                reason = e.strerror or str(e)
+        if reason is not None:
+            log.warn("IPv6 is not available ({reason}): listening on IPv4 only", reason=reason)
+        _ipv6_checked.append(reason is None)
+    return _ipv6_checked[0]
+
+
+def parse_addresses(value: Union[str, Sequence[str], None]) -> list[str]:
+    """The addresses of a ``--bind`` value (comma-separated IPv4 and IPv6 addresses); ValueError if one is not.
+
+    Empty means the default: ``0.0.0.0`` and ``::``.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    out: list[str] = []
+    for item in items:
+        item = item.strip()
+        if item.startswith("[") and item.endswith("]"):
+            item = item[1:-1]
+        if not item:
+            continue
+        try:
+            address = str(ipaddress.ip_address(item))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+        if address not in out:
+            out.append(address)
+    return out
+
+
+def check_bind(value: str) -> str:
+    """Coerce a ``--bind`` option: the addresses, checked, comma-separated again."""
+    return ",".join(parse_addresses(value))
+
+
+check_bind.coerceDoc = "Comma-separated IPv4/IPv6 addresses; empty = 0.0.0.0 and :: (IPv6 if available)."  # type: ignore[attr-defined]
+
+
+def default_addresses() -> list[str]:
+    return ["0.0.0.0", "::"] if ipv6_available() else ["0.0.0.0"]
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bound_socket(host: str, port: int, kind: int) -> socket.socket:
+    """A socket of ``kind`` bound to (host, port), IPv6 ones v6-only; listening if a stream socket."""
+    s = socket.socket(_family(host), kind)
+    try:
+        if s.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listenTCP does
+        s.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(128)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def socket_in_use(path: str, timeout: float = 1.0) -> bool:
+    """True if something listens on the stream socket ``path`` (a live rpcbind), False if nobody does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+        return True
+
+
+class _NetidFactory(RPCStreamFactory):
+    """The service's stream factory for one more transport: its own netid, everything else shared
+    (the connection set too, so ``max_connections`` and the counts cover every transport)."""
+
+    def __init__(self, main: RPCStreamFactory, netid: str, protocol_class=RPCStreamProtocol) -> None:
+        self.__dict__.update(main.__dict__)
+        self.netid = netid
+        self.protocol_class = protocol_class
+
+    def buildProtocol(self, addr):
+        if len(self.connections) >= self.max_connections:
+            return super().buildProtocol(addr)  # refuses and counts
+        return self.protocol_class(self)
+
+
+class LocalStreamProtocol(RPCStreamProtocol):
+    """A connection on a local socket: the peer is (``local``, the caller's uid from SO_PEERCRED)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        uid = -1
+        try:
+            creds = self.transport.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i"))
+            uid = struct.unpack("3i", creds)[1]
+        except (OSError, AttributeError, struct.error):
+            pass
+        self.peer = (LOCAL_PEER, uid)
+        self.local = (LOCAL_PEER, 0)
+
+
+def registered_versions(program: Program, netid: str) -> list[int]:
+    """The versions of ``program`` registered on ``netid``.
+
+    rpcbind registers itself with version 2 (the portmapper protocol, IPv4
+    only) on tcp and udp, and versions 3 and 4 on every netid.
+    """
+    versions = sorted(program.versions)
+    if program.number == PMAP_PROG and netid not in ("tcp", "udp"):
+        versions = [v for v in versions if v != 2]
+    return versions
+
 
 class RPCService(service.Service):
-    """Serves ``programs`` on ``port`` (TCP and UDP) and registers them."""
+    """Serves ``programs`` on ``port`` (TCP and UDP, on each address of ``interface``) and registers them.
+
+    ``interface`` is an address, a comma-separated list, or a sequence of
+    addresses; empty means all IPv4 and all IPv6 addresses.  ``unix_socket``
+    is a path to serve as a local stream socket too (rpcbind's), if nobody
+    else serves it.
+    """
+
+    #: The ``--bind`` option's check (twistd's coerce).
+    check_bind = staticmethod(check_bind)
 
     def __init__(
         self,
         name: str,
         programs: Sequence[Program],
         port: int,
-        interface: str = "",
+        interface: Union[str, Sequence[str]] = "",
         registrar=None,
         reactor=None,
         max_record: int = DEFAULT_MAX_RECORD,
         idle_timeout: float = 360.0,
         max_connections: int = 1024,
+        unix_socket: Optional[str] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -48,15 +213,22 @@ class RPCService(service.Service):
         self.programs = list(programs)
         self.requested_port = port
         self.interface = interface
+        self.addresses = parse_addresses(interface)  # empty: the default, decided at start
         self.registrar = registrar
         self.reactor = reactor
         self.dispatcher = Dispatcher(self.programs)
         self.max_record = max_record
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.unix_socket = unix_socket
         self.port: Optional[int] = None
+        #: The first TCP and UDP ports listened on (None when not listening).
         self.tcp = None
         self.udp = None
+        #: Every listening port: (netid, host, twisted port).
+        self.listening: list[tuple[str, str, object]] = []
+        #: The local socket's listening port, if served.
+        self.unix = None
         self.stream_factory: Optional[RPCStreamFactory] = None
         self._registered: list[tuple[int, int, str]] = []
         #: Added to the error logged when the port is taken.
@@ -65,29 +237,80 @@ class RPCService(service.Service):
         self.registered: defer.Deferred = defer.Deferred()
 
     def _listen(self) -> None:
-        interface = self.interface
+        addresses = self.addresses or default_addresses()
         self.stream_factory = RPCStreamFactory(
             self.dispatcher,
-            netid_for("tcp", interface),
+            netid_for("tcp", addresses[0]),
             max_record=self.max_record,
             idle_timeout=self.idle_timeout,
             max_connections=self.max_connections,
         )
         attempts = 1 if self.requested_port else 32
         for attempt in range(attempts):
-            tcp = self.reactor.listenTCP(self.requested_port, self.stream_factory, interface=interface)
-            port = tcp.getHost().port
+            sockets: list[tuple[str, str, socket.socket]] = []
+            port = self.requested_port
             try:
-                udp = self.reactor.listenUDP(
-                    port, RPCDatagramProtocol(self.dispatcher, netid_for("udp", interface)), interface=interface
-                )
-            except CannotListenError:
-                tcp.stopListening()
-                if attempt == attempts - 1:
-                    raise
-                continue
-            self.tcp, self.udp, self.port = tcp, udp, port
+                for host in addresses:
+                    for kind, sock_type in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
+                        s = _bound_socket(host, port, sock_type)
+                        sockets.append((netid_for(kind, host), host, s))
+                        port = s.getsockname()[1]
+            except OSError as e:
+                for _, _, s in sockets:
+                    s.close()
+                if attempt == attempts - 1 or (port and self.requested_port) or not sockets:
+                    raise CannotListenError(host, self.requested_port, e)
+                continue  # the dynamic port was taken on another transport: try another
+            try:
+                self._adopt(sockets)
+            finally:
+                for _, _, s in sockets:
+                    s.close()  # Twisted holds duplicates
+            self.port = port
             return
+
+    def _adopt(self, sockets) -> None:
+        for netid, host, s in sockets:
+            if s.type == socket.SOCK_STREAM:
+                factory = self.stream_factory
+                if factory.netid != netid:
+                    factory = _NetidFactory(self.stream_factory, netid)
+                listening = self.reactor.adoptStreamPort(s.fileno(), s.family, factory)
+                self.tcp = self.tcp or listening
+            else:
+                listening = self.reactor.adoptDatagramPort(s.fileno(), s.family,
+                                                           RPCDatagramProtocol(self.dispatcher, netid))
+                self.udp = self.udp or listening
+            self.listening.append((netid, host, listening))
+
+    def _listen_unix(self) -> None:
+        path = self.unix_socket
+        if not path:
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                log.warn("{name}: not serving {path}: it exists and is no socket", name=self.name, path=path)
+                return
+            if socket_in_use(path):
+                log.warn("{name}: not serving {path}: another rpcbind answers there", name=self.name, path=path)
+                return
+            log.info("{name}: replacing the stale socket {path} nobody listens on", name=self.name, path=path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        factory = _NetidFactory(self.stream_factory, LOCAL_NETID, LocalStreamProtocol)
+        try:
+            self.unix = self.reactor.listenUNIX(path, factory, mode=0o666, wantPID=False)
+        except CannotListenError as e:
+            log.warn("{name}: cannot serve {path}: {error}", name=self.name, path=path, error=e.socketError)
+            self.unix = None
+            return
+        os.chmod(path, 0o666)  # every user's daemons register here, as with rpcbind
 
     def startService(self) -> None:
         try:
@@ -96,18 +319,23 @@ class RPCService(service.Service):
             log.error("{name}: cannot listen on port {port}: {error}{hint}", name=self.name, port=self.requested_port,
                       error=e.socketError, hint=self.listen_hint)
             raise
+        self._listen_unix()
         super().startService()
         names = ", ".join(f"{p.name} {p.number} v{'/'.join(map(str, sorted(p.versions)))}" for p in self.programs)
-        log.info("{names} listening on TCP and UDP port {port}", names=names, port=self.port)
+        hosts = sorted({host for _, host, _ in self.listening}, key=lambda h: (":" in h, h))
+        log.info("{names} listening on TCP and UDP port {port} of {hosts}{unix}", names=names, port=self.port,
+                 hosts=", ".join(hosts), unix=f" and on {self.unix_socket}" if self.unix is not None else "")
         if self.registrar is None:
             self.registered.callback(None)
             return
-        address = uaddr(self.interface or "0.0.0.0", self.port)
         calls = []
+        transports = [(netid, uaddr(host, self.port)) for netid, host, _ in self.listening]
+        if self.unix is not None:
+            transports.append((LOCAL_NETID, self.unix_socket))
+        # rpcbind's order: for each program and version, the netids in the order listened on.
         for program in self.programs:
-            for vers in sorted(program.versions):
-                for kind in ("tcp", "udp"):
-                    netid = netid_for(kind, self.interface)
+            for netid, address in transports:
+                for vers in registered_versions(program, netid):
                     calls.append(self._register(program, vers, netid, address))
         defer.gatherResults(calls).addBoth(lambda _: self.registered.callback(None))
 
@@ -143,10 +371,12 @@ class RPCService(service.Service):
 
         def stop_listening(_):
             stops = []
-            for port in (self.tcp, self.udp):
-                if port is not None:
-                    stops.append(defer.maybeDeferred(port.stopListening))
-            self.tcp = self.udp = None
+            for _, _, port in self.listening:
+                stops.append(defer.maybeDeferred(port.stopListening))
+            if self.unix is not None:
+                stops.append(defer.maybeDeferred(self.unix.stopListening))  # removes the socket file
+            self.listening = []
+            self.tcp = self.udp = self.unix = None
             for conn in list(self.stream_factory.connections if self.stream_factory else ()):
                 conn.transport.loseConnection()
             return defer.gatherResults(stops)

@@ -264,11 +264,14 @@ def run_guest(
 
 
 TAP = "nfstap0"
+#: IPv6 on the tap link (a unique local prefix): the host side; a scenario gives the guest GUEST6 itself.
+HOST6, GUEST6 = "fd00:2::2", "fd00:2::15"
 
 
 def _make_tap(netns: str) -> None:
-    """The host side of the guest's link, inside the namespace: 10.0.2.2/24 on a tap device."""
+    """The host side of the guest's link, inside the namespace: 10.0.2.2/24 and fd00:2::2/64 on a tap device."""
     for cmd in (["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], ["ip", "addr", "add", "10.0.2.2/24", "dev", TAP],
+                ["ip", "-6", "addr", "add", f"{HOST6}/64", "dev", TAP, "nodad"],
                 ["ip", "link", "set", TAP, "up"]):
         subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True, capture_output=True)
 
