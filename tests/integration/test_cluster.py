@@ -116,9 +116,10 @@ def test_peers_see_each_other_go_stale_and_come_back(cluster):
     assert member(a, "peer", B) is None, "the configured placeholder became node-b"
 
     sb.stop()
-    stopped = time.monotonic()
-    wait_for(lambda: member(a, "peer", "node-b")["state"] == "stale", INTERVAL * MISSES + 3, "A sees B stale")
-    assert time.monotonic() - stopped <= INTERVAL * MISSES + 3
+    stale = wait_for(lambda: (lambda m: m if m["state"] == "stale" else None)(member(a, "peer", "node-b")),
+                     INTERVAL * MISSES + 10, "A sees B stale")
+    # by A's own clock: stale only once MISSES keepalives in a row failed to come, not at the first one missed
+    assert stale["last_seen_seconds_ago"] >= INTERVAL * MISSES, stale
     assert "peer node-b (10.99.0.2) is stale" in sa.log_text()
 
     sb2 = stack(b, "node-b", A, key, dirs[1]).start()
@@ -168,16 +169,43 @@ def test_metrics_and_health(cluster):
     assert health.stdout.split() == ["200", "ok"]
 
 
+# Bad keepalives from netns b, 10,000 per run, in bursts of 50: after each burst the script waits until A's own
+# counters (GET /status) show every datagram of it read and dropped, so the socket buffer never overflows and
+# the counts are exact whatever the machine's speed. It prints what it expects in each counter (by the rules of
+# keepalive.decode: a longer datagram is oversized, one with a missing or wrong MAC bad_mac, anything else
+# malformed; from a network not allowed, refused) and what A counted.
 FLOOD = r"""
-import os, random, socket, sys, time
-sys.path[:0] = sys.argv[3:5]
+import json, os, random, socket, sys, time, urllib.request
+sys.path[:0] = sys.argv[4:6]
 from nfsstack.cluster import keepalive as ka
-target = (sys.argv[1], 1110)
+target, source, outsider = (sys.argv[1], 1110), sys.argv[2], sys.argv[3] == "outsider"
+BAD = ("malformed", "oversized", "bad_mac", "refused")
+
+
+def counted():
+    with urllib.request.urlopen(f"http://{target[0]}:1110/status", timeout=10) as r:
+        datagrams = json.load(r)["keepalive"]["datagrams"]
+    return {k: datagrams.get(k, 0) for k in BAD}
+
+
+def expected(data):
+    if outsider:
+        return "refused"
+    if len(data) > ka.MAX_DATAGRAM:
+        return "oversized"
+    try:
+        ka.decode(data, b"not the key of node-a, nor the wrong one")
+    except ka.BadKeepalive as e:
+        return "bad_mac" if "MAC" in str(e) else "malformed"
+    raise AssertionError("a datagram of the flood decodes")
+
+
 rnd = random.Random(3)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-if sys.argv[2] != "-":
-    s.bind((sys.argv[2], 0))
+s.bind((source, 0))
 good = ka.encode(ka.Keepalive(ka.CLIENT, "mallory", 1, b"\7" * 8), b"wrong key, wrong key")
+before = counted()
+sent = dict.fromkeys(BAD, 0)
 for i in range(10000):
     kind = i % 4
     if kind == 0:
@@ -189,9 +217,16 @@ for i in range(10000):
     else:
         data = ka.encode(ka.Keepalive(ka.CLIENT, "mallory-%d" % i, i, os.urandom(8)))  # no MAC at all
     s.sendto(data, target)
-    if i % 100 == 99:
-        time.sleep(0.005)  # bursts of 100 fit the socket buffer: what is measured is the server, not the buffer
-print("sent")
+    sent[expected(data)] += 1
+    if i % 50 == 49:
+        for _ in range(1000):
+            now = counted()
+            if sum(now.values()) - sum(before.values()) >= i + 1:
+                break
+            time.sleep(0.01)
+        else:
+            break  # A stopped counting: what it counted is reported, and the test compares
+print(json.dumps({"sent": sent, "counted": {k: now[k] - before[k] for k in BAD}}))
 """
 
 
@@ -199,31 +234,34 @@ def test_bad_datagrams_and_a_slowloris_change_nothing(cluster):
     a, b, sa, sb, key, dirs = cluster
     before = report(a)
     members_before = {(m["kind"], m["id"]) for m in before["keepalive"]["members"]}
+    # a header sent a byte every 0.5 s, never finished: the server closes the connection before the last byte
     script = ("import socket, time\n"
               "s = socket.create_connection(('127.0.0.1', 1110))\n"
-              "t0 = time.monotonic()\n"
               "try:\n"
               "    for c in b'GET /status HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: ' + b'a' * 100:\n"
               "        s.send(bytes([c])); time.sleep(0.5)\n"
               "    print('never closed')\n"
               "except OSError:\n"
-              "    print('closed after', round(time.monotonic() - t0))\n")
+              "    print('closed')\n")
     loris = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-c", script], stdout=subprocess.PIPE,
                              text=True)
     try:
+        totals = dict.fromkeys(("malformed", "oversized", "bad_mac", "refused"), 0)
         for source, target in ((B, A), (OUTSIDER, A)):
             r = subprocess.run(["ip", "netns", "exec", b, sys.executable, "-c", FLOOD, target, source,
-                                str(REPO / "src"), str(REPO)], capture_output=True, text=True, timeout=120)
-            assert r.stdout.strip() == "sent", r.stderr
+                                "outsider" if source == OUTSIDER else "member", str(REPO / "src"), str(REPO)],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            # every datagram read by A and dropped in the counter it belongs to: none lost, none let through
+            assert out["counted"] == out["sent"] and sum(out["sent"].values()) == 10000, out
+            for k, n in out["counted"].items():
+                totals[k] += n
             assert cli(a, "status", "--json").returncode == 0, "the status answers during the flood"
+        assert all(totals.values()), totals  # each kind seen
+        assert totals["refused"] == 10000, "the outsider's datagrams are refused by network"
         after = report(a)
         assert {(m["kind"], m["id"]) for m in after["keepalive"]["members"]} == members_before
-        counts = after["keepalive"]["datagrams"]
-        # UDP under a flood loses datagrams in the socket buffer: every kind must be seen and dropped, and most
-        # of the 20,000 must have been read and counted.
-        assert counts.get("malformed", 0) > 0 and counts.get("oversized", 0) > 0 and counts.get("bad_mac", 0) > 0
-        assert counts.get("refused", 0) > 0, "the outsider's datagrams are refused by network"
-        assert sum(counts.get(k, 0) for k in ("malformed", "oversized", "bad_mac", "refused")) >= 10000
         r = cli(a, "keepalive", "127.0.0.1", "--count", "2", "--interval", "0.3", "--id", "laptop",
                 "--key-file", key)
         assert r.returncode == 0 and "node-a is alive" in r.stdout, r.stdout + r.stderr
@@ -232,8 +270,7 @@ def test_bad_datagrams_and_a_slowloris_change_nothing(cluster):
         assert bad.returncode == 1 and member(a, "client", "nokey") is None
     finally:
         out, _ = loris.communicate(timeout=120)
-    assert out.startswith("closed after"), out
-    assert int(out.split()[-1]) <= 15
+    assert out.strip() == "closed", out
 
 
 def test_status_refuses_networks_not_allowed(cluster):

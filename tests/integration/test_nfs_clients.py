@@ -99,8 +99,11 @@ def test_ro_export_refuses_nfs_cp(served):
     tmp, ns, _ = served
     (tmp / "small").write_text("x")
     r = in_netns(ns, "nfs-cp", str(tmp / "small"), f"nfs://127.0.0.1{tmp / 'ro'}/new")
-    assert r.returncode != 0
+    assert r.returncode != 0 and "CREATE of /new failed with NFS3ERR_ROFS" in r.stderr, r.stdout + r.stderr
     assert not (tmp / "ro" / "new").exists()
+    r = in_netns(ns, "nfs-cp", str(tmp / "small"), f"nfs://127.0.0.1{tmp / 'ro'}/hello.txt")  # over a file
+    assert r.returncode != 0 and "NFS3ERR_ROFS" in r.stderr, r.stdout + r.stderr
+    assert (tmp / "ro" / "hello.txt").read_text() == "hello, world\n"
 
 
 # The project's own codec over a raw socket (UDP or TCP), in the namespace: a script run there.
@@ -246,57 +249,129 @@ def test_sighup_reloads_exports_and_keeps_handles(served):
         stack.proc.send_signal(signal.SIGHUP)
 
 
+# A hostile client: first 20 connections that each send part of a record and then nothing (they hold the
+# server's attention, if it lets them); then COUNT calls, one connection each, of five hostile kinds. Every call
+# must get its answer, and the right one; what it got is printed as JSON.
 HOSTILE = r"""
-import os, random, socket, struct, sys, time
+import collections, json, os, random, socket, struct, sys
 sys.path[:0] = sys.argv[1:3]
-from nfsstack.nfs3.client import PROC, encode
-from nfsstack.rpc.message import Credential, encode_call
+from nfsstack.nfs3.client import PROC, decode, encode
+from nfsstack.nfs3.program import RTMAX
+from nfsstack.nfs3.types import Stat
+from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.record import frame
-handle = bytes.fromhex(sys.argv[3])
+root = bytes.fromhex(sys.argv[3])
+count = int(sys.argv[4])
 rnd = random.Random(1)
 auth = Credential(0, 0, (), "evil").to_auth()
-deadline = time.monotonic() + float(sys.argv[4])
-sent = 0
-while time.monotonic() < deadline and sent < 20000:
-    kind = rnd.randrange(5)
-    if kind == 0:  # a forged handle
-        fh = bytearray(handle); fh[rnd.randrange(len(fh))] ^= 1 << rnd.randrange(8)
-        msg = encode_call(sent, 100003, 3, PROC["GETATTR"], auth) + encode("GETATTR", bytes(fh))
-    elif kind == 1:  # a truncated one
-        msg = encode_call(sent, 100003, 3, PROC["READ"], auth) + encode("READ", handle[: rnd.randrange(len(handle))], 0, 10)
-    elif kind == 2:  # a 1 GiB read
-        msg = encode_call(sent, 100003, 3, PROC["READ"], auth) + encode("READ", handle, 0, 1 << 30)
-    elif kind == 3:  # bad names
-        name = rnd.choice([b"../../etc", b"a/b", b"x\0y", b"n" * 300, b".."])
-        msg = encode_call(sent, 100003, 3, PROC["LOOKUP"], auth) + encode("LOOKUP", handle, name)
-    else:  # garbage arguments
-        msg = encode_call(sent, 100003, 3, rnd.randrange(23), auth) + os.urandom(rnd.randrange(200))
-    try:
-        with socket.create_connection(("127.0.0.1", 2049), timeout=5) as s:
-            s.sendall(frame(msg))
-            s.recv(4)
-    except OSError:
-        pass
-    sent += 1
-print(sent)
+
+
+def exactly(s, n):
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            raise EOFError("connection closed before the whole reply")
+        data += more
+    return data
+
+
+def record(s):
+    data = b""
+    while True:
+        n = struct.unpack(">I", exactly(s, 4))[0]
+        data += exactly(s, n & 0x7FFFFFFF)
+        if n & 0x80000000:
+            return data
+
+
+def call(xid, proc, args):
+    with socket.create_connection(("127.0.0.1", 2049), timeout=10) as s:
+        s.sendall(frame(encode_call(xid, 100003, 3, PROC[proc] if isinstance(proc, str) else proc, auth) + args))
+        data = record(s)
+    h = decode_reply(data)
+    assert h.xid == xid, (h.xid, xid)
+    return data, h
+
+
+def nfs(xid, proc, *args):
+    data, h = call(xid, proc, encode(proc, *args))
+    assert h.error is None, h.error
+    return decode(proc, data, h.offset)
+
+
+big = nfs(0, "LOOKUP", root, b"big").object
+# names that are not one path component, or too long; ".." of the export's root is the root itself
+BAD_NAMES = [(b"../../etc", Stat.INVAL), (b"a/b", Stat.INVAL), (b"x\0y", Stat.INVAL), (b"n" * 300, Stat.NAMETOOLONG),
+             (b"..", None)]
+held = []
+for _ in range(20):
+    s = socket.create_connection(("127.0.0.1", 2049), timeout=10)
+    s.sendall(struct.pack(">I", 0x80000000 | 1000) + b"x" * 10)  # 10 bytes of a 1000-byte record, then silence
+    held.append(s)
+print("holding", flush=True)
+sys.stdin.readline()
+
+answers, wrong = collections.Counter(), []
+for xid in range(1, count + 1):
+    kind = ("forged", "truncated", "huge read", "bad name", "garbage")[rnd.randrange(5)]
+    if kind == "forged":  # one bit flipped anywhere: the MAC no longer matches
+        fh = bytearray(root); fh[rnd.randrange(len(fh))] ^= 1 << rnd.randrange(8)
+        r = nfs(xid, "GETATTR", bytes(fh))
+        ok = r.status == Stat.BADHANDLE
+    elif kind == "truncated":
+        r = nfs(xid, "READ", big[: rnd.randrange(len(big))], 0, 10)
+        ok = r.status == Stat.BADHANDLE
+    elif kind == "huge read":  # 1 GiB asked: RTMAX answered
+        r = nfs(xid, "READ", big, 0, 1 << 30)
+        ok = r.ok and r.count == RTMAX == len(r.data) and not r.eof
+    elif kind == "bad name":
+        name, want = rnd.choice(BAD_NAMES)
+        r = nfs(xid, "LOOKUP", root, name)
+        ok = r.ok and r.object == root if want is None else r.status == want
+    else:  # random procedure, random arguments: a reply, never a fault
+        data, h = call(xid, rnd.randrange(23), os.urandom(rnd.randrange(200)))
+        if h.error is not None:
+            ok = str(h.error) in ("GARBAGE_ARGS", "PROC_UNAVAIL")
+        else:
+            ok = len(data) == h.offset or int.from_bytes(data[h.offset:h.offset + 4], "big") != Stat.SERVERFAULT
+        r = h.error
+    answers[kind] += 1
+    if not ok and len(wrong) < 20:
+        wrong.append(f"{kind}: {r}"[:300])
+for s in held:
+    s.close()
+print(json.dumps({"answers": answers, "wrong": wrong}))
 """
 
 
 def test_hostile_client_does_not_stop_the_others(served):
     tmp, ns, stack = served
+    (tmp / "data" / "big").write_bytes(os.urandom(2 << 20))
     handle = raw(ns, "handle", str(tmp / "data")).strip()
+    count = 1000
     hostile = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HOSTILE, str(REPO / "src"),
-                                str(REPO), handle, "8"], stdout=subprocess.PIPE, text=True)
+                                str(REPO), handle, str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+
+    def good_client():
+        r = in_netns(ns, "nfs-cat", f"nfs://127.0.0.1{tmp / 'ro'}/hello.txt")
+        assert r.returncode == 0 and r.stdout == "hello, world\n", r.stdout + r.stderr
+
     try:
-        good = 0
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            r = in_netns(ns, "nfs-cat", f"nfs://127.0.0.1{tmp / 'ro'}/hello.txt")
-            assert r.returncode == 0 and r.stdout == "hello, world\n", r.stdout + r.stderr
-            good += 1
-        assert good >= 3
+        assert hostile.stdout.readline() == "holding\n"
+        good_client()  # while 20 connections hold half a record each
+        hostile.stdin.write("go\n")
+        hostile.stdin.flush()
+        for _ in range(200):  # and while the hostile calls come
+            if hostile.poll() is not None:
+                break
+            good_client()
     finally:
-        out, _ = hostile.communicate(timeout=60)
-    assert int(out) > 100, "the hostile client got answers"
+        out, _ = hostile.communicate(timeout=120)
+    assert hostile.returncode == 0, out
+    report = json.loads(out)
+    assert report["wrong"] == [], report
+    assert sum(report["answers"].values()) == count and len(report["answers"]) == 5, report
     assert "Traceback" not in stack.log_text()
     assert sorted(os.listdir(tmp / "ro")) == ["hello.txt"]

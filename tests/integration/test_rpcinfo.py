@@ -4,6 +4,7 @@ Each test runs the stack inside a network namespace it creates, so port 111
 never collides with anything on the machine.
 """
 
+import os
 import re
 import shutil
 import signal
@@ -52,7 +53,7 @@ def echo_service(ns, *args):
     line = p.stdout.readline()
     m = re.match(r"registered (\d+) (\d+)", line)
     assert m, f"echo service said {line!r}"
-    assert m.group(2) == "4", "expected 2 versions x 2 netids registered"
+    assert m.group(2) == "8", "expected 2 versions x 4 netids (tcp, udp, tcp6, udp6) registered"
     return p, int(m.group(1))
 
 
@@ -84,7 +85,7 @@ def test_rpcinfo_null_calls(stack, ns):
 
 def test_rpcinfo_summary_dump_and_stats(stack, ns):
     summary = rpcinfo(ns, "-s", "127.0.0.1").stdout
-    assert re.search(r"^\s*100000\s+4,3,2\s+udp,tcp\s+portmapper\s+superuser\s*$", summary, re.M), summary
+    assert re.search(r"^\s*100000\s+4,3,2\s+udp6,tcp6,udp,tcp\s+portmapper\s+superuser\s*$", summary, re.M), summary
     dump = rpcinfo(ns, "127.0.0.1").stdout  # rpcbind v3/v4 DUMP
     assert re.search(r"100000\s+4\s+tcp\s+0\.0\.0\.0\.0\.111\s+portmapper\s+superuser", dump), dump
     rpcinfo(ns, "-p", "127.0.0.1")
@@ -108,7 +109,7 @@ def test_registered_service_is_shown_and_removed_on_stop(stack, ns):
                 assert ("300123", v, proto, str(port)) in rows
         assert "program 300123 version 2 ready and waiting" in rpcinfo(ns, "-T", "tcp", "127.0.0.1", "300123", "2").stdout
         assert "program 300123 version 1 ready and waiting" in rpcinfo(ns, "-T", "udp", "127.0.0.1", "300123", "1").stdout
-        assert re.search(r"300123\s+2,1\s+udp,tcp\s+-\s+unknown", rpcinfo(ns, "-s", "127.0.0.1").stdout)
+        assert re.search(r"300123\s+2,1\s+udp6,tcp6,udp,tcp\s+-\s+unknown", rpcinfo(ns, "-s", "127.0.0.1").stdout)
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(15)
@@ -140,20 +141,56 @@ def test_stops_cleanly_and_frees_port_111(stack, ns):
 
 
 def test_system_rpcbind_mode_registers_with_debian_rpcbind(ns):
-    """Beside the distribution's rpcbind: the stack does not take port 111, and services register there."""
+    """Beside the distribution's rpcbind: the stack does not take port 111, registers nfs, mountd, nlockmgr and
+    status there with its own ports, and takes them away when it stops.
+
+    The rpcbind is one this test starts, in the test's network namespace and in a mount namespace of its own with a
+    private /run: its socket, /run/rpcbind.sock there, is no other rpcbind's, and the stack is given it by that
+    process's root (/proc/PID/root/run/rpcbind.sock).  That this rpcbind is the one answering on port 111, and the
+    stack the one listening on the ports registered, is checked by the pids owning the sockets."""
     if shutil.which("rpcbind") is None:
         pytest.skip("needs rpcbind")
     rpcbind = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /run && exec rpcbind -f"],
+        ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "mount -t tmpfs tmpfs /run && exec rpcbind -f"],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 10
-        while rpcinfo(ns, "-p", "127.0.0.1", check=False).returncode != 0:
-            assert time.monotonic() < deadline, "rpcbind did not start"
+        for _ in range(100):
+            if rpcinfo(ns, "-p", "127.0.0.1", check=False).returncode == 0:
+                break
+            assert rpcbind.poll() is None, "rpcbind exited"
             time.sleep(0.1)
-        stack = Stack("--system-rpcbind", netns=ns).start()
+        else:
+            raise AssertionError("rpcbind did not answer")
+        owners = in_netns(ns, "ss", "-ltnpH", "sport = :111").stdout
+        assert f"pid={rpcbind.pid}," in owners, f"port 111 is not the rpcbind this test started: {owners}"
+        before = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+        assert {r[0] for r in before} == {"100000"}, before
+        sock = f"/proc/{rpcbind.pid}/root/run/rpcbind.sock"
+        assert os.path.exists(sock), "rpcbind's socket in its private /run"
+        stack = Stack("--system-rpcbind", f"--rpcbind-socket={sock}", netns=ns).start()
         try:
+            for _ in range(100):  # start() returns when port 111 answers: rpcbind's, at once
+                rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+                ours = {r for r in rows if r[0] != "100000"}
+                if {r[0] for r in ours} >= {"100003", "100005", "100021", "100024"}:
+                    break
+                assert stack.proc.poll() is None, f"the stack must run beside rpcbind:\n{stack.log_text()}"
+                time.sleep(0.1)
+            assert {r[0] for r in ours} == {"100003", "100005", "100021", "100024"}, rows
+            assert {r for r in ours if r[0] == "100003"} == {("100003", "3", "tcp", "2049"),
+                                                            ("100003", "3", "udp", "2049")}
+            listening = in_netns(ns, "ss", "-ltunpH").stdout
+            for prog in ("100005", "100021", "100024"):
+                for _, _, proto, port in (r for r in ours if r[0] == prog):
+                    sockets = [line for line in listening.splitlines()
+                               if line.startswith(proto) and re.search(rf":{port}\s", line)]
+                    assert sockets and all(f"pid={stack.proc.pid}," in line or "twistd" in line for line in sockets), \
+                        f"{prog} {proto} port {port} is not the stack's: {sockets}"
+            assert {r[3] for r in rows if r[0] == "100000"} == {"111"}
+            assert "program 100005 version 3 ready and waiting" in rpcinfo(ns, "-T", "tcp", "127.0.0.1", "100005",
+                                                                           "3").stdout
             p, port = echo_service(ns)
             rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
             assert ("300123", "2", "udp", str(port)) in rows
@@ -161,10 +198,12 @@ def test_system_rpcbind_mode_registers_with_debian_rpcbind(ns):
             p.wait(15)
             rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
             assert not any(r[0] == "300123" for r in rows)
-            assert stack.proc.poll() is None, "the stack must run beside rpcbind"
         finally:
             stack.stop()
         assert "Address already in use" not in stack.log_text()
+        after = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
+        assert {r[0] for r in after} == {"100000"}, f"registrations left behind at stop: {after}"
+        assert rpcbind.poll() is None, "rpcbind still runs: the registrations were taken away, not lost with it"
     finally:
         rpcbind.kill()
         rpcbind.wait()

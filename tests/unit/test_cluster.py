@@ -1,5 +1,9 @@
 """Port 1110 in process: the keepalive datagram, the members table, the metrics text."""
 
+import hashlib
+import hmac
+import struct
+
 from hypothesis import given, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
@@ -8,6 +12,7 @@ from nfsstack.cluster import keepalive as ka
 from nfsstack.cluster.members import Members
 from nfsstack.cluster.metrics import CallStats, StackCollector, registry
 from nfsstack.cluster.service import allowed, parse_networks, parse_peer
+from nfsstack.xdr import XDRError
 
 KEY = b"k" * 32
 
@@ -48,11 +53,68 @@ def test_refusals():
 
 
 @given(st.binary(max_size=600))
-def test_fuzz_decode(data):
+def test_fuzz_decode_random_bytes(data):
+    """Any bytes at all: a keepalive or BadKeepalive, nothing else."""
     try:
         ka.decode(data, KEY if len(data) % 2 else None)
     except ka.BadKeepalive:
         pass
+
+
+SENDERS = st.one_of(st.sampled_from(["node-a", "c", "", "a\0b", "a\nb", "\r", "n" * 255, "n" * 256, "\udcff"]),
+                    st.text(max_size=300))
+KEEPALIVES = st.builds(ka.Keepalive, st.sampled_from([ka.CLIENT, ka.PEER, 0, 3, 0xFFFFFFFF]), SENDERS,
+                       st.one_of(st.integers(0, 10), st.integers(0, 2**64 - 1)), st.binary(min_size=8, max_size=8),
+                       st.one_of(st.sampled_from([0, ka.ANSWER]), st.integers(0, 2**32 - 1)))
+FIELDS = {"magic": 0, "version": 4, "kind": 8, "flags": 12}
+
+
+@given(KEEPALIVES, st.sampled_from([None, KEY]), st.sampled_from([None, KEY, b"other" * 7]),
+       st.one_of(st.just(None), st.tuples(st.sampled_from(["cut", "flip", "extend"]), st.integers(0, 600),
+                                          st.binary(min_size=1, max_size=40)),
+                 st.tuples(st.sampled_from(sorted(FIELDS)), st.integers(0, 2**32 - 1))))
+def test_fuzz_decode_keepalives(k, send_key, our_key, mutation):
+    """Keepalives with the right magic and version and fields valid or not (kind, flags, sender ids empty, with
+    NUL or newline, at and past 255 bytes, not UTF-8; any seq), with or without a MAC, sent with the right key, a
+    wrong one or none, then maybe cut, flipped, extended or with a header field replaced: decode answers with a
+    Keepalive or BadKeepalive, nothing else; it accepts a well-formed one as sent, with its MAC checked when we
+    have a key, and refuses anything whose MAC does not match our key."""
+    try:
+        data = ka.encode(k, send_key)
+    except (XDRError, ValueError, UnicodeError):  # a sender the encoder refuses (too long for XDR): nothing sent
+        return
+    original = data
+    if mutation is not None:
+        what, *how = mutation
+        if what in FIELDS:
+            at = FIELDS[what]
+            data = data[:at] + struct.pack(">I", how[0]) + data[at + 4:]
+        elif what == "cut":
+            data = data[:how[0] % max(len(data), 1)]
+        elif what == "flip":
+            i = how[0] % len(data)
+            data = data[:i] + bytes([data[i] ^ (how[1][0] or 1)]) + data[i + 1:]
+        else:
+            data = data + how[1]
+    try:
+        got = ka.decode(data, our_key)
+    except ka.BadKeepalive:
+        got = None
+    well_formed = (k.kind in (ka.CLIENT, ka.PEER) and k.sender and not any(c in k.sender for c in "\0\n\r")
+                   and len(k.sender.encode("utf-8", "surrogateescape")) <= ka.MAX_SENDER
+                   and len(original) <= ka.MAX_DATAGRAM)
+    mac_ok = our_key is None or our_key == send_key
+    if data == original and well_formed and mac_ok:
+        assert got == k, "a well-formed keepalive with the right MAC is accepted as sent"
+    if got is not None:
+        assert got.kind in (ka.CLIENT, ka.PEER) and len(got.boot) == 8
+        assert got.sender and not any(c in got.sender for c in "\0\n\r"), "a sender id that is no node name"
+        if our_key is not None:
+            body, mac = data[:-36], data[-32:]
+            assert len(data) >= 36 and hmac.compare_digest(mac, hmac.new(our_key, body, hashlib.sha256).digest()), \
+                "accepted with a key: the datagram ends with the HMAC of what precedes it"
+        m = Members(lambda: 0.0, 1.0, 3, limit=4)
+        assert m.seen(got, "10.0.0.9") is not None
 
 
 def test_members_alive_stale_restarted():

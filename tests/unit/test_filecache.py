@@ -1,6 +1,7 @@
 """The kept open files of nfs3/filecache.py: when an entry serves, and when its descriptor is closed."""
 
 import os
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from nfsstack.nfs3.identity import Identity
 
 ALICE = Identity(1000, 1000, (1000,))
 BOB = Identity(1001, 1001, (1001,))
+CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; not in Python's time module
 
 
 class Clock:
@@ -60,12 +62,24 @@ def test_a_change_made_elsewhere_retires_the_entry(cache, tmp_path):
     assert cache.writer(ALICE, os.stat(tmp_path / "f")) is None
     assert not is_open(fd)
     fd = kept(cache, tmp_path / "f")
-    with open(tmp_path / "f", "ab") as other:  # a write not through the entry: a new ctime it did not see
+    seen = os.fstat(fd)
+    after_the_clock_moved_past(seen.st_ctime_ns)
+    with open(tmp_path / "f", "ab", buffering=0) as other:  # a write not through the entry: a new ctime it did not see
         other.write(b"x")
         st = os.fstat(other.fileno())
-    if st.st_ctime_ns != cache._files[(st.st_dev, st.st_ino)].seen[3]:
-        assert cache.writer(ALICE, os.stat(tmp_path / "f")) is None
-        assert not is_open(fd)
+    assert st.st_ctime_ns != seen.st_ctime_ns and st.st_mode == seen.st_mode, "only the ctime tells the change"
+    assert cache.writer(ALICE, os.stat(tmp_path / "f")) is None
+    assert not is_open(fd)
+
+
+def after_the_clock_moved_past(ctime_ns):
+    """Return once the clock the kernel stamps ctimes with (the coarse realtime clock, one tick per jiffy) has
+    passed ``ctime_ns``: a change made after that gets a later ctime, however coarse the filesystem's stamps."""
+    for _ in range(10_000):
+        if time.clock_gettime_ns(CLOCK_REALTIME_COARSE) > ctime_ns:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the coarse clock did not pass {ctime_ns}")
 
 
 def test_a_lent_descriptor_outlives_its_entry_until_released(cache, tmp_path):

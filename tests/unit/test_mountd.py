@@ -1,7 +1,7 @@
 """mountd in process (RFC 1813 appendix I): MNT decisions, handles, the mount list."""
 
+import errno
 import os
-import struct
 
 import pytest
 from hypothesis import given, strategies as st
@@ -10,7 +10,9 @@ from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import MountStat, Mountd
-from nfsstack.nfs3.handles import BadHandle, HandleCodec, StaleHandle, kernel_handles_work
+from nfsstack.nfs3.handles import (
+    MAX_HANDLE, MAX_KERNEL_HANDLE, BadHandle, Decoded, HandleCodec, StaleHandle, kernel_handles_work,
+)
 from nfsstack.rpc.message import decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker
@@ -159,8 +161,26 @@ def test_handle_rename_survives(env):
         os.close(fd)
 
 
-def test_kernel_handle_is_small_enough():
-    assert struct.calcsize(">BIBi") + 8 + 8 <= 64
+def test_handles_fit_nfs3_fhsize_and_a_kernel_handle_too_large_is_refused(env):
+    """RFC 1813's NFS3_FHSIZE is 64 bytes: the handles mountd gives for this filesystem's objects fit and decode
+    back; the largest kernel handle the codec takes makes a handle of exactly 64 bytes, one byte more is refused
+    (EOVERFLOW), never a longer handle a client cannot carry."""
+    tmp, table, mountd, d = env
+    for path in (tmp / "data", tmp / "data" / "sub"):
+        status, handle = mnt3(d, path)
+        assert status == MountStat.MNT3_OK and len(handle) <= MAX_HANDLE
+        export, fd = table.resolve(handle)
+        os.close(fd)
+    codec = HandleCodec(b"k" * 32)
+    for size in (0, 8, MAX_KERNEL_HANDLE):
+        data = bytes(range(size))
+        handle = codec.encode(7, 1, data)
+        assert len(handle) <= MAX_HANDLE
+        assert codec.decode(handle) == Decoded(7, 1, data)
+    assert len(codec.encode(7, 1, bytes(MAX_KERNEL_HANDLE))) == MAX_HANDLE == 64
+    with pytest.raises(OSError) as e:
+        codec.encode(7, 1, bytes(MAX_KERNEL_HANDLE + 1))
+    assert e.value.errno == errno.EOVERFLOW
 
 
 @pytest.fixture(scope="module")

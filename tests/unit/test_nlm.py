@@ -1,13 +1,17 @@
 """nlockmgr and status in process: NLM v1/v3/v4 through the dispatcher on real files, OFD mirroring, the grace
 period, GRANTED callbacks, NSM state and notices; hypothesis fuzzing of every NLM and NSM decoder."""
 
+import collections
 import fcntl
 import os
+import shutil
 import struct
+import tempfile
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, note, strategies as st
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
@@ -17,10 +21,11 @@ from nfsstack.nlm.program import Nlm
 from nfsstack.nlm.types import NlmStat, Proc
 from nfsstack.nsm.program import Nsm
 from nfsstack.nsm.state import NsmState
-from nfsstack.nsm.types import Mon, MyId, StatChge, pack_mon, pack_stat_chge
+from nfsstack.nsm.types import Mon, MyId, StatChge, pack_mon, pack_my_id, pack_stat_chge
 from nfsstack.rpc.message import decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker, XDRError
+from tests.support import FuzzInput
 
 PEER = ("10.0.2.15", 800)
 LOCAL = ("10.0.2.2", 4045)
@@ -352,14 +357,264 @@ def test_fuzz_nlm_decoders(data, which):
         pass
 
 
-@given(st.binary(max_size=200), st.integers(0, 23), st.sampled_from([1, 3, 4]))
-def test_fuzz_nlm_and_nsm_dispatch_never_crash(data, proc, vers):
-    clock = task.Clock()
-    table = ExportTable(parse_exports("/nonexistent *(rw)\n"), HandleCodec(b"k" * 32))
-    nlm = Nlm(table, clock, FakeRemote(b""), None, grace=0)
-    nsm = Nsm(NsmState("/nonexistent-state"), clock, None)
-    d = Dispatcher([nlm.program, nsm.program])
-    for prog, v in ((t.NLM_PROG, vers), (100024, 1)):
-        reply = d.handle(encode_call(1, prog, v, proc) + data, "udp", PEER, LOCAL)
-        if reply is not None:
-            decode_reply(reply)
+# -- the dispatcher fuzzed on real files --------------------------------------------------------------------------
+#
+# An example is a byte string that tests.support.FuzzInput turns into a list of actions: NLM and NSM calls whose
+# arguments are well-formed most of the time (real handles, owners and ranges from small sets so that locks meet)
+# and mutated otherwise, retransmissions, clock ticks, local OFD locks and changes of how the client answers
+# GRANTED.  The falsifying example's notes list the actions decoded.
+
+FUZZ_PEERS = [("10.0.2.15", 800), ("10.0.2.15", 40000), ("10.0.2.16", 700), ("127.0.0.1", 900)]
+FUZZ_NAMES = ["guest", "other", "", "g" * 1024, "g" * 1025, "\udcff\n"]  # the last ones: at and past the limit
+FUZZ_OWNERS = [b"", b"o1", b"o2", b"o" * 1025]
+#: Ranges at the edges of 32 and 64 bits (v1/v3 clamp, Lock.of's end, _span's 2^63 limit).
+FUZZ_EDGES = [1, 2**31 - 1, 2**32 - 1, 2**32, 2**63 - 2, 2**63 - 1, 2**63, 2**64 - 1]
+FUZZ_SVIDS = [0, 1, 2, 3, 0, 1, 2, 3, -1, -2**31, 2**31 - 1]
+
+
+def _answer(stat, garbage=False):
+    p = Packer()
+    t.pack_res(p, t.Res(b"c", stat), True)
+    return b"\0\0\0\7junk" if garbage else p.getvalue()
+
+
+FUZZ_ANSWERS = [_answer(NlmStat.GRANTED), None, _answer(NlmStat.DENIED), _answer(0, garbage=True), b""]
+#: What an action's first byte picks: mostly NLM calls, then NSM calls, and the rest.
+FUZZ_ACTIONS = ["nlm"] * 40 + ["nsm"] * 6 + ["undo"] * 6 + ["tick"] * 3 + ["local"] * 2 + ["again", "answer"]
+#: NLM procedures, LOCK most often so that locks meet; every procedure, and some that do not exist, now and then.
+FUZZ_PROCS = ([Proc.LOCK] * 40 + [Proc.UNLOCK] * 6 + [Proc.TEST] * 6 + [Proc.CANCEL] * 2 + [Proc.SHARE] * 2
+              + list(Proc) + [16, 19, 24, 99])
+
+
+class RecordingRemote(FakeRemote):
+    """A FakeRemote that keeps every Deferred it hands out: whatever the server hung on one must not end in an
+    unhandled failure (an exception in a GRANTED or _RES callback)."""
+
+    def __init__(self, answer=None):
+        super().__init__(answer)
+        self.deferreds = []
+
+    def call(self, *args, **kw):
+        d = super().call(*args, **kw)
+        self.deferreds.append((args, d))
+        return d
+
+    def failures(self):
+        return [(args, d.result) for args, d in self.deferreds if isinstance(getattr(d, "result", None), Failure)]
+
+
+def _fuzz_fh(f: FuzzInput, handles: dict, names: list) -> bytes:
+    b = f.byte()
+    if b < 232:
+        return handles[names[b % len(names)]]
+    if b < 248:  # a real handle with one byte changed (its MAC no longer matches)
+        fh = handles[names[f.byte() % len(names)]]
+        i = f.byte() % len(fh)
+        return fh[:i] + bytes([fh[i] ^ 0x20]) + fh[i + 1:]
+    return f.bytes(80)
+
+
+def _fuzz_alock(f: FuzzInput, handles: dict, names: list) -> t.NlmLock:
+    who = f.byte()
+    return t.NlmLock(FUZZ_NAMES[who % 3] if who < 240 else f.pick(FUZZ_NAMES), _fuzz_fh(f, handles, names),
+                     FUZZ_OWNERS[(who >> 2) % 3] if who < 240 else f.pick(FUZZ_OWNERS), f.pick(FUZZ_SVIDS),
+                     f.number(100, FUZZ_EDGES), 0 if f.byte() < 64 else f.number(100, FUZZ_EDGES))
+
+
+def _fuzz_nlm_args(f: FuzzInput, proc: int, handles: dict, names: list):
+    """Well-formed arguments of ``proc``, None for a procedure without any (or one that does not exist)."""
+    flags = f.byte()
+    exclusive, block, reclaim = bool(flags & 1), bool(flags & 2), (flags >> 2) % 8 == 7
+    cookie = bytes([flags >> 5] * (flags >> 5))
+    if proc in (Proc.TEST, Proc.TEST_MSG, Proc.GRANTED, Proc.GRANTED_MSG):
+        return t.TestArgs(cookie, exclusive, _fuzz_alock(f, handles, names))
+    if proc in (Proc.LOCK, Proc.LOCK_MSG, Proc.NM_LOCK):
+        return t.LockArgs(cookie, block, exclusive, _fuzz_alock(f, handles, names), reclaim, f.pick(FUZZ_SVIDS))
+    if proc in (Proc.CANCEL, Proc.CANCEL_MSG):
+        return t.CancArgs(cookie, block, exclusive, _fuzz_alock(f, handles, names))
+    if proc in (Proc.UNLOCK, Proc.UNLOCK_MSG):
+        return t.UnlockArgs(cookie, _fuzz_alock(f, handles, names))
+    if proc in (Proc.SHARE, Proc.UNSHARE):
+        who = f.byte()
+        share = t.NlmShare(FUZZ_NAMES[who % 3], _fuzz_fh(f, handles, names), FUZZ_OWNERS[(who >> 2) % 3],
+                           (who >> 4) % 5, (who >> 6) + (flags & 1))  # mode and access, 4 (invalid) sometimes
+        return t.ShareArgs(cookie, share, reclaim)
+    if proc == Proc.FREE_ALL:
+        return t.Notify(f.pick(FUZZ_NAMES), f.pick(FUZZ_SVIDS))
+    if proc == Proc.TEST_RES:
+        return t.TestRes(cookie, f.pick(list(NlmStat)), t.Holder(exclusive, f.pick(FUZZ_SVIDS), b"o1", f.number(100, FUZZ_EDGES),
+                                                                 f.number(100, FUZZ_EDGES)))
+    if proc in (Proc.LOCK_RES, Proc.CANCEL_RES, Proc.UNLOCK_RES, Proc.GRANTED_RES):
+        return t.Res(cookie, f.pick(list(NlmStat)))
+    return None
+
+
+NLM_PACKERS = {t.TestArgs: t.pack_testargs, t.LockArgs: t.pack_lockargs, t.CancArgs: t.pack_cancargs,
+               t.UnlockArgs: t.pack_unlockargs, t.ShareArgs: t.pack_shareargs, t.Notify: t.pack_notify,
+               t.TestRes: t.pack_testres, t.Res: t.pack_res}
+
+
+def _pack_nlm(args, vers: int) -> bytes:
+    p = Packer()
+    NLM_PACKERS[type(args)](p, args, vers == 4)
+    return p.getvalue()
+
+
+def _fuzz_nsm_body(f: FuzzInput, proc: int) -> bytes:
+    p = Packer()
+    name = f.pick(FUZZ_NAMES)
+    my_id = MyId(f.pick(FUZZ_NAMES), f.pick([100021, 300000, -1]), f.byte() % 5, f.byte() % 20)
+    if proc == 1:
+        p.pack_string(name)
+    elif proc == 2:
+        pack_mon(p, Mon(name, my_id, bytes([f.byte()]) * 16))
+    elif proc == 3:
+        p.pack_string(name)
+        pack_my_id(p, my_id)
+    elif proc == 4:
+        pack_my_id(p, my_id)
+    elif proc == 6:
+        pack_stat_chge(p, StatChge(name, f.pick(FUZZ_SVIDS)))
+    return p.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fuzz_world(tmp_path_factory):
+    """Three exports of real files (read-write with `insecure`, read-only, `secure` for one client only) and the
+    handles the fuzzer picks from: files, a directory, a FIFO, a symlink, export roots, and a file deleted since
+    its handle was made (stale)."""
+    if not kernel_handles_work("/"):
+        pytest.skip("needs root (open_by_handle_at)")
+    top = tmp_path_factory.mktemp("nlmfuzz")
+    data, ro, sec = top / "data", top / "ro", top / "sec"
+    for d in (data, ro, sec):
+        d.mkdir()
+    for name in ("a", "b", "gone"):
+        (data / name).write_bytes(b"x" * 4096)
+    (data / "dir").mkdir()
+    os.mkfifo(data / "fifo")
+    os.symlink("a", data / "link")
+    (ro / "r").write_text("r")
+    (sec / "s").write_text("s")
+    exports = parse_exports(f"{data} *(rw,insecure)\n{ro} *(ro,insecure)\n{sec} 10.0.2.15(rw)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    handles = {}
+    for export in exports:
+        fd = os.open(export.path, os.O_RDONLY)
+        handles[os.path.basename(export.path) + "/"] = table.handle(export, fd)
+        for name in os.listdir(export.path):
+            handles[name] = table.handle(export, fd, name)
+        os.close(fd)
+    os.unlink(data / "gone")
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    state = tempfile.mkdtemp(prefix="nlmfuzz-", dir=shm)  # NSM fsyncs its files: on tmpfs that costs nothing
+    # The plain read-write files most often: locks meet there.
+    names = sorted(handles) + ["a"] * 12 + ["b"] * 4
+    yield {"table": table, "handles": handles, "names": names, "data": data, "state": state}
+    table.close()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+RESULT_DECODERS = {Proc.TEST: t.unpack_testres, Proc.LOCK: t.unpack_res, Proc.CANCEL: t.unpack_res,
+                   Proc.UNLOCK: t.unpack_res, Proc.GRANTED: t.unpack_res, Proc.NM_LOCK: t.unpack_res,
+                   Proc.SHARE: t.unpack_shareres, Proc.UNSHARE: t.unpack_shareres}
+
+
+def test_fuzz_nlm_and_nsm_dispatch_on_real_files(fuzz_world):
+    """Sequences of NLM (v1, v3, v4) and NSM calls, mostly well-formed and on real handles, some mutated, between
+    local OFD locks, clock ticks and clients answering GRANTED in every way: no call ends in SYSTEM_ERR (a handler
+    that raised), every reply decodes as its procedure's result, no callback leaves an unhandled failure, and the
+    lock table and the OFD mirror were really reached (locks granted, denied, blocked and granted later, several
+    OFD descriptors open at once)."""
+    table, handles, names, data = (fuzz_world[k] for k in ("table", "handles", "names", "data"))
+    reached = collections.Counter()
+
+    @given(st.binary(min_size=60, max_size=400))
+    def run(blob):
+        f = FuzzInput(blob)
+        clock = task.Clock()
+        remote = RecordingRemote(FUZZ_ANSWERS[0])
+        state_dir = tempfile.mkdtemp(dir=fuzz_world["state"])
+        nsm = Nsm(NsmState(state_dir), clock, remote, backoff=())  # gives up notifying at once: no DNS
+        nsm.start()
+        nlm = Nlm(table, clock, remote, nsm, grace=30 if f.byte() >= 224 else 0)
+        nsm.listeners.append(nlm.host_rebooted)
+        d = Dispatcher([nlm.program, nsm.program])
+        local, locks, last, xid = [], [], None, 0
+        try:
+            for step in range(200):
+                if not f.more():
+                    break
+                kind = f.pick(FUZZ_ACTIONS)
+                if kind == "tick":
+                    seconds = f.pick([0.5, 1.0, 31.0])
+                    note(f"{step}: tick {seconds}")
+                    clock.advance(seconds)
+                    continue
+                if kind == "answer":
+                    remote.answer = f.pick(FUZZ_ANSWERS)
+                    note(f"{step}: the client answers {remote.answer!r}")
+                    continue
+                if kind == "local":
+                    name, start, length, exclusive = f.pick("ab"), f.byte() % 101, f.byte() % 101, f.byte() & 1
+                    note(f"{step}: local OFD lock on {name} {start}+{length} exclusive={exclusive}")
+                    fd = ofd(data / name, fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, start, length)
+                    if fd is None:
+                        reached["local lock in conflict"] += 1
+                    else:
+                        local.append(fd)
+                    continue
+                if kind == "again":
+                    if last is None:
+                        continue
+                    prog, vers, proc, peer, netid, message = last
+                    note(f"{step}: the same message again")
+                else:
+                    bits = f.byte()
+                    vers, peer, netid = (4, 4, 3, 1)[bits & 3], FUZZ_PEERS[(bits >> 2) & 3], "tu"[bits >> 7]
+                    netid += "cp" if netid == "t" else "dp"
+                    if kind == "nsm":
+                        prog, vers, proc = 100024, 1, f.byte() % 8
+                        body = _fuzz_nsm_body(f, proc)
+                        args = None
+                    elif kind == "undo" and locks:  # an UNLOCK or CANCEL of a lock asked for before
+                        vers, peer, netid, alock = locks[f.byte() % len(locks)]
+                        prog, proc = t.NLM_PROG, (Proc.UNLOCK, Proc.CANCEL)[bits >> 7]
+                        args = (t.UnlockArgs(b"u", alock) if proc == Proc.UNLOCK
+                                else t.CancArgs(b"u", True, bool(bits & 8), alock))
+                        body = _pack_nlm(args, vers)
+                    else:
+                        prog, proc = t.NLM_PROG, f.pick(FUZZ_PROCS)
+                        args = _fuzz_nlm_args(f, proc, handles, names)
+                        body = b"" if args is None else _pack_nlm(args, vers)
+                        if isinstance(args, t.LockArgs):
+                            locks.append((vers, peer, netid, args.alock))
+                    body = f.mutate(body)
+                    note(f"{step}: {netid} {peer} {prog} v{vers} proc {proc} {args} as {body!r}")
+                    xid += 1
+                    message = encode_call(xid, prog, vers, proc) + body
+                    last = (prog, vers, proc, peer, netid, message)
+                reply = d.handle(message, netid, peer, LOCAL)
+                assert not isinstance(reply, defer.Deferred), "NLM and NSM answer at once"
+                assert d.errors["SYSTEM_ERR"] == 0, f"step {step}: a handler raised (see the log)"
+                reached["max OFD descriptors"] = max(reached["max OFD descriptors"], len(nlm.mirror))
+                assert remote.failures() == [], f"step {step}: a callback left an unhandled failure"
+                if reply is None:
+                    continue
+                h = decode_reply(reply)
+                if h.error is None and prog == t.NLM_PROG and proc in RESULT_DECODERS:
+                    u = Unpacker(reply, h.offset)
+                    res = RESULT_DECODERS[proc](u, vers == 4)
+                    u.done()
+                    reached[(Proc(proc).name, res.stat.name)] += 1
+            reached["GRANTED callbacks"] += nlm.callbacks["sent"]
+        finally:
+            nlm.stop()
+            for fd in local:
+                os.close(fd)
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    run()
+    assert reached[("LOCK", "GRANTED")] and reached[("LOCK", "DENIED")] and reached[("LOCK", "BLOCKED")], reached
+    assert reached[("TEST", "DENIED")] and reached[("SHARE", "GRANTED")], reached
+    assert reached["max OFD descriptors"] > 1 and reached["GRANTED callbacks"], reached

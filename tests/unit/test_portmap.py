@@ -3,8 +3,9 @@
 import socket
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, note, strategies as st
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registry import Registry, address_is_bound
@@ -15,6 +16,7 @@ from nfsstack.portmap.types import (
 from nfsstack.rpc.message import AcceptStat, AuthStat, Credential, OpaqueAuth, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker
+from tests.support import FuzzInput
 
 ROOT_LOCAL = ("127.0.0.1", 800)  # privileged source port: the superuser
 USER_LOCAL = ("127.0.0.1", 40000)
@@ -198,11 +200,83 @@ def test_remote_calls_when_enabled():
     assert got == [None]
 
 
-@given(st.binary(max_size=200), st.sampled_from([(2, 1), (2, 3), (3, 1), (3, 3), (3, 7), (3, 8), (4, 9), (4, 11)]))
-def test_fuzz_portmap_arguments(args, vp):
-    pm = PM()
-    reply = pm.raw(vp[0], vp[1], args)
-    decode_reply(reply)
+FUZZ_PROGS = [300000] * 6 + [300001, 100000, 100003, 100021, 0, 0xFFFFFFFF]  # mostly one: calls meet
+FUZZ_NETIDS = ["tcp", "udp"] * 3 + ["tcp6", "udp6", "", "local", "x" * 64, "x" * 65]
+FUZZ_UADDRS = ["0.0.0.0.7.208"] * 3 + ["127.0.0.1.8.0", "::1.8.1", "::.3.232", "127.0.0.1.0.0", "", "nonsense",
+               "1.2.3.4.256.1", "127.0.0.1.-1.0", "fe80::1%lo.1.1", "x" * 128, "x" * 129]
+FUZZ_OWNERS = ["", "superuser", "1000", "x" * 257]
+FUZZ_PEERS = [ROOT_LOCAL, USER_LOCAL, REMOTE, ("::1", 700), ("::ffff:127.0.0.1", 40001)]
+FUZZ_LOCALS = [("127.0.0.1", 111), ("0.0.0.0", 111), ("::", 111), ("127.0.0.5", 111)]
+FUZZ_CREDS = [OpaqueAuth(), Credential(1000, 1000).to_auth(), Credential(0, 0).to_auth(),
+              Credential(1001, 1001).to_auth()]
+#: (version, procedure) of every procedure, the usual ones most often, and some that do not exist.
+FUZZ_CALLS = ([(2, 1), (2, 3), (3, 1), (4, 1), (4, 3), (4, 11)] * 3
+              + [(v, p) for v in (2, 3, 4) for p in range(13)] + [(2, 99), (5, 0), (4, 13)])
+
+
+def _fuzz_portmap_args(f, vers, proc):
+    """Well-formed arguments of ``proc`` of ``vers`` (absent procedures get some anyway)."""
+    prog, pvers = f.pick(FUZZ_PROGS), f.pick([1, 1, 1, 1, 2, 3, 0xFFFFFFFF])
+    if vers == 2 and proc in (1, 2, 3):
+        return Mapping(prog, pvers, f.pick([6, 17, 6, 17, 0, 99]), f.pick([2000, 2001, 0, 111, 65535, 65536]))
+    if proc in (1, 2, 3, 9, 11):
+        return RPCB(prog, pvers, f.pick(FUZZ_NETIDS), f.pick(FUZZ_UADDRS), f.pick(FUZZ_OWNERS))
+    if proc in (5, 10):
+        return CallArgs(prog, pvers, f.byte() % 4, f.bytes(200))
+    if proc == 7:
+        return f.pick(FUZZ_UADDRS)
+    if proc == 8:
+        buf = f.bytes(40) if f.byte() >= 192 else taddr_from_uaddr(f.pick(FUZZ_UADDRS[:7]))
+        return Netbuf(f.pick([len(buf), 0, 16, 0xFFFFFFFF]), buf)
+    return None
+
+
+def _encode_arg(arg):
+    p = Packer()
+    if isinstance(arg, str):
+        p.pack_string(arg)
+    elif arg is not None:
+        arg.pack(p)
+    return p.getvalue()
+
+
+@given(st.binary(min_size=60, max_size=500))
+def test_fuzz_portmap_dispatch(blob):
+    """Sequences of portmapper v2 and rpcbind v3/v4 calls with mostly well-formed arguments (some mutated), from
+    loopback and remote callers, as root or users, with remote calls on or off and registrations alive or dead:
+    no call ends in SYSTEM_ERR (a handler that raised), each is answered with a reply that decodes, and a late
+    reply (CALLIT) fails only by not being sent."""
+    f = FuzzInput(blob)
+    flags = f.byte()
+    sent = []
+
+    def forwarder(port, prog, vers, proc, args, cred):
+        sent.append(port)
+        if flags & 2:
+            return defer.fail(OSError("unreachable"))
+        return defer.succeed(b"R" * (f.byte() * 4))
+
+    pm = PM(alive=lambda reg: reg.port % 3 != 0, remote_calls=bool(flags & 1), forwarder=forwarder)
+    for step in range(100):
+        if not f.more():
+            break
+        vers, proc = f.pick(FUZZ_CALLS)
+        arg = _fuzz_portmap_args(f, vers, proc)
+        body = f.mutate(_encode_arg(arg))
+        peer, local, cred, netid = f.pick(FUZZ_PEERS), f.pick(FUZZ_LOCALS), f.pick(FUZZ_CREDS), f.pick(
+            ["tcp", "udp", "tcp6", "udp6"])
+        note(f"{step}: {netid} {peer}->{local} v{vers} proc {proc} {arg!r} as {body!r}")
+        reply = pm.raw(vers, proc, body, peer=peer, netid=netid, cred=cred, local=local)
+        if isinstance(reply, defer.Deferred):
+            late = []
+            reply.addBoth(late.append)
+            assert late and not isinstance(late[0], Failure), late
+            reply = late[0]
+        assert pm.dispatcher.errors["SYSTEM_ERR"] == 0, f"step {step}: a handler raised (see the log)"
+        if reply is not None:
+            decode_reply(reply)
+        elif proc not in (5, 10):
+            raise AssertionError(f"step {step}: no reply")
 
 
 @given(st.sampled_from(["127.0.0.1", "0.0.0.0", "::1", "fe80::1", "10.1.2.3"]), st.integers(0, 65535))
