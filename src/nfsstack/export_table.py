@@ -3,13 +3,39 @@
 Shared by mountd and nfsd.  :meth:`ExportTable.reload` swaps in a new exports
 file (SIGHUP) without touching handles: a handle names its export by id, so it
 stays valid as long as the export does.
+
+Filesystems mounted below an export (exports(5) ``crossmnt``, ``nohide``, and
+the default, ``hide``), as knfsd serves them:
+
+* a filesystem mounted at R below an export A whose options for the client say
+  ``crossmnt`` is served as an export of its own (:meth:`ExportTable.export_for`
+  makes it, an :class:`Export` with ``crossed_from`` = A's path): A's options,
+  its own root (opened at R, which must lie inside A's real path), its own id
+  (``0x80000000 | crc32("A's id:R relative to A")``, as stable as A's id and the
+  mount point's place; knfsd takes the filesystem's UUID, which tmpfs and many
+  others do not have), so its own fsid in the attributes, and handles that
+  ``open_by_handle_at`` resolves against its root.  After a restart a handle of
+  such an id is found by reading ``/proc/self/mountinfo`` (at most once a second);
+* an export B exported ``nohide`` is what LOOKUP of its mount point through A
+  gives, if B admits the client;
+* otherwise the mount point is not crossed: LOOKUP gives the directory it covers
+  on A's filesystem, found through a clone of A's mount without its submounts
+  (``open_tree(OPEN_TREE_CLONE)``); where that fails (no CAP_SYS_ADMIN, Linux
+  before 5.2) LOOKUP answers NFS3ERR_XDEV.
+
+``..`` at the root of a crossed filesystem (or of a ``nohide`` export) leads to
+the directory above it, in the export that serves it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import stat
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from typing import Optional
 
@@ -94,6 +120,13 @@ class ExportTable:
         self._needs_names = False
         # export id -> (fd of the root, mount id, real path, (st_dev, st_ino))
         self._roots: dict[int, tuple[int, int, str, tuple[int, int]]] = {}
+        #: Filesystems mounted below a ``crossmnt`` export, served as exports of their own: by id, by root path.
+        self._crossed: dict[int, Export] = {}
+        self._crossed_at: dict[str, Export] = {}
+        #: When /proc/self/mountinfo was last read for an unknown export id.
+        self._scanned = -1e9
+        #: export id -> (fd, mount id) of a clone of the export's mount without what is mounted below it.
+        self._clones: dict[int, tuple[int, int]] = {}
         self.exports = exports
 
     def reload(self, exports: Exports) -> None:
@@ -110,6 +143,13 @@ class ExportTable:
         for entry in self._roots.values():
             os.close(entry[0])
         self._roots.clear()
+        for entry in self._clones.values():
+            if entry[0] >= 0:
+                os.close(entry[0])
+        self._clones.clear()
+        self._crossed.clear()
+        self._crossed_at.clear()
+        self._scanned = -1e9
         for entry in self._fds.values():
             os.close(entry[1])
         self._fds.clear()
@@ -157,6 +197,12 @@ class ExportTable:
                 _, _, mount_id = kernel_handle(fd, "")
                 real = os.readlink(f"/proc/self/fd/{fd}")  # the path with symlinks resolved
                 st = os.fstat(fd)
+                if export.crossed_from:
+                    # Where the mount was found, and still inside the export it is crossed from.
+                    parent = self.exports.find(export.crossed_from)
+                    top = self._root(parent)[2] if parent is not None else None
+                    if real != export.path or top is None or not real.startswith(top.rstrip("/") + "/"):
+                        raise OSError(errno.ENOENT, "the crossed filesystem is no longer below its export")
             except OSError:
                 os.close(fd)
                 raise
@@ -190,8 +236,6 @@ class ExportTable:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""
         htype, data, mount_id = kernel_handle(dirfd, name)
         if mount_id != self.root(export)[1]:
-            import errno
-
             raise OSError(errno.EXDEV, "object is on another filesystem than its export")
         return self.codec.encode(export.export_id, htype, data)
 
@@ -218,8 +262,6 @@ class ExportTable:
             return known[1]
         st, handle = self._new_handle(export, dirfd, name)
         if (st.st_dev, st.st_ino) != (dev, ino):
-            import errno
-
             raise OSError(errno.ESTALE, "the name now names another object")
         return handle
 
@@ -290,6 +332,8 @@ class ExportTable:
                 self._evict(handle)
             for export in self.exports:
                 self._handles.pop((export.export_id, st.st_dev, st.st_ino), None)
+            for export_id in self._crossed:
+                self._handles.pop((export_id, st.st_dev, st.st_ino), None)
 
     def sweep(self, idle: float = 30.0) -> int:
         """Close the cached descriptors of deleted objects (a server-side ``rm`` must free space) and of ones
@@ -321,7 +365,9 @@ class ExportTable:
         decoded = self.codec.decode(handle)
         export = self.exports.by_id(decoded.export_id)
         if export is None:
-            raise ExportGone("export no longer exported")
+            export = self._crossed.get(decoded.export_id) or self._find_crossed(decoded.export_id)
+            if export is None:
+                raise ExportGone("export no longer exported")
         try:
             mount_fd = self.root(export)[0]
             fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
@@ -332,6 +378,202 @@ class ExportTable:
             os.close(fd)
             raise StaleHandle("object is outside its export")
         return export, fd, st
+
+
+    # -- filesystems mounted below an export (crossmnt, nohide, hide) ----------------------------------------
+
+    def _find_crossed(self, export_id: int) -> Optional[Export]:
+        """The crossed filesystem of an id not seen since the start (or the last reload): every filesystem
+        mounted below a ``crossmnt`` export gets its export, and its id is looked up again.  At most once a
+        second: a handle needs a valid MAC to get here, but a client may keep one of a filesystem since
+        unmounted."""
+        now = time.monotonic()
+        if now - self._scanned < 1.0:
+            return None
+        self._scanned = now
+        tops = []
+        for export in self.exports:
+            if any(options.crossmnt for _, options in export.clients):
+                try:
+                    tops.append(self._root(export)[2])
+                except OSError:
+                    continue
+        for mount_id, where in mounts().items():
+            if not any(where.startswith(top.rstrip("/") + "/") for top in tops):
+                continue
+            try:
+                fd = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                self.export_for(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return self._crossed.get(export_id)
+
+    def _parent_export(self, real: str) -> Optional[Export]:
+        """The export whose real root path is the longest one holding the real path ``real``."""
+        best, length = None, -1
+        for export in self.exports:
+            try:
+                top = self._root(export)[2]
+            except OSError:
+                continue
+            if (real == top or real.startswith(top.rstrip("/") + "/")) and len(top) > length:
+                best, length = export, len(top)
+        return best
+
+    def export_for(self, fd: int) -> Optional[Export]:
+        """The export that serves the object open at ``fd``: an export of the file on whose filesystem it lies,
+        or the filesystem (mounted below such an export) it lies on, as an export crossed from it (whether a
+        client may use it is :meth:`options_for`'s question).  None: not below any export."""
+        with self._lock:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+            mount_id = kernel_handle(fd, "")[2]
+            export = self._parent_export(where)
+            if export is None:
+                return None
+            _, top_mount, top, _ = self._root(export)
+            if mount_id == top_mount:
+                return export
+            root = mounts().get(mount_id)
+            if root is None or not root.startswith(top.rstrip("/") + "/") or not (
+                    where == root or where.startswith(root.rstrip("/") + "/")):
+                return None
+            crossed = self._crossed_at.get(root)
+            if crossed is not None and crossed.crossed_from == export.path:
+                return crossed
+            relative = os.path.relpath(root, top)
+            taken = {e.export_id for e in self.exports} | set(self._crossed)
+            n = 0
+            while True:
+                seed = f"{export.export_id}:{relative}" + (f":{n}" if n else "")
+                export_id = zlib.crc32(seed.encode("utf-8", "surrogateescape")) | 0x80000000
+                if export_id not in taken:
+                    break
+                n += 1
+            crossed = Export(root, export.clients, export.line, export_id, crossed_from=export.path)
+            old = self._crossed_at.pop(root, None)
+            if old is not None:
+                self._crossed.pop(old.export_id, None)
+            self._crossed[export_id] = self._crossed_at[root] = crossed
+            return crossed
+
+    def cross(self, export: Export, options: ExportOptions, fd: int, address: str) -> Optional[Export]:
+        """LOOKUP in ``export`` (``options``: the client's) found ``fd``, a directory on another mount: the export
+        to serve it as, or None if the mount point is not crossed for this client (``hide``)."""
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        target = self.export_for(fd)
+        if target is None or target.export_id == export.export_id:
+            return None
+        theirs = self.options_for(target, address)
+        if theirs is None:
+            return None
+        if target.crossed_from:
+            return target if self.is_root(target, st) else None
+        # A line of the file: crossed at its root, if it says nohide or the export we come from crossmnt.
+        return target if (theirs.nohide or options.crossmnt) and self.is_root(target, st) else None
+
+    def above_root(self, export: Export, options: ExportOptions, address: str) -> Optional[tuple[Export, int]]:
+        """``..`` at the root of a crossed filesystem or of a ``nohide`` export: (export, O_PATH fd) of the
+        directory above it, if an export serves it to this client; None: ``..`` stays at the root."""
+        if not (export.crossed_from or options.nohide):
+            return None
+        up = os.open("..", os.O_PATH | os.O_CLOEXEC, dir_fd=self.root(export)[0])
+        try:
+            target = self.export_for(up)
+            if target is not None and target.export_id != export.export_id and self.inside(target, up) \
+                    and self.options_for(target, address) is not None:
+                return target, up
+        except OSError:
+            pass
+        os.close(up)
+        return None
+
+    def covered(self, export: Export, dirfd: int, name: bytes) -> tuple[bytes, int]:
+        """(handle, O_PATH fd) of what ``name`` under ``dirfd`` is on the export's own filesystem, below what is
+        mounted on it (knfsd's ``hide``): found through a clone of the export's mount that has none of the
+        mounts below it, then opened by its handle as any other (inside the export).  OSError(EXDEV) where the
+        clone cannot be had."""
+        with self._lock:
+            clone, clone_mount = self._clone(export)
+            top, top_mount = self._root(export)[2], self._root(export)[1]
+        where = os.readlink(f"/proc/self/fd/{dirfd}")
+        if not (where == top or where.startswith(top.rstrip("/") + "/")):
+            raise OSError(errno.EXDEV, "directory outside its export")
+        relative = os.path.join(os.path.relpath(where, top), os.fsdecode(name))
+        fd = os.open(relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=clone)
+        try:
+            htype, data, mount_id = kernel_handle(fd, "")
+        finally:
+            os.close(fd)
+        if mount_id != clone_mount:
+            raise OSError(errno.EXDEV, "object is on another filesystem than its export")
+        fd = open_kernel_handle(self.root(export)[0], htype, data)
+        if not self.inside(export, fd) or kernel_handle(fd, "")[2] != top_mount:
+            os.close(fd)
+            raise OSError(errno.EXDEV, "object is outside its export")
+        return self.codec.encode(export.export_id, htype, data), fd
+
+    def _clone(self, export: Export) -> tuple[int, int]:
+        entry = self._clones.get(export.export_id)
+        if entry is None:
+            fd = _open_tree(self._root(export)[0])
+            try:
+                entry = (fd, kernel_handle(fd, "")[2]) if fd >= 0 else (-1, -1)
+            except OSError:
+                os.close(fd)
+                entry = (-1, -1)
+            self._clones[export.export_id] = entry
+        if entry[0] < 0:
+            raise OSError(errno.EXDEV, "filesystems mounted below the export are not crossed (no open_tree)")
+        return entry
+
+
+_SYS_OPEN_TREE = {"x86_64": 428, "aarch64": 428, "riscv64": 428, "ppc64le": 428, "s390x": 428}
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _open_tree(fd: int) -> int:
+    """``open_tree(fd, "", OPEN_TREE_CLONE | AT_EMPTY_PATH)``: a detached copy of the mount at ``fd`` (from
+    ``fd``'s directory down) without the mounts below it; -1 where the kernel or our privileges refuse it."""
+    number = _SYS_OPEN_TREE.get(os.uname().machine)
+    if number is None:
+        return -1
+    return _libc.syscall(number, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash are written as octal escapes."""
+    if "\\" not in field:
+        return field
+    raw = field.encode("utf-8", "surrogateescape")
+    out, i = bytearray(), 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1:i + 4].isdigit():
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def mounts() -> dict[int, str]:
+    """Mount id -> mount point, from /proc/self/mountinfo (the ids name_to_handle_at gives)."""
+    result = {}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ", 5)
+            if len(fields) > 4 and fields[0].isdigit():
+                result[int(fields[0])] = _unescape(fields[4])
+    return result
 
 
 __all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle", "ExportGone"]

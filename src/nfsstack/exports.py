@@ -21,9 +21,21 @@ Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
 its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
-``sec=sys``.  ``crossmnt`` and ``nohide`` are refused: filesystems mounted
-below an export are not served (their handles would need an export of their
-own).  Anything else is an error naming the file and line, as are netgroups
+``sec=sys``; ``crossmnt`` / ``nocrossmnt`` and ``nohide`` / ``hide`` with
+knfsd's meaning (``export_table.py`` serves them):
+
+* by default (``hide``) a filesystem mounted below an export is not crossed:
+  LOOKUP of its mount point gives the directory it covers, on the export's own
+  filesystem, as knfsd does;
+* ``nohide`` on an export B whose path is a mount point inside another export
+  A: a client that LOOKUPs B's mount point through A gets B's root (B's
+  options, if B admits that client), and ``..`` from B's root leads back into A;
+* ``crossmnt`` on A: every filesystem mounted below A is served, to the clients
+  whose options for A say ``crossmnt``, with A's options, as an export of its
+  own whose id derives from A's and from the mount point's path under A, so
+  its handles survive a restart.
+
+Anything else is an error naming the file and line, as are netgroups
 (``@group``).
 
 Like ``exportfs``, the parser reports every error of a file at once, and warns
@@ -67,6 +79,10 @@ class ExportOptions:
     fsid: Optional[str] = None
     #: ``mountpoint``/``mp``: served only while this path ("" = the export's own) is a mount point.
     mountpoint: Optional[str] = None
+    #: ``crossmnt``: the filesystems mounted below the export are served too, with these options.
+    crossmnt: bool = False
+    #: ``nohide``: LOOKUP of this export's path through the export it is mounted in gives this export's root.
+    nohide: bool = False
 
     def describe(self) -> str:
         parts = ["ro" if self.read_only else "rw", "sync" if self.sync else "async"]
@@ -80,6 +96,10 @@ class ExportOptions:
             parts.append(f"fsid={self.fsid}")
         if self.mountpoint is not None:
             parts.append(f"mountpoint={self.mountpoint}" if self.mountpoint else "mountpoint")
+        if self.crossmnt:
+            parts.append("crossmnt")
+        if self.nohide:
+            parts.append("nohide")
         return ",".join(parts)
 
 
@@ -101,6 +121,10 @@ _FLAGS: dict[str, Optional[dict]] = {
     "mp": {"mountpoint": ""},
     "wdelay": None,
     "no_wdelay": None,
+    "crossmnt": {"crossmnt": True},
+    "nocrossmnt": {"crossmnt": False},
+    "nohide": {"nohide": True},
+    "hide": {"nohide": False},
 }
 
 # Kinds of client specification, most specific first (exports(5), "Machine Name Formats").
@@ -143,6 +167,9 @@ class Export:
     line: int = 0
     #: A small number that names the export inside file handles (fsid=N, or derived from the path).
     export_id: int = 0
+    #: Not a line of the file but a filesystem mounted below the export at this path, which has ``crossmnt``
+    #: (export_table.py): served to the clients whose options for that export say ``crossmnt``, with them.
+    crossed_from: str = ""
 
     def options_for(self, address: str, hostname: Callable[[str], Optional[str]]) -> Optional[ExportOptions]:
         """The options the client at ``address`` gets, or None if no specification matches it."""
@@ -150,7 +177,9 @@ class Export:
         for spec, options in self.clients:
             if (best is None or spec.kind < best[0].kind) and spec.matches(address, hostname):
                 best = (spec, options)
-        return best[1] if best else None
+        if best is None or (self.crossed_from and not best[1].crossmnt):
+            return None
+        return best[1]
 
     def client_names(self) -> list[str]:
         return [spec.text for spec, _ in self.clients]
@@ -205,9 +234,6 @@ def _parse_options(text: str, base: ExportOptions, where: str) -> ExportOptions:
     for opt in filter(None, (o.strip() for o in text.split(","))):
         name, eq, value = opt.partition("=")
         if not eq:
-            if name in ("crossmnt", "nohide"):
-                raise ExportsError(f"{where}: {name} is not supported: filesystems mounted below an export are not "
-                                   "served (LOOKUP answers NFS3ERR_XDEV); export each filesystem on a line of its own")
             if name not in _FLAGS:
                 raise ExportsError(f"{where}: unknown export option {name!r}")
             changes.update(_FLAGS[name] or {})

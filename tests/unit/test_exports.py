@@ -113,16 +113,32 @@ def test_a_client_named_twice_for_one_path_is_a_warning():
     assert not options(e, "/srv", "192.0.2.9").read_only
 
 
-def test_knfsd_options_subtree_check_and_mountpoint_are_taken_and_crossmnt_refused():
+def test_knfsd_options_subtree_check_mountpoint_crossmnt_and_nohide_are_taken():
     e = parse("/srv *(subtree_check) 192.0.2.1(no_subtree_check,mp) 192.0.2.2(mountpoint=/srv/disk)\n")
     assert options(e, "/srv", "198.51.100.1").mountpoint is None
     assert options(e, "/srv", "192.0.2.1").mountpoint == ""
     assert options(e, "/srv", "192.0.2.2").mountpoint == "/srv/disk"
-    for flag in ("crossmnt", "nohide"):
-        with pytest.raises(ExportsError, match=f"{flag} is not supported"):
-            parse(f"/srv *({flag})\n")
+    e = parse("/srv -crossmnt 192.0.2.1 192.0.2.2(nocrossmnt) 192.0.2.3(nohide) 192.0.2.4(nohide,hide)\n")
+    got = {a: (options(e, "/srv", a).crossmnt, options(e, "/srv", a).nohide)
+           for a in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4")}
+    assert got == {"192.0.2.1": (True, False), "192.0.2.2": (False, False), "192.0.2.3": (True, True),
+                   "192.0.2.4": (True, False)}
+    assert options(e, "/srv", "192.0.2.3").describe().endswith(",crossmnt,nohide")
     with pytest.raises(ExportsError, match="absolute path"):
         parse("/srv *(mp=disk)\n")
+
+
+def test_exports_check_accepts_crossmnt_and_nohide(tmp_path, capsys):
+    from nfsstack.cli import exports_check
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    f = tmp_path / "exports"
+    f.write_text(f"{tmp_path / 'a'} 127.0.0.1(rw,crossmnt)\n{tmp_path / 'a' / 'b'} 127.0.0.1(rw,nohide)\n")
+    assert exports_check(str(f)) == 0
+    out, err = capsys.readouterr()
+    assert "error" not in err and "2 export(s), OK" in out, (out, err)
+    assert "127.0.0.1(rw,sync,root_squash,secure,crossmnt)" in out and \
+        "127.0.0.1(rw,sync,root_squash,secure,nohide)" in out, out
 
 
 def test_the_shipped_exports_file_passes_the_check(capsys):

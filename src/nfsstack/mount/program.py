@@ -146,7 +146,18 @@ class Mountd:
             if not self.table.inside(export, fd):
                 self.refusals.refused(address, "mount request: the path leaves the export", path)
                 return MountStat.MNT3ERR_ACCES, b""
-            handle = self.table.handle(export, fd)
+            try:
+                handle = self.table.handle(export, fd)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                # Inside a filesystem mounted below the export: served if the export crosses into it.
+                crossed = self.table.export_for(fd)
+                if crossed is None or not crossed.crossed_from or self.table.options_for(crossed, address) is None:
+                    self.refusals.refused(address, "mount request: below a filesystem mounted in the export "
+                                          "(no crossmnt)", path)
+                    return MountStat.MNT3ERR_ACCES, b""
+                handle = self.table.handle(crossed, fd)
         except OSError as e:
             log.error("mount of {path}: {e}", path=path, e=e)
             return _ERRNO.get(e.errno, MountStat.MNT3ERR_SERVERFAULT), b""

@@ -573,14 +573,42 @@ class Nfsd:
             raise NFSError(Stat.NOTDIR)
         if name not in (b".", b".."):
             check_name(name)
-        # ".." of the export's root is the root itself: a client never climbs out of an export.
+        fsid = child_fsid = op.fsid
+        # ".." of the export's root is the root itself: a client never climbs out of an export, except from a
+        # filesystem crossed into (crossmnt, nohide) back to the one it is mounted on.
         if name == b".." and self.table.is_root(op.export, dir_st):
-            name = b"."
-        with self.fs.run_as(op.who):  # the kernel checks search permission on the directory
-            st, child = self.table.stat_and_handle(op.export, dirfd, name)
+            up = self.table.above_root(op.export, op.options, op.ctx.peer[0])
+            if up is None:
+                name = b"."
+            else:
+                target, upfd = up
+                op.fds.append(upfd)
+                st, child = os.fstat(upfd), self.table.handle(target, upfd)
+                return lambda p: (p.pack_opaque(child), post_op_attr(p, st, target.export_id),
+                                  post_op_attr(p, dir_st, fsid))
+        try:
+            with self.fs.run_as(op.who):  # the kernel checks search permission on the directory
+                st, child = self.table.stat_and_handle(op.export, dirfd, name)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            st, child, child_fsid = self._crossing(op, dirfd, name)
         # The directory's attributes as this call found them: a lookup changes nothing (no second fstat).
-        fsid = op.fsid
-        return lambda p: (p.pack_opaque(child), post_op_attr(p, st, fsid), post_op_attr(p, dir_st, fsid))
+        return lambda p: (p.pack_opaque(child), post_op_attr(p, st, child_fsid), post_op_attr(p, dir_st, fsid))
+
+    def _crossing(self, op: Op, dirfd: int, name: bytes) -> tuple[os.stat_result, bytes, int]:
+        """LOOKUP of a mount point (export_table.py): the root of the filesystem mounted there, if the client
+        crosses into it (crossmnt, nohide), else the directory it covers (hide; NFS3ERR_XDEV where that
+        cannot be had).  Attributes, handle and fsid of what it gives."""
+        with self.fs.run_as(op.who):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        op.fds.append(fd)
+        target = self.table.cross(op.export, op.options, fd, op.ctx.peer[0])
+        if target is not None:
+            return os.fstat(fd), self.table.handle(target, fd), target.export_id
+        handle, fd = self.table.covered(op.export, dirfd, name)
+        op.fds.append(fd)
+        return os.fstat(fd), handle, op.fsid
 
     def nfs_access(self, op: Op, args) -> Packs:
         handle, wanted = args
