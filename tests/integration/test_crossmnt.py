@@ -102,12 +102,16 @@ def test_crossmnt_serves_the_filesystems_below_an_export_and_their_handles_survi
     (a / "sub").mkdir(parents=True)
     (a / "sub" / "under").write_text("covered by the mount\n")
     outside = tmp_path / "outside"
-    outside.mkdir()
+    (outside / "kept").mkdir(parents=True)
     os.symlink(outside, a / "link")
+    (tmp_path / "near").mkdir()  # on the export's own filesystem, outside it
+    os.symlink(tmp_path / "near", a / "link2")
+    (a / "bind").mkdir()
     server = world(f"mount -t tmpfs -o size=8m crossA {a}/sub\n"
                    f"echo on the submount > {a}/sub/f\nmkdir {a}/sub/deep {a}/sub/inner\n"
                    f"mount -t tmpfs -o size=4m crossB {a}/sub/inner\necho inner > {a}/sub/inner/g\n"
-                   f"mount -t tmpfs -o size=2m elsewhere {outside}\necho secret > {outside}/s\n",
+                   f"mount -t tmpfs -o size=2m elsewhere {outside}\necho secret > {outside}/s\nmkdir {outside}/kept\n"
+                   f"mount --bind {outside}/kept {a}/bind\n",
                    f"{a} 127.0.0.1(rw,insecure,no_root_squash,crossmnt)\n")
     ns = server.ns
     c = server.client(a)
@@ -145,8 +149,13 @@ def test_crossmnt_serves_the_filesystems_below_an_export_and_their_handles_survi
     assert deep.root == lookup(c, sub, b"deep")[0]
     deep.close()
     # A filesystem not below the export is never served, through a symlink neither.
-    with pytest.raises(OSError, match="MNT"):
-        server.client(a / "link")
+    for link in ("link", "link2"):
+        with pytest.raises(OSError, match="MNT"):
+            server.client(a / link)
+    # A directory of a filesystem mounted elsewhere, bound below the export: crossed, and ".." leads into the
+    # export, not to where the directory lies.
+    bound, bound_attr = lookup(c, c.root, b"bind")
+    assert bound_attr.fsid != root_attr.fsid and lookup(c, bound, b"..")[0] == c.root
     assert c("LOOKUP", c.root, b"link").obj_attributes.type == 5  # the symlink itself
     # A forged handle naming the submount's export id: the MAC refuses it.
     forged = c.root[:1] + sub[1:5] + c.root[5:]

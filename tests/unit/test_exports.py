@@ -128,6 +128,17 @@ def test_knfsd_options_subtree_check_mountpoint_crossmnt_and_nohide_are_taken():
         parse("/srv *(mp=disk)\n")
 
 
+def test_a_crossed_filesystem_is_served_only_to_the_clients_whose_options_say_crossmnt():
+    from dataclasses import replace
+
+    e = parse("/srv 192.0.2.1(rw,crossmnt) 192.0.2.0/24(ro) *(ro,crossmnt)\n")
+    crossed = replace(e.find("/srv"), path="/srv/disk", export_id=0x80000001, crossed_from="/srv")
+    got = {a: crossed.options_for(a, lambda _: None) for a in ("192.0.2.1", "192.0.2.9", "198.51.100.1")}
+    assert got["192.0.2.1"].crossmnt and not got["192.0.2.1"].read_only
+    assert got["192.0.2.9"] is None  # the network's entry wins over "*", and it has no crossmnt
+    assert got["198.51.100.1"].read_only
+
+
 def test_exports_check_accepts_crossmnt_and_nohide(tmp_path, capsys):
     from nfsstack.cli import exports_check
 
