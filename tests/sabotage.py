@@ -164,6 +164,42 @@ SABOTAGES = (
         ("tests/integration/test_privileges.py::test_plain_user_with_read_search_never_serves_as_itself",),
     ),
     Sabotage(
+        "default-export-to-everyone", "without --exports, ./export is for this machine only", "src/nfsstack/service.py",
+        (('DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")\n', 'DEFAULT_CLIENTS = ("*",)\n'),),
+        ("tests/integration/test_startup.py::test_the_default_export_admits_this_machine_only",),
+    ),
+    Sabotage(
+        "default-export-symlink-followed", "a ./export that is a symlink is refused, never exported",
+        "src/nfsstack/service.py",
+        (("    if stat.S_ISLNK(st.st_mode):\n", "    if False:\n"),),
+        ("tests/integration/test_startup.py::test_a_default_export_that_is_not_our_own_directory_is_refused",),
+    ),
+    Sabotage(
+        "handle-key-left-readable", "a handle key or state directory others can read is made private",
+        "src/nfsstack/statefile.py",
+        (("    if st.st_mode & 0o077 == 0:\n", "    if True:\n"),),
+        ("tests/unit/test_state_files.py",
+         "tests/integration/test_startup.py::test_state_files_open_to_others_are_made_private_and_the_mount_list_follows_the_exports"),
+    ),
+    Sabotage(
+        "options-after-a-space-silent", "options after a space (given to everyone) are warned about, as by exportfs",
+        "src/nfsstack/exports.py",
+        (("            if not host:\n", "            if False:\n"),),
+        ("tests/unit/test_exports.py",),
+    ),
+    Sabotage(
+        "refusals-not-rate-limited", "a refused client is logged once a minute, not on every call",
+        "src/nfsstack/refusals.py",
+        (("        if entry is not None and now - entry[0] < self.interval:\n", "        if False:\n"),),
+        ("tests/unit/test_refusals.py",),
+    ),
+    Sabotage(
+        "outside-the-export-served", "no handle resolves to an object outside its export",
+        "src/nfsstack/export_table.py",
+        (('        return where == root or where.startswith(root.rstrip("/") + "/")\n', "        return True\n"),),
+        (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
+    ),
+    Sabotage(
         "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/vfs.py",
         (("                if _fchownat(fd, b\"\", -1 if attrs.uid is None else attrs.uid,\n"
           "                             -1 if attrs.gid is None else attrs.gid, _AT_EMPTY_PATH) != 0:\n",
@@ -212,7 +248,7 @@ def run(sabotage: Sabotage, keep: bool = False) -> tuple[bool, str, float]:
         env.pop("PYTHONPATH", None)
         out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rf", *tests],
                              cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        failed = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("FAILED ")]
+        failed = [line[len("FAILED "):].split(" - ")[0] for line in out.stdout.splitlines() if line.startswith("FAILED ")]
         if out.returncode == 1 and failed:
             return True, failed[0], time.monotonic() - started
         tail = " | ".join(out.stdout.strip().splitlines()[-3:])
