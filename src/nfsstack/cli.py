@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable
 
 from nfsstack.exports import ExportsError, load_exports
 
@@ -76,17 +77,32 @@ def _asked(host: str, port: int, path: str, post: bool = False) -> dict | None:
         return None
 
 
-def exports_list(host: str, port: int, as_json: bool) -> int:
+def _shown(path: str, json_of: Callable[[dict], object] = lambda report: report):
+    """A command that shows what the running server answers on ``path``: as JSON with ``--json`` (the part
+    ``json_of`` picks), else as the decorated function prints it.  Exits 1 when the server cannot be reached."""
+
+    def wrap(show: Callable[[dict], None]) -> Callable[[str, int, bool], int]:
+        def command(host: str, port: int, as_json: bool) -> int:
+            report = _asked(host, port, path)
+            if report is None:
+                return 1
+            if as_json:
+                print(json.dumps(json_of(report), indent=1, sort_keys=True))
+            else:
+                show(report)
+            return 0
+
+        command.__doc__ = show.__doc__
+        return command
+
+    return wrap
+
+
+@_shown("/status", lambda report: report["exports"])
+def exports_list(report: dict) -> None:
     """``exportfs -v``: every export in force, each client with its options."""
-    report = _asked(host, port, "/status")
-    if report is None:
-        return 1
-    if as_json:
-        print(json.dumps(report["exports"], indent=1, sort_keys=True))
-        return 0
-    rows = [(e["path"], c["client"], c["options"]) for e in report["exports"] for c in e["clients"]]
-    _table(("path", "client", "options"), rows)
-    return 0
+    _table(("path", "client", "options"),
+           [(e["path"], c["client"], c["options"]) for e in report["exports"] for c in e["clients"]])
 
 
 def exports_reload(host: str, port: int, as_json: bool) -> int:
@@ -110,14 +126,9 @@ def exports_reload(host: str, port: int, as_json: bool) -> int:
     return 0 if result.get("ok") else 1
 
 
-def stat(host: str, port: int, as_json: bool) -> int:
+@_shown("/stat")
+def stat(report: dict) -> None:
     """``nfsstat -s``: the server's calls per program and procedure, per client, and its errors."""
-    report = _asked(host, port, "/stat")
-    if report is None:
-        return 1
-    if as_json:
-        print(json.dumps(report, indent=1, sort_keys=True))
-        return 0
     by_program: dict[str, list] = {}
     for c in report["calls"]:
         by_program.setdefault(c["program"], []).append(c)
@@ -136,35 +147,19 @@ def stat(host: str, port: int, as_json: bool) -> int:
     print("\nNFS ERRORS")
     _table(("procedure", "status", "count"),
            [(e["procedure"], e["status"], str(e["count"])) for e in report["nfs_errors"]])
-    return 0
 
 
-def clients(host: str, port: int, as_json: bool) -> int:
+@_shown("/status", lambda report: {"mounts": report["mounts"], "keepalive": report["keepalive"]["members"]})
+def clients(report: dict) -> None:
     """The clients that mounted an export (the mount list) and the keepalive members."""
-    report = _asked(host, port, "/status")
-    if report is None:
-        return 1
-    members = report["keepalive"]["members"]
-    if as_json:
-        print(json.dumps({"mounts": report["mounts"], "keepalive": members}, indent=1, sort_keys=True))
-        return 0
-    print("MOUNTED CLIENTS")
-    _table(("client", "path"), [(m["host"], m["path"]) for m in report["mounts"]])
+    _mounts(report)
     print("\nKEEPALIVE CLIENTS AND PEERS")
-    _table(("kind", "id", "address", "state", "last seen", "restarts"),
-           [(m["kind"], m["id"], m["address"], m["state"],
-             "never" if m["last_seen_seconds_ago"] is None else f"{m['last_seen_seconds_ago']:.1f} s ago",
-             str(m["restarts"])) for m in members])
-    return 0
+    _members(report)
 
 
-def status(host: str, port: int, as_json: bool, timeout: float = 10.0) -> int:
-    report = _asked(host, port, "/status")
-    if report is None:
-        return 1
-    if as_json:
-        print(json.dumps(report, indent=1, sort_keys=True))
-        return 0
+@_shown("/status")
+def status(report: dict) -> None:
+    """Everything the server reports: services and ports, exports, mounts, locks, keepalive members."""
     print(f"node {report['node']}  up since {report['boot_time']}  boot verifier {report['boot_verifier']}  "
           f"NSM state {report['nsm_state']}")
     print("\nSERVICES")
@@ -175,18 +170,25 @@ def status(host: str, port: int, as_json: bool, timeout: float = 10.0) -> int:
     print("\nEXPORTS")
     _table(("path", "clients"), [(e["path"], " ".join(f"{c['client']}({c['options']})" for c in e["clients"]))
                                  for e in report["exports"]])
-    print("\nMOUNTED CLIENTS")
-    _table(("client", "path"), [(m["host"], m["path"]) for m in report["mounts"]])
+    _mounts(report)
     locks = report.get("locks") or {}
     print(f"\nLOCKS  granted {locks.get('granted', 0)}  waiting {locks.get('waiting', 0)}  "
           f"shares {locks.get('shares', 0)}  grace period {'ON' if locks.get('grace') else 'off'}")
     ka = report["keepalive"]
     print(f"\nCLIENTS AND PEERS (keepalive every {ka['interval']} s, stale after {ka['stale_after']} s)")
+    _members(report)
+
+
+def _mounts(report: dict) -> None:
+    print("\nMOUNTED CLIENTS")
+    _table(("client", "path"), [(m["host"], m["path"]) for m in report["mounts"]])
+
+
+def _members(report: dict) -> None:
     _table(("kind", "id", "address", "state", "last seen", "restarts"),
            [(m["kind"], m["id"], m["address"], m["state"].upper() if m["state"] != "alive" else "alive",
              "never" if m["last_seen_seconds_ago"] is None else f"{m['last_seen_seconds_ago']:.1f} s ago",
-             str(m["restarts"])) for m in ka["members"]])
-    return 0
+             str(m["restarts"])) for m in report["keepalive"]["members"]])
 
 
 def _table(head: tuple, rows: list) -> None:

@@ -25,7 +25,6 @@ from tests.support import (
     free_port_dual,
     in_netns,
     in_stack_ns,
-    netns,
     server_env,
     twistd,
 )
@@ -68,20 +67,6 @@ def dump_rows(text):
 
 def portmap_rows(text):
     return {tuple(line.split()[:4]) for line in text.splitlines()[1:] if line.strip()}
-
-
-@pytest.fixture
-def ns():
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture
-def stack(ns):
-    s = Stack(netns=ns).start()
-    yield s
-    s.stop()
-    assert "Traceback" not in s.log_text(), s.log_text()
 
 
 @needs_ipv6

@@ -14,27 +14,13 @@ import time
 
 import pytest
 
-from tests.support import REPO, Stack, can_make_netns, in_netns, netns, server_env
+from tests.support import REPO, Stack, can_make_netns, in_netns, server_env
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(not can_make_netns(), reason="needs root and ip netns"),
     pytest.mark.skipif(shutil.which("rpcinfo") is None, reason="needs rpcinfo (Debian package rpcbind)"),
 ]
-
-
-@pytest.fixture
-def ns():
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture
-def stack(ns):
-    s = Stack(netns=ns).start()
-    yield s
-    s.stop()
-    assert "Traceback" not in s.log_text(), s.log_text()
 
 
 def rpcinfo(ns, *args, check=True):
