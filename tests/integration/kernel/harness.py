@@ -9,6 +9,7 @@ prints every PASS/FAIL line, and with ``--console`` the guest's whole console.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -33,10 +34,11 @@ def scenario_names() -> list[str]:
 
 
 def headers(text: str) -> dict[str, str]:
-    """A scenario's "# key: value" header lines: ``network: tap``, ``nfsstack: --option value``."""
+    """A scenario's "# key: value" header lines: ``network: tap``, ``nfsstack: --option value``, ``disk:
+    powercut`` (the export lies on tests/powercut.py's filesystem, and ``host_request powercut`` cuts its power)."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"#\s*(network|nfsstack|ganesha):\s*(.*)$", line)
+        m = re.match(r"#\s*(network|nfsstack|ganesha|disk):\s*(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
     return out
@@ -63,8 +65,18 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
     """Like :func:`run_scenario` for a script's text; ``prepare(export_dir)`` runs before the server starts."""
     script = (SCENARIOS / "lib.sh").read_text() + "\n" + text
     options = headers(text)
-    with netns() as ns:
-        export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
+    with netns() as ns, contextlib.ExitStack() as held:
+        disk = None
+        if options.get("disk") == "powercut":
+            from tests.powercut import PowercutMount
+
+            top = Path(tempfile.mkdtemp(prefix=f"{server_name}-powercut-"))
+            held.callback(shutil.rmtree, top, ignore_errors=True)
+            disk = held.enter_context(PowercutMount(top / "disk"))
+            export = top / "disk" / "export"
+            export.mkdir()
+        else:
+            export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
         export.chmod(0o777)
         for sibling in ("-ro", "-squash"):
             Path(f"{export}{sibling}").mkdir()
@@ -72,15 +84,22 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
         if prepare is not None:
             prepare(export)
+        if disk is not None:
+            disk.command("checkpoint")  # the prepared tree is on the disk, as if made before
         server = SERVERS[server_name](ns, export, options.get(server_name, "").split())
         server.start()
 
         def on_request(request: str) -> str | None:
-            """restart | kill (SIGKILL, then start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT
-            | hold-ofd NAME SECONDS (a server-side lock) | log PATTERN (how many server log lines match)"""
+            """restart | kill (SIGKILL, then start) | powercut (SIGKILL, the disk loses what was not synced, then
+            start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT | hold-ofd NAME SECONDS (a
+            server-side lock) | log PATTERN (how many server log lines match)"""
             verb, _, arg = request.partition(" ")
             if verb == "restart":
                 server.restart()
+            elif verb == "powercut" and disk is not None:
+                server.kill()
+                disk.command("cut")
+                server.start()
             elif verb == "kill":
                 server.kill()
                 server.start()

@@ -44,14 +44,19 @@ def describe(result, log):
     return f"{result.summary()}\n--- guest exit {result.status}, {result.seconds:.1f} s\n--- server log tail:\n{log[-3000:]}"
 
 
+#: Every scenario; the power cut is also a durability test (``pytest -m durability``).
+SCENARIOS = [pytest.param(name, marks=pytest.mark.durability) if name == "powercut" else name
+             for name in scenario_names()]
+
+
 @needs_ganesha
-@pytest.mark.parametrize("scenario", scenario_names())
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_ganesha(scenario):
     result, log = run_once("ganesha", scenario)
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
 
 
-@pytest.mark.parametrize("scenario", scenario_names())
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_nfsstack(scenario):
     result, log = run_once("nfsstack", scenario)
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
@@ -63,7 +68,7 @@ def verdicts(result) -> dict[str, str]:
 
 
 @needs_ganesha
-@pytest.mark.parametrize("scenario", scenario_names())
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_differential(scenario):
     """The same scenario on both servers: every check has the same verdict.  A check only one server ran is
     one the script runs for that server alone (``if [ "$SERVER" = nfsstack ]``: a promise the other does not
