@@ -34,6 +34,7 @@ from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.nsm.state import NsmState
 
+from nfsstack.portmap.client import PortmapClient
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
 from nfsstack.portmap.registry import Registry
@@ -525,7 +526,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     if options["exports"] is not None:
         ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor,
                         stack.mounts).setServiceParent(stack)
-    remote = RemoteCaller(reactor)
+    remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)

@@ -4,12 +4,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from nfsstack.portmap.client import PortmapClient
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
 from nfsstack.portmap.registry import Registry
 from nfsstack.rpc.client import connect_tcp, udp_client
 from nfsstack.rpc.message import AcceptedError, AcceptStat
 from nfsstack.rpc.program import Procedure, Program, null_procedure
+from nfsstack.rpc.remote import NotRegistered, RemoteCaller
 from nfsstack.rpc.server import replies_held
 from nfsstack.rpc.service import RPCService
 from nfsstack.xdr import Packer, Unpacker
@@ -142,4 +144,33 @@ def test_register_with_a_portmapper_over_tcp_then_unregister():
         yield echo.stopService()
         assert not any(r.prog == 310000 for r in registry)
     finally:
+        yield portmap.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_remote_calls_find_the_port_with_the_portmapper_client():
+    """RemoteCaller (NLM and NSM callbacks) asks GETPORT through PortmapClient, then calls over UDP and TCP."""
+    registry = Registry()
+    pm = Portmapper(registry)
+    portmap = RPCService("portmapper", [pm.program], 0, interface="127.0.0.1", reactor=reactor,
+                         registrar=LocalRegistrar(registry))
+    portmap.startService()
+    echo = RPCService("echo", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor,
+                      registrar=LocalRegistrar(registry))
+    echo.startService()
+    finder = PortmapClient(reactor, port=portmap.port)
+    remote = RemoteCaller(reactor, finder.getport)
+    try:
+        yield echo.registered
+        assert (yield finder.getport("127.0.0.1", 310000, 1, "udp")) == echo.port
+        assert (yield finder.getport("127.0.0.1", 310000, 1, "tcp", via=remote._datagram_client())) == echo.port
+        assert (yield finder.getport("127.0.0.1", 310001, 1, "tcp")) == 0
+        for proto in ("udp", "tcp"):
+            body = yield remote.call("127.0.0.1", 310000, 1, 1, u32(3), proto=proto, timeout=5.0)
+            assert Unpacker(body).unpack_uint() == 3
+        with pytest.raises(NotRegistered):
+            yield remote.call("127.0.0.1", 310001, 1, 1, u32(3), timeout=5.0)
+    finally:
+        remote.close()
+        yield echo.stopService()
         yield portmap.stopService()

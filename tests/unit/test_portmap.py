@@ -9,10 +9,8 @@ from twisted.python.failure import Failure
 
 from nfsstack.portmap.program import Portmapper
 from nfsstack.portmap.registry import Registry, address_is_bound
-from nfsstack.portmap.types import (
-    RPCB, CallArgs, Mapping, Netbuf, RPCBEntry, parse_uaddr, taddr_from_uaddr, uaddr, uaddr_from_taddr,
-    unpack_stat_byvers,
-)
+from nfsstack.portmap.types import RPCB, CallArgs, Mapping, Netbuf, RPCBEntry, unpack_stat_byvers
+from nfsstack.rpc.address import parse_uaddr, taddr_from_uaddr, uaddr, uaddr_from_taddr
 from nfsstack.rpc.message import AcceptStat, AuthStat, Credential, OpaqueAuth, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker

@@ -33,7 +33,7 @@ from twisted.web import http, resource, server
 from nfsstack.cluster import keepalive as ka
 from nfsstack.cluster.members import Members
 from nfsstack.logs import logger
-from nfsstack.rpc.program import parse_address
+from nfsstack.rpc.address import parse_address
 
 log = logger("nfsstack.cluster")
 

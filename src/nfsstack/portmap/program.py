@@ -26,9 +26,8 @@ from twisted.internet import defer
 from nfsstack.portmap.registry import SUPERUSER, Registration, Registry
 from nfsstack.portmap.types import (
     MAX_UADDR,
-    NETIDS,
     PMAP_PROG,
-    PROT_TO_NETID,
+    PMAP_VERS,
     RPCB,
     RPCBSTAT_HIGHPROC,
     STAT_VERSIONS,
@@ -41,6 +40,10 @@ from nfsstack.portmap.types import (
     RmtcallStat,
     RPCBEntry,
     VersionStat,
+)
+from nfsstack.rpc.address import (
+    NETIDS,
+    PROT_TO_NETID,
     is_wildcard,
     parse_uaddr,
     taddr_from_uaddr,
@@ -117,7 +120,8 @@ class Portmapper:
         self.clock = clock
         self.stats = {v: VersionStat([0] * RPCBSTAT_HIGHPROC, addrinfo={}, rmtinfo={}) for v in STAT_VERSIONS}
         self._route_cache: dict[str, str] = {}
-        self.program = Program(PMAP_PROG, "portmapper", self._table())
+        # Version 2 (the portmapper protocol) knows IPv4 only: registered on tcp and udp, as rpcbind does.
+        self.program = Program(PMAP_PROG, "portmapper", self._table(), only_on={PMAP_VERS: ("tcp", "udp")})
 
     # -- the table ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from nfsstack.portmap.types import NETIDS, parse_uaddr
+from nfsstack.rpc.address import NETIDS, parse_uaddr
 
 SUPERUSER = "superuser"
 

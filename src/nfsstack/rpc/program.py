@@ -9,11 +9,10 @@ result or a Deferred that fires with it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Collection, Mapping, Optional
 
+from nfsstack.rpc.address import is_loopback_host
 from nfsstack.rpc.message import AuthStat, CallHeader, Credential
 from nfsstack.xdr import Packer, Unpacker
 
@@ -35,24 +34,6 @@ class AuthDenied(Exception):
 
 class GarbageArgs(Exception):
     """Raised by a handler whose arguments decoded but make no sense: GARBAGE_ARGS."""
-
-
-def parse_address(host: str):
-    """The IP address of a peer's host string (a scope id dropped, IPv4-mapped IPv6 as IPv4), or None."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr
-
-
-@lru_cache(maxsize=4096)
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
-    addr = parse_address(host)
-    return addr is not None and addr.is_loopback
 
 
 @dataclass(slots=True)
@@ -122,12 +103,21 @@ def null_procedure() -> Procedure:
 class Program:
     """An RPC program: a number, a name, and its versions' procedure tables."""
 
-    def __init__(self, number: int, name: str, versions: Mapping[int, Mapping[int, Procedure]]) -> None:
+    def __init__(
+        self,
+        number: int,
+        name: str,
+        versions: Mapping[int, Mapping[int, Procedure]],
+        only_on: Optional[Mapping[int, Collection[str]]] = None,
+    ) -> None:
+        """``only_on`` names the versions registered on some netids only (version: netids);
+        every other version is registered on every netid the program is served on."""
         if not versions:
             raise ValueError("a program needs at least one version")
         self.number = number
         self.name = name
         self.versions = {v: dict(procs) for v, procs in versions.items()}
+        self.only_on = {v: frozenset(netids) for v, netids in (only_on or {}).items()}
         self.low = min(self.versions)
         self.high = max(self.versions)
 

@@ -1,29 +1,37 @@
-"""Calls to RPC services on other hosts, found through their portmapper (RFC 1833 PMAPPROC_GETPORT).
+"""Calls to RPC services on other hosts, at the port their portmapper gives.
 
 nlockmgr calls back a client's lock manager (GRANTED, the _RES replies of
 the _MSG procedures) and status sends SM_NOTIFY to a client's statd after a
 restart: both find the service's port on the client's own portmapper first.
 As a kernel server does, calls leave from a reserved port (below 1024) when
 this process may bind one.
+
+How the port is found is not this module's business: the RPC layer sits below
+the programs and imports none of them, the portmapper included.  A
+:class:`RemoteCaller` is handed a *port finder* by the service assembly: the
+portmapper package's one client (``PortmapClient(reactor).getport`` of
+:mod:`nfsstack.portmap.client`), which asks GETPORT from the datagram client
+it is given (``via``), so the question leaves from the same reserved port as
+the call.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import defer, error
 
 from nfsstack.logs import logger
 from nfsstack.rpc.client import RPCDatagramClient, connect_tcp
 from nfsstack.rpc.message import AUTH_NULL, OpaqueAuth
-from nfsstack.xdr import Packer, Unpacker
 
 log = logger("nfsstack.rpc.remote")
 
-PMAP_PROG, PMAP_VERS, PMAPPROC_GETPORT = 100000, 2, 3
-IPPROTO = {"tcp": 6, "udp": 17}
+#: ``find_port(host, prog, vers, proto, timeout, via=datagram_client)``: a Deferred of the port of (prog, vers)
+#: over ``proto`` ("tcp" or "udp") on ``host``, 0 if the host has none.
+PortFinder = Callable[..., defer.Deferred]
 
 
 class NotRegistered(Exception):
@@ -46,12 +54,12 @@ def _reserved_port(kind: int, host: str = "") -> Optional[int]:
 
 
 class RemoteCaller:
-    """Calls (host, program, version, procedure) over UDP or TCP after asking the host's portmapper."""
+    """Calls (host, program, version, procedure) over UDP or TCP at the port ``find_port`` gives."""
 
-    def __init__(self, reactor, cred: OpaqueAuth = AUTH_NULL, portmap_port: int = 111) -> None:
+    def __init__(self, reactor, find_port: PortFinder, cred: OpaqueAuth = AUTH_NULL) -> None:
         self.reactor = reactor
+        self.find_port = find_port
         self.cred = cred
-        self.portmap_port = portmap_port
         self._udp: Optional[RPCDatagramClient] = None
 
     def _datagram_client(self) -> RPCDatagramClient:
@@ -66,12 +74,7 @@ class RemoteCaller:
         return self._udp
 
     def getport(self, host: str, prog: int, vers: int, proto: str, timeout: float = 10.0) -> defer.Deferred:
-        p = Packer()
-        for value in (prog, vers, IPPROTO[proto], 0):
-            p.pack_uint(value)
-        d = self._datagram_client().call(PMAP_PROG, PMAP_VERS, PMAPPROC_GETPORT, p.getvalue(), timeout=timeout,
-                                         retransmit=1.0, address=(host, self.portmap_port))
-        return d.addCallback(lambda body: Unpacker(body).unpack_uint())
+        return self.find_port(host, prog, vers, proto, timeout, via=self._datagram_client())
 
     @defer.inlineCallbacks
     def call(self, host: str, prog: int, vers: int, proc: int, args: bytes, proto: str = "udp",

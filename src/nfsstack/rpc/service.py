@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from nfsstack.portmap.types import PMAP_PROG, netid_for, uaddr
+from nfsstack.rpc.address import netid_for, uaddr
 from nfsstack.rpc.program import Program
 from nfsstack.rpc.server import (
     DEFAULT_MAX_RECORD,
@@ -171,15 +171,13 @@ class LocalStreamProtocol(RPCStreamProtocol):
 
 
 def registered_versions(program: Program, netid: str) -> list[int]:
-    """The versions of ``program`` registered on ``netid``.
+    """The versions of ``program`` registered on ``netid``: all but those it serves only on other netids.
 
-    rpcbind registers itself with version 2 (the portmapper protocol, IPv4
-    only) on tcp and udp, and versions 3 and 4 on every netid.
+    rpcbind, for one, registers itself with version 2 (the portmapper
+    protocol, IPv4 only) on tcp and udp, and versions 3 and 4 on every netid
+    (its :class:`Program` says so with ``only_on``).
     """
-    versions = sorted(program.versions)
-    if program.number == PMAP_PROG and netid not in ("tcp", "udp"):
-        versions = [v for v in versions if v != 2]
-    return versions
+    return [v for v in sorted(program.versions) if v not in program.only_on or netid in program.only_on[v]]
 
 
 class RPCService(service.Service):

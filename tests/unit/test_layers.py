@@ -1,0 +1,257 @@
+"""The layers of the stack point down only (issue 19, point 5; docs: DESIGN.md "Where the layout is heading").
+
+Bottom to top::
+
+    0  leaves        nfsstack.xdr, nfsstack.logs, nfsstack.statefile   (import nothing of nfsstack)
+    1  RPC core      nfsstack.rpc.*                                     (imports leaves only: no program)
+    2  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
+                     nfsstack.exports, .export_table, .refusals, .config
+    3  assembly      nfsstack.service, nfsstack.cli
+    4  the plugin    twisted/plugins/nfsstack_plugin.py
+
+Every import of every module is read with :mod:`ast` (module level and inside functions, ``import X``
+and ``from X import Y``, relative ones, and ``__import__``/``import_module`` of a literal name), without
+importing anything.  No import may point to a higher layer.  Inside layer 2 a program imports another
+unit (another program, or one of the shared modules) only along an edge listed in
+:data:`PROGRAM_EDGES`: the ones that exist today.  A new edge fails, naming its file and line; an edge
+that goes away must leave the list too, so the list stays the truth (issue 19 point 4 moves the export
+table and the handles into an ``exports/`` package and shortens it).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "src"
+PLUGIN = REPO / "twisted" / "plugins" / "nfsstack_plugin.py"
+
+LEAF, RPC, PROGRAM, ASSEMBLY, PLUGIN_LAYER = range(5)
+LAYER_NAMES = ["leaf", "rpc", "program", "assembly", "plugin"]
+
+#: The units of each layer, by the first two parts of a module's name (a package is one unit).
+UNITS = {
+    "nfsstack": LEAF,  # the package itself (empty __init__)
+    "nfsstack.xdr": LEAF,
+    "nfsstack.logs": LEAF,
+    "nfsstack.statefile": LEAF,
+    "nfsstack.rpc": RPC,
+    "nfsstack.portmap": PROGRAM,
+    "nfsstack.mount": PROGRAM,
+    "nfsstack.nfs3": PROGRAM,
+    "nfsstack.nlm": PROGRAM,
+    "nfsstack.nsm": PROGRAM,
+    "nfsstack.cluster": PROGRAM,
+    "nfsstack.exports": PROGRAM,
+    "nfsstack.export_table": PROGRAM,
+    "nfsstack.refusals": PROGRAM,
+    "nfsstack.config": PROGRAM,
+    "nfsstack.service": ASSEMBLY,
+    "nfsstack.cli": ASSEMBLY,
+    "twisted.plugins.nfsstack_plugin": PLUGIN_LAYER,
+}
+
+#: The imports from one unit of layer 2 into another that exist today, as (importing module, imported
+#: module).  Unavoidable until the export table, the handles and the admission policy move into one
+#: ``exports/`` package (issue 19 point 4): the table signs and opens handles (nfs3.handles); mountd,
+#: nfsd and nlockmgr look exports up in the table and log refusals; nlockmgr decodes NFS handles.
+PROGRAM_EDGES = {
+    ("nfsstack.export_table", "nfsstack.exports"),
+    ("nfsstack.export_table", "nfsstack.nfs3.handles"),
+    ("nfsstack.mount.program", "nfsstack.export_table"),
+    ("nfsstack.mount.program", "nfsstack.refusals"),
+    ("nfsstack.nfs3.identity", "nfsstack.exports"),
+    ("nfsstack.nfs3.program", "nfsstack.export_table"),
+    ("nfsstack.nfs3.program", "nfsstack.exports"),
+    ("nfsstack.nfs3.program", "nfsstack.refusals"),
+    ("nfsstack.nlm.program", "nfsstack.export_table"),
+    ("nfsstack.nlm.program", "nfsstack.exports"),
+    ("nfsstack.nlm.program", "nfsstack.nfs3.handles"),
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module
+    target: str  # the imported module
+    path: Path
+    line: int
+
+    def where(self) -> str:
+        try:
+            shown = self.path.relative_to(REPO)
+        except ValueError:
+            shown = self.path
+        return f"{shown}:{self.line}"
+
+
+def module_name(path: Path) -> str:
+    if path == PLUGIN:
+        return "twisted.plugins.nfsstack_plugin"
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def is_module(name: str) -> bool:
+    """True if ``name`` is a module or package of src/."""
+    base = SRC.joinpath(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def imports_in(tree: ast.AST, module: str, is_package: bool, path: Path) -> Iterator[Import]:
+    """Every nfsstack module that ``tree`` imports, wherever the import statement stands."""
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(module, alias.name, path, node.lineno)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                if node.level > 1:
+                    base_parts = base_parts[: -(node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                # ``from nfsstack.nfs3 import handles`` imports the module nfsstack.nfs3.handles.
+                yield Import(module, sub if is_module(sub) else base, path, node.lineno)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in ("__import__", "import_module") and isinstance(node.args[0].value, str):
+                yield Import(module, node.args[0].value, path, node.lineno)
+
+
+def ours(name: str) -> bool:
+    return name == "nfsstack" or name.startswith("nfsstack.") or name == "twisted.plugins.nfsstack_plugin"
+
+
+def unit_of(name: str) -> Optional[str]:
+    """The unit (key of :data:`UNITS`) a module belongs to, None if it has no layer."""
+    if name in UNITS:
+        return name
+    parts = name.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:n])
+        if head in UNITS and head != "nfsstack":
+            return head
+    return None
+
+
+def layer_of(name: str) -> Optional[int]:
+    unit = unit_of(name)
+    return None if unit is None else UNITS[unit]
+
+
+def all_imports(files: Optional[list[Path]] = None) -> list[Import]:
+    found = []
+    for path in files if files is not None else sources():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found += [i for i in imports_in(tree, module_name(path), path.name == "__init__.py", path) if ours(i.target)]
+    return found
+
+
+def sources() -> list[Path]:
+    return sorted(SRC.joinpath("nfsstack").rglob("*.py")) + [PLUGIN]
+
+
+def wrong_way(imports: list[Import]) -> list[str]:
+    """Messages for the imports that point up a layer, or that leave layer 2 by a path not listed."""
+    problems = []
+    for i in dict.fromkeys(imports):  # ``from X import a, b`` once
+        src, dst = layer_of(i.source), layer_of(i.target)
+        if src is None:
+            problems.append(f"{i.where()}: {i.source} has no layer (place it in UNITS)")
+        elif dst is None:
+            problems.append(f"{i.where()}: {i.source} imports {i.target}, which has no layer (a module that does "
+                            "not exist, or a new one to place in UNITS)")
+        elif dst > src:
+            problems.append(f"{i.where()}: {i.source} ({LAYER_NAMES[src]}) imports {i.target} "
+                            f"({LAYER_NAMES[dst]}): an import pointing up")
+        elif src == LEAF and dst == LEAF and i.target != i.source:
+            problems.append(f"{i.where()}: {i.source} is a leaf and imports {i.target}")
+        elif (src == dst == PROGRAM and unit_of(i.source) != unit_of(i.target)
+              and (i.source, i.target) not in PROGRAM_EDGES):
+            problems.append(f"{i.where()}: {i.source} imports {i.target}, from one program to another, "
+                            "and that edge is not in PROGRAM_EDGES")
+    return problems
+
+
+# -- the stack ---------------------------------------------------------------------
+
+
+def test_every_module_has_a_layer():
+    unplaced = [str(p.relative_to(REPO)) for p in sources() if layer_of(module_name(p)) is None]
+    assert not unplaced, f"modules with no layer (add them to UNITS): {unplaced}"
+
+
+def test_no_import_points_up_or_across_unlisted():
+    problems = wrong_way(all_imports())
+    assert not problems, "imports that break the layering:\n" + "\n".join(problems)
+
+
+def test_rpc_imports_no_program():
+    bad = [f"{i.where()}: {i.target}" for i in all_imports() if unit_of(i.source) == "nfsstack.rpc"
+           and layer_of(i.target) not in (LEAF, RPC)]
+    assert not bad, "nfsstack.rpc imports above itself:\n" + "\n".join(bad)
+
+
+def test_xdr_imports_nothing_of_nfsstack():
+    bad = [f"{i.where()}: {i.target}" for i in all_imports() if i.source == "nfsstack.xdr"]
+    assert not bad, "nfsstack.xdr imports:\n" + "\n".join(bad)
+
+
+def test_program_edges_are_exactly_the_listed_ones():
+    found: dict[tuple[str, str], list[str]] = {}
+    for i in all_imports():
+        if (layer_of(i.source) == layer_of(i.target) == PROGRAM and unit_of(i.source) != unit_of(i.target)):
+            found.setdefault((i.source, i.target), []).append(i.where())
+    new = [f"{', '.join(found[e])}: {e[0]} -> {e[1]}" for e in sorted(set(found) - PROGRAM_EDGES)]
+    gone = sorted(PROGRAM_EDGES - set(found))
+    assert not new, "program-to-program imports not in PROGRAM_EDGES:\n" + "\n".join(new)
+    assert not gone, f"edges in PROGRAM_EDGES that no module has any more (remove them): {gone}"
+
+
+def test_the_plugin_only_asks_the_assembly():
+    targets = {unit_of(i.target) for i in all_imports([PLUGIN])}
+    assert targets <= {"nfsstack.service"}, targets
+
+
+# -- the check itself: a wrong-way import is caught, wherever it stands ------------
+
+
+@pytest.mark.parametrize(
+    "module, code, expected",
+    [
+        ("nfsstack/rpc/wrong.py", "def f():\n    from nfsstack.portmap.types import uaddr\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.portmap.types (program)"),
+        ("nfsstack/rpc/wrong.py", "import nfsstack.nfs3.handles\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.handles (program)"),
+        ("nfsstack/rpc/wrong.py", "from ..nfs3 import handles\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.handles (program)"),
+        ("nfsstack/xdr.py", "x = __import__('nfsstack.rpc.message')\n",
+         "nfsstack.xdr (leaf) imports nfsstack.rpc.message (rpc)"),
+        ("nfsstack/logs.py", "from nfsstack import statefile\n", "nfsstack.logs is a leaf and imports nfsstack.statefile"),
+        ("nfsstack/newthing.py", "import os\nfrom nfsstack import xdr\n", "nfsstack.newthing has no layer"),
+        ("nfsstack/nfs3/wrong.py", "from nfsstack.service import makeService\n",
+         "nfsstack.nfs3.wrong (program) imports nfsstack.service (assembly)"),
+        ("nfsstack/mount/wrong.py", "class A:\n    def f(self):\n        from nfsstack.nlm import program\n",
+         "nfsstack.mount.wrong imports nfsstack.nlm.program, from one program to another"),
+    ],
+)
+def test_a_wrong_way_import_is_caught(tmp_path, module, code, expected):
+    path = SRC / module  # never written: parsed from the string, named as if it were there
+    tree = ast.parse(code)
+    imports = [i for i in imports_in(tree, module_name(path), False, path) if ours(i.target)]
+    problems = wrong_way(imports)
+    assert problems and expected in problems[0], problems
+    assert f"src/{module}:" in problems[0], "the message names the file and line"
