@@ -1072,10 +1072,16 @@ class Workers:
     """
 
     def __init__(self, reactor, threads: int) -> None:
+        self.reactor = reactor
+        self.threads = threads
+        #: Made by :meth:`start`, shut by :meth:`stop` (the service tree calls both: docs/architecture.md).
+        self.pool = None
+
+    def start(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.reactor = reactor
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nfsd")
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="nfsd")
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -1093,4 +1099,6 @@ class Workers:
         return d
 
     def stop(self) -> None:
-        self.pool.shutdown(wait=False)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+            self.pool = None
