@@ -2,5 +2,4 @@
 
 from twisted.application.service import ServiceMaker
 
-serviceMaker = ServiceMaker("nfsstack", "nfsstack.tap", "NFSv3 server stack: portmapper, mountd, nfsd, nlockmgr, status.",
-                            "nfsstack")
+serviceMaker = ServiceMaker("nfsstack", "nfsstack.tap", "NFSv3 server: portmapper, mountd, nfsd, NLM, NSM.", "nfsstack")
