@@ -159,7 +159,7 @@ SABOTAGES = (
     ),
     Sabotage(
         "serves-without-identity-switch", "a process that cannot act as its clients does not serve files",
-        "src/nfsstack/service.py",
+        "src/nfsstack/tap.py",
         (("    elif (cannot_switch := can_switch()) is not None:\n", "    elif (cannot_switch := None) is not None:\n"),),
         ("tests/integration/test_privileges.py::test_plain_user_with_read_search_never_serves_as_itself",),
     ),

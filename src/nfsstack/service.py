@@ -1,7 +1,12 @@
-"""Builds the whole stack, one Twisted MultiService, from command-line options.
+"""The service tree of the stack: one Twisted MultiService and the services that own its resources.
 
-Start order: portmapper, then the services that register with it; stop order
-is the reverse, so every service unregisters while the portmapper still runs.
+:mod:`nfsstack.tap` builds the tree from the command-line options; this module
+holds what it is built of.  Start order: the services that own resources (the
+state directory and handle key, nfsd's caches, its io_uring or AIO ring, its
+thread pool), then the portmapper, then the services that register with it;
+stop order is the reverse, so every service unregisters while the portmapper
+still runs, and a resource closes only once every service started after it
+has stopped.  docs/architecture.md describes the whole lifecycle.
 """
 
 from __future__ import annotations
@@ -14,155 +19,28 @@ import time
 from pathlib import Path
 
 from twisted.application import service
-from twisted.application.internet import TimerService
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.python import usage
 
-from nfsstack.cluster.metrics import CallStats, StackCollector
-from nfsstack.cluster.metrics import registry as metrics_registry
-from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
+from nfsstack.cluster.metrics import CallStats
+from nfsstack.cluster.service import Node
 from nfsstack.export_table import ExportTable
-from nfsstack.exports import Exports, ExportsError, load_exports, parse_exports
-from nfsstack.logs import LEVELS, logger, set_level
+from nfsstack.exports import Exports, load_exports, parse_exports
+from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.aiosync import open_syncer
-from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work, load_key
-from nfsstack.nfs3.identity import can_switch
+from nfsstack.nfs3.handles import HandleCodec, load_key
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
-from nfsstack.nsm.state import NsmState
-
-from nfsstack.portmap.client import PortmapClient
 from nfsstack.portmap.program import Portmapper
-from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
-from nfsstack.portmap.registry import Registry
-from nfsstack.portmap.types import PMAP_PORT
-from nfsstack.rpc.client import RPCDatagramClient
 from nfsstack.rpc.remote import RemoteCaller
-from nfsstack.rpc.server import DEFAULT_MAX_RECORD, replies_held
+from nfsstack.rpc.server import replies_held
 from nfsstack.rpc.service import RPCService
 from nfsstack.statefile import make_private
 
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port {port} is not in 0..65535")
-    return port
-
-
-_port.coerceDoc = "A port number, 0..65535."  # type: ignore[attr-defined]
-
-
-def _log_level(value: str) -> str:
-    if value not in LEVELS:
-        raise ValueError(f"{value!r} is not one of {', '.join(LEVELS)}")
-    return value
-
-
-_log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defined]
-
-
-class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = (
-        "Serve NFSv3 and its helper RPC services from one process. "
-        "Services running in this release: the portmapper (rpcbind v2/v3/v4), status (NSM v1), nlockmgr "
-        "(v1/v3/v4), mountd (v1/v2/v3), nfsd (v3), and on port 1110 nfsd-status (HTTP: /status, /metrics, "
-        "/healthz) and nfsd-keepalive (UDP). SIGHUP reloads the exports file."
-    )
-
-    optFlags = [
-        ["system-rpcbind", None, "Register with the rpcbind already running on this host instead of serving one."],
-        [
-            "remote-calls",
-            None,
-            "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
-        ],
-        ["no-aio-fsync", None, "Hand COMMIT's fsync to the thread pool instead of the kernel's asynchronous fsync."],
-    ]
-
-    optParameters = [
-        ["config", None, None, "INI file in the style of /etc/nfs.conf with any of these options "
-                               "(etc/nfsstack.conf); the command line wins over it."],
-        ["exports", None, None, "exports(5) file (default: export ./export to this machine only, rw, root_squash)."],
-        ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
-        ["bind", None, "", "Addresses (comma-separated, IPv4 and IPv6) the RPC services listen on "
-         "(default: all IPv4 and, if the host has IPv6, all IPv6 addresses).", RPCService.check_bind],
-        ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
-        ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
-        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
-        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary).", _port],
-        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic.", _port],
-        ["grace-time", None, 90.0, "Seconds after start in which clients reclaim their locks.", float],
-        ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP), 0 = dynamic.", _port],
-        ["status-bind", None, "127.0.0.1", "Addresses (comma-separated) port 1110 listens on."],
-        ["status-allow", None, "127.0.0.0/8,::1/128", "Networks (comma-separated) port 1110 takes callers from."],
-        ["peers", None, "", "Peer servers (host[:port], comma-separated) to exchange keepalives with."],
-        ["keepalive-interval", None, 5.0, "Seconds between keepalives to the peers.", float],
-        ["keepalive-misses", None, 3, "Missed intervals after which a client or peer is stale.", int],
-        ["keepalive-key", None, None, "File with the shared key: keepalives carry an HMAC-SHA256."],
-        ["node-name", None, None, "This server's name in keepalives and the status (default: the host name)."],
-        ["rpcbind-socket", None, None, "rpcbind's local socket: served by the stack's portmapper (by default "
-         "/run/rpcbind.sock, when on port 111 and no other rpcbind serves it), or where --system-rpcbind "
-         "registers; '' = none."],
-        ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
-        ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
-        ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
-        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
-        ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
-                                    "critical.", _log_level],
-    ]
-
-    def parseOptions(self, options=None) -> None:
-        # Which options the command line gives, so that --config fills in only the others (postOptions).
-        import sys
-
-        from nfsstack.config import command_line_options
-
-        self.command_line = command_line_options(self, sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
-
-    def postOptions(self) -> None:
-        if self["config"] is not None:
-            from nfsstack.config import ConfigError, apply_config
-
-            try:
-                self.config_settings = apply_config(self, self["config"], getattr(self, "command_line", ()))
-            except ConfigError as e:
-                raise usage.UsageError(str(e))
-        if self["exports"] is not None:
-            try:
-                self.exports = load_exports(self["exports"])
-            except ExportsError as e:
-                raise usage.UsageError(str(e))
-        else:
-            check_default_export(os.path.abspath(DEFAULT_EXPORT))
-            self.exports = None
-        if self["max-record"] < 1024:
-            raise usage.UsageError("--max-record must be at least 1024")
-        try:
-            self.status_networks = parse_networks(self["status-allow"])
-            self.peers = [parse_peer(p) for p in self["peers"].split(",") if p.strip()]
-        except ValueError as e:
-            raise usage.UsageError(f"--status-allow / --peers: {e}")
-        self.keepalive_key = None
-        if self["keepalive-key"]:
-            try:
-                self.keepalive_key = open(self["keepalive-key"], "rb").read().strip()
-            except OSError as e:
-                raise usage.UsageError(f"--keepalive-key: {e}")
-            if len(self.keepalive_key) < 16:
-                raise usage.UsageError("--keepalive-key: the key must have at least 16 bytes")
-        if self["keepalive-interval"] <= 0 or self["keepalive-misses"] < 1:
-            raise usage.UsageError("--keepalive-interval must be positive and --keepalive-misses at least 1")
-        if self["grace-time"] < 0:
-            raise usage.UsageError("--grace-time cannot be negative")
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
-
+log = logger("nfsstack")
 
 class NfsStackService(service.MultiService):
     """The stack: children start in the order they were added and stop in reverse."""
@@ -180,6 +58,29 @@ class NfsStackService(service.MultiService):
         self.node: Node | None = None
         self.call_stats = CallStats()
         self.started_at = time.time()
+
+    def privilegedStartService(self) -> None:
+        _raise_fd_limit()  # before any port is bound: the sockets count too
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        _raise_fd_limit()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        """Children stop in reverse order, as in any MultiService; a :class:`Resource` stops only once every
+        child started after it has finished stopping (nfsd unregisters and closes its connections before its
+        thread pool and ring close)."""
+        service.Service.stopService(self)
+        children = list(self)
+        children.reverse()
+        pending: list[defer.Deferred] = []
+        for child in children:
+            if isinstance(child, Resource):
+                pending = [defer.DeferredList(pending).addCallback(lambda _, c=child: c.stopService())]
+            else:
+                pending.append(defer.maybeDeferred(child.stopService))
+        return defer.DeferredList(pending)
 
     def rpc_services(self) -> list[RPCService]:
         return [child for child in self if isinstance(child, RPCService)]
@@ -372,20 +273,122 @@ class LockingStart(service.Service):
         return self.nlm.stop()
 
 
-def make_forwarder(reactor, interface: str = "127.0.0.1"):
-    """A CALLIT forwarder: UDP calls to 127.0.0.1:port with the caller's credential."""
-    client = RPCDatagramClient("127.0.0.1", 0, reactor)
-    listening = []
-
-    def forward(port, prog, vers, proc, args, cred):
-        if not listening:
-            listening.append(reactor.listenUDP(0, client, interface=interface))
-        return client.call(prog, vers, proc, args, cred, timeout=5.0, retransmit=1.0, address=("127.0.0.1", port))
-
-    return forward
+class Resource(service.Service):
+    """A service that owns a resource: opens it in :meth:`startService`, closes it in :meth:`stopService`."""
 
 
-log = logger("nfsstack")
+class FileState(Resource):
+    """The state directory, the handle key, the mount list and the default export.
+
+    At start: the state directory is made (mode 0700) and made private with the
+    handle key if others could read them, ``./export`` is made when no exports
+    file is given, the exports are announced, the handle key is loaded (made on
+    first use) into the export table's codec, and the mount list is read and
+    forgets directories no export holds.  At stop: the export table closes the
+    descriptors it keeps (export roots, recently used handles).
+    """
+
+    name = "state"
+
+    def __init__(self, state_dir: str, table: ExportTable, default_export: bool, holders: list) -> None:
+        self.state_dir = state_dir
+        self.table = table
+        self.default_export = default_export
+        #: Objects whose ``mounts`` attribute gets the mount list once it is read (the stack, mountd, the reloader).
+        self.holders = holders
+        self.mounts: MountList | None = None
+
+    def startService(self) -> None:
+        state_dir = self.state_dir
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        # The handle key signs every handle: whoever reads it can forge one for any file of an export.
+        for path, mode in ((state_dir, 0o700), (os.path.join(state_dir, "handle.key"), 0o600)):
+            try:
+                was = make_private(Path(path), mode)
+            except FileNotFoundError:
+                continue
+            if was is not None:
+                log.warn("{path} was open to other users (mode {was:04o}): its mode is now {mode:04o}", path=path,
+                         was=was, mode=mode)
+        exports = self.table.exports
+        if self.default_export:
+            make_default_export()
+        for warning in exports.warnings:
+            log.warn("{warning}", warning=warning)
+        for line in describe_exports(exports):
+            log.info("export {line}", line=line)
+        for export in exports:
+            if not os.path.isdir(export.path):
+                log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
+                          src=exports.source, line=export.line)
+        self.table.codec = HandleCodec(load_key(state_dir))
+        self.mounts = MountList(state_dir)
+        for holder in self.holders:
+            holder.mounts = self.mounts
+        _forget_unexported_mounts(self.mounts, self.table)
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        self.table.close()
+
+
+class NfsdCaches(Resource):
+    """nfsd's kept open files and its listing cache (with its inotify descriptor): both empty at start, closed
+    at stop."""
+
+    name = "nfsd-caches"
+
+    def __init__(self, nfsd: Nfsd) -> None:
+        self.nfsd = nfsd
+
+    def stopService(self):
+        super().stopService()
+        self.nfsd.listings.close()
+        self.nfsd.files.close()
+
+
+class NfsdRing(Resource):
+    """nfsd's asynchronous fsync (and, where the kernel has them, opens and writes): an io_uring ring, else a
+    Linux AIO context, probed and opened at start (nothing: the thread pool syncs), closed at stop."""
+
+    name = "nfsd-ring"
+
+    def __init__(self, nfsd: Nfsd, reactor) -> None:
+        self.nfsd = nfsd
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        syncer = open_syncer(self.reactor)
+        if syncer is not None:
+            syncer.batch = replies_held  # a batch of completions answers its calls with one send per connection
+        self.nfsd.syncer = syncer
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        syncer, self.nfsd.syncer = self.nfsd.syncer, None
+        if syncer is not None:
+            syncer.close()
+
+
+class NfsdThreads(Resource):
+    """nfsd's thread pool for the calls that may wait on the disk: made at start, shut at stop."""
+
+    name = "nfsd-threads"
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+
+    def startService(self) -> None:
+        self.workers.start()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        self.workers.stop()
+
+
 
 DEFAULT_EXPORT = "export"
 #: Who may mount the default export: this machine only.  Other hosts need an exports file that names them.
@@ -410,9 +413,16 @@ def check_default_export(path: str) -> None:
                                "not exported. Use a directory of your own, or --exports FILE.")
 
 
-def default_exports() -> Exports:
-    """``./export`` (created world-writable and sticky, like /tmp), to this machine's clients only, rw with
-    root_squash."""
+def default_export_list() -> Exports:
+    """The default export as an exports table: ``./export`` to this machine's clients only, rw with
+    root_squash (nothing is made or looked at)."""
+    path = os.path.abspath(DEFAULT_EXPORT)
+    clients = " ".join(f"{c}(rw)" for c in DEFAULT_CLIENTS)
+    return parse_exports(f'"{path}" {clients}\n', "<default export>")
+
+
+def make_default_export() -> str:
+    """Make ``./export`` (world-writable and sticky, like /tmp) unless it is there, and say what is exported."""
     path = os.path.abspath(DEFAULT_EXPORT)
     check_default_export(path)
     try:
@@ -420,12 +430,17 @@ def default_exports() -> Exports:
         os.chmod(path, 0o1777)  # the umask took its share
     except FileExistsError:
         check_default_export(path)  # made between the check and here
-    clients = " ".join(f"{c}(rw)" for c in DEFAULT_CLIENTS)
-    exports = parse_exports(f'"{path}" {clients}\n', "<default export>")
     log.info("no --exports given: exporting {path} to this machine only ({clients}: rw,root_squash,secure); "
              "to export to other hosts, write an exports(5) file and start with --exports FILE",
              path=path, clients=", ".join(DEFAULT_CLIENTS))
-    return exports
+    return path
+
+
+def default_exports() -> Exports:
+    """``./export`` (created world-writable and sticky, like /tmp), to this machine's clients only, rw with
+    root_squash."""
+    make_default_export()
+    return default_export_list()
 
 
 def _raise_fd_limit() -> None:
@@ -440,117 +455,6 @@ def _raise_fd_limit() -> None:
             pass
 
 
-def makeService(options: Options, reactor=None) -> NfsStackService:
-    if reactor is None:
-        from twisted.internet import reactor
-    set_level(options["log-level"])
-    stack = NfsStackService()
-    _raise_fd_limit()
-    common = dict(
-        interface=options["bind"],
-        reactor=reactor,
-        max_record=options["max-record"],
-        idle_timeout=options["idle-timeout"],
-        max_connections=options["max-connections"],
-    )
-    from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
-
-    rpcbind_socket = options["rpcbind-socket"]
-    if options["system-rpcbind"]:
-        stack.registrar = RpcbindRegistrar(
-            reactor, port=options["portmap-port"],
-            socket_path=DEFAULT_SOCKET if rpcbind_socket is None else (rpcbind_socket or None),
-        )
-    else:
-        registry = Registry()
-        stack.registrar = LocalRegistrar(registry)
-        stack.portmapper = Portmapper(
-            registry,
-            remote_calls=options["remote-calls"],
-            forwarder=make_forwarder(reactor) if options["remote-calls"] else None,
-        )
-        if rpcbind_socket is None:  # the default: rpcbind's socket, if this is the host's portmapper
-            rpcbind_socket = DEFAULT_SOCKET if options["portmap-port"] == PMAP_PORT else ""
-            if rpcbind_socket and foreign_network_namespace(rpcbind_socket):
-                log.info("not serving {path}: this network namespace is not the one of the machine's {dir} "
-                         "(--rpcbind-socket PATH serves one anyway)", path=rpcbind_socket,
-                         dir=os.path.dirname(rpcbind_socket))
-                rpcbind_socket = ""
-        portmap = RPCService(
-            "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar,
-            unix_socket=rpcbind_socket or None, **common
-        )
-        portmap.listen_hint = (
-            " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
-        )
-        portmap.setServiceParent(stack)
-    if not kernel_handles_work(os.getcwd()):
-        log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
-                  "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
-    elif (cannot_switch := can_switch()) is not None:
-        # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
-        log.error("mountd, nfsd, nlockmgr and status not started: this process cannot act as its clients "
-                  "({why}); run it as root, or give it CAP_SETUID and CAP_SETGID", why=cannot_switch)
-    else:
-        _file_services(stack, options, common, reactor)
-    _cluster_service(stack, options, reactor)
-    return stack
-
-
-def _file_services(stack: NfsStackService, options: Options, common: dict, reactor) -> None:
-    """status, nlockmgr, mountd and nfsd, in that order, on the exports."""
-    state_dir = os.path.abspath(options["state-dir"])
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    # The handle key signs every handle: whoever reads it can forge one for any file of an export.
-    for path, mode in ((state_dir, 0o700), (os.path.join(state_dir, "handle.key"), 0o600)):
-        try:
-            was = make_private(Path(path), mode)
-        except FileNotFoundError:
-            continue
-        if was is not None:
-            log.warn("{path} was open to other users (mode {was:04o}): its mode is now {mode:04o}", path=path,
-                     was=was, mode=mode)
-    exports = getattr(options, "exports", None) or default_exports()
-    for warning in exports.warnings:
-        log.warn("{warning}", warning=warning)
-    for line in describe_exports(exports):
-        log.info("export {line}", line=line)
-    for export in exports:
-        if not os.path.isdir(export.path):
-            log.error("{path} (exported on {src} line {line}) is not a directory", path=export.path,
-                      src=exports.source, line=export.line)
-    stack.exports = ExportTable(exports, HandleCodec(load_key(state_dir)))
-    stack.mounts = MountList(state_dir)
-    _forget_unexported_mounts(stack.mounts, stack.exports)
-    TimerService(5.0, stack.exports.sweep).setServiceParent(stack)
-    if options["exports"] is not None:
-        ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor,
-                        stack.mounts).setServiceParent(stack)
-    remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
-    stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
-    stack.nsm.listeners.append(stack.nlm.host_rebooted)
-    RPCService("status", [stack.nsm.program], options["statd-port"], registrar=stack.registrar,
-               **common).setServiceParent(stack)
-    LockingStart(stack.nsm, stack.nlm, remote).setServiceParent(stack)
-    RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
-               **common).setServiceParent(stack)
-    stack.mountd = Mountd(stack.exports, stack.mounts)
-    RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
-               **common).setServiceParent(stack)
-    workers = Workers(reactor, max(1, options["threads"]))
-    reactor.addSystemEventTrigger("after", "shutdown", workers.stop)
-    syncer = None if options["no-aio-fsync"] else open_syncer(reactor)
-    if syncer is not None:
-        syncer.batch = replies_held  # a batch of completions answers its calls with one send per connection
-        reactor.addSystemEventTrigger("after", "shutdown", syncer.close)
-    stack.nfsd = Nfsd(stack.exports, in_thread=workers, syncer=syncer)
-    reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.listings.close)
-    TimerService(1.0, stack.nfsd.files.sweep).setServiceParent(stack)
-    reactor.addSystemEventTrigger("after", "shutdown", stack.nfsd.files.close)
-    RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
-               **common).setServiceParent(stack)
-
 
 def _forget_unexported_mounts(mounts: MountList, table: ExportTable) -> None:
     """The mount list keeps no entry of a directory that no export holds any more (``showmount -a``)."""
@@ -558,14 +462,11 @@ def _forget_unexported_mounts(mounts: MountList, table: ExportTable) -> None:
         log.info("mount list: {host}:{dir} forgotten, no export holds it any more", host=host, dir=directory)
 
 
-def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
-    """Port 1110: the status report, metrics and health over HTTP, keepalives over UDP."""
-    stack.node = Node(options["node-name"] or socket.gethostname(), options.status_networks, options.keepalive_key,
-                      options["keepalive-interval"], options["keepalive-misses"], reactor.seconds, options.peers)
-    for child in stack.rpc_services():
-        child.dispatcher.observer = stack.call_stats
-    collector = StackCollector(stack.call_stats, stack.counters)
-    binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
-    reloader = stack.namedServices.get("exports-reload")
-    ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
-                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None).setServiceParent(stack)
+def __getattr__(name: str):
+    """``nfsstack.service.Options`` and ``makeService`` still answer, from :mod:`nfsstack.tap` (a plugin file
+    installed before the tap module existed imports them from here)."""
+    if name in ("Options", "makeService"):
+        from nfsstack import tap
+
+        return getattr(tap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

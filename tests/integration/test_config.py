@@ -11,7 +11,7 @@ import pytest
 from twisted.python import reflect, usage
 
 from nfsstack import config
-from nfsstack.service import Options
+from nfsstack.tap import Options
 from tests.support import REPO, Stack, free_port, server_env, twistd
 
 EXAMPLE = REPO / "etc" / "nfsstack.conf"

@@ -6,7 +6,7 @@ Bottom to top::
     1  RPC core      nfsstack.rpc.*                                     (imports leaves only: no program)
     2  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
                      nfsstack.exports, .export_table, .refusals, .config
-    3  assembly      nfsstack.service, nfsstack.cli
+    3  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli
     4  the plugin    twisted/plugins/nfsstack_plugin.py
 
 Every import of every module is read with :mod:`ast` (module level and inside functions, ``import X``
@@ -52,6 +52,7 @@ UNITS = {
     "nfsstack.refusals": PROGRAM,
     "nfsstack.config": PROGRAM,
     "nfsstack.service": ASSEMBLY,
+    "nfsstack.tap": ASSEMBLY,
     "nfsstack.cli": ASSEMBLY,
     "twisted.plugins.nfsstack_plugin": PLUGIN_LAYER,
 }
@@ -223,7 +224,7 @@ def test_program_edges_are_exactly_the_listed_ones():
 
 def test_the_plugin_only_asks_the_assembly():
     targets = {unit_of(i.target) for i in all_imports([PLUGIN])}
-    assert targets <= {"nfsstack.service"}, targets
+    assert targets <= {"nfsstack.service", "nfsstack.tap"}, targets
 
 
 # -- the check itself: a wrong-way import is caught, wherever it stands ------------

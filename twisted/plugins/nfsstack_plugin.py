@@ -1,25 +1,5 @@
-"""The twistd plugin: ``twistd -n nfsstack [options]``."""
+"""The twistd plugin: ``twistd -n nfsstack [options]`` (options and service maker in nfsstack.tap)."""
 
-from twisted.application.service import IServiceMaker
-from twisted.plugin import IPlugin
-from zope.interface import implementer
+from twisted.application.service import ServiceMaker
 
-
-@implementer(IServiceMaker, IPlugin)
-class NfsStackServiceMaker:
-    tapname = "nfsstack"
-    description = "NFSv3 server stack: portmapper, mountd, nfsd, nlockmgr, status."
-
-    @property
-    def options(self):
-        from nfsstack.service import Options
-
-        return Options
-
-    def makeService(self, options):
-        from nfsstack.service import makeService
-
-        return makeService(options)
-
-
-serviceMaker = NfsStackServiceMaker()
+serviceMaker = ServiceMaker("nfsstack", "nfsstack.tap", "NFSv3 server: portmapper, mountd, nfsd, NLM, NSM.", "nfsstack")

@@ -10,12 +10,12 @@ no Python thread is involved at all.  Two ways, the first the kernel takes:
 
 - io_uring (Linux 5.1), ``IORING_OP_FSYNC``: the kernel hands the sync to an
   io_uring worker thread of its own, which the scheduler may place on any CPU;
-  submitting costs the reactor a few microseconds.  x86_64 only here: the rings
+  submitting costs the reactor little.  x86_64 only here: the rings
   are shared memory, and x86's store order is what makes plain writes to them
   safe from Python.
 - native AIO (Linux 4.18), ``IOCB_CMD_FSYNC``: the sync runs in a kernel
   worker bound to the submitting CPU, which preempts the reactor at once: each
-  submission costs it tens of microseconds (bench/README.md).
+  submission costs it more of the reactor's time (bench/README.md).
 
 Where the kernel refuses both, :func:`open_syncer` answers None and callers
 use their thread pool.

@@ -3,7 +3,8 @@
 A READDIR cookie is the filesystem's own directory offset (``d_off``, what
 telldir returns): on ext4, xfs and btrfs it names a position by hash or index,
 so it survives unrelated creates and deletes, and hard links or "." and ".."
-never collide as fileids would (DESIGN.md, "Directory cookies are stable").
+never collide as fileids would (docs/architecture.md, "Directory
+cookies are stable").
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ ENTRY_CACHE = 32768
 
 #: A CREATE whose open takes longer than this (moving average, seconds) on the reactor goes to io_uring's worker
 #: instead (nfs3/aiosync.py): one in RESAMPLE_CREATE still runs inline, to see whether creates got cheap again.
-#: Handing an open over costs the reactor and the kernel about 0.1-0.2 ms of CPU in wake-ups (bench/README.md), so a
-#: cheap one (tens of microseconds on a journaled ext4) is made in place.
+#: Handing an open over costs the reactor and the kernel more CPU in wake-ups than a cheap open costs in place
+#: (bench/README.md, "CREATE's open inline or by io_uring").
 SLOW_CREATE = 0.0002
 RESAMPLE_CREATE = 16
 
@@ -1072,10 +1072,16 @@ class Workers:
     """
 
     def __init__(self, reactor, threads: int) -> None:
+        self.reactor = reactor
+        self.threads = threads
+        #: Made by :meth:`start`, shut by :meth:`stop` (the service tree calls both: docs/architecture.md).
+        self.pool = None
+
+    def start(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.reactor = reactor
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nfsd")
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="nfsd")
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -1093,4 +1099,6 @@ class Workers:
         return d
 
     def stop(self) -> None:
-        self.pool.shutdown(wait=False)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+            self.pool = None

@@ -1,4 +1,5 @@
-"""The local directory behind an export, used as the caller (DESIGN.md, "Permissions are the kernel's").
+"""The local directory behind an export, used as the caller (docs/architecture.md,
+"Permissions are the kernel's").
 
 The NFS program resolves file handles to descriptors; the functions here do
 the filesystem work on them with the caller's (squashed) identity switched in

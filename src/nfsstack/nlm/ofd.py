@@ -1,4 +1,5 @@
-"""Granted NLM locks held a second time as Linux OFD locks on the exported file (DESIGN.md, "Locks are real").
+"""Granted NLM locks held a second time as Linux OFD locks on the exported file (docs/architecture.md, "Locks
+are real").
 
 Each lock owner gets its own open file description of the file, and the
 owner's locks are taken on it with ``F_OFD_SETLK``: the kernel merges and

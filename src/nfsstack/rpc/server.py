@@ -77,8 +77,7 @@ MAX_UDP_PAYLOAD = 65507
 #: Twisted's read size on a TCP connection; the rest of a large record is received in place (RecordReader.window).
 SMALL_READ = 1 << 16
 #: The replies to the records one read brought leave in groups of this many, so a pipelining client works on the
-#: first ones while the server makes the rest, instead of both taking turns (bench/README.md: 1.3-1.6x GETATTR and
-#: LOOKUP calls/s with 32 in flight on a 2-core machine).
+#: first ones while the server makes the rest, instead of both taking turns (bench/README.md, "Reply groups").
 FLUSH_EVERY = 8
 #: ... or as soon as this many seconds of work are waiting to leave (one READDIRPLUS of a large directory).
 FLUSH_AFTER = 0.0005
@@ -194,7 +193,7 @@ class Dispatcher:
             reply = self._failure_reply(Failure(), xid, procedure.name)
         else:
             if isinstance(result, defer.Deferred):
-                # One callback pair does all that follows a late result (each one more costs a COMMIT ~1 us).
+                # One callback pair does all that follows a late result (each one more costs a COMMIT: bench/README.md).
                 late = (xid, procedure, key, observer, program.name, started, peer[0])
                 return result.addCallbacks(self._late_result, self._late_failure, callbackArgs=late,
                                            errbackArgs=late)

@@ -1,0 +1,296 @@
+"""The twistd plugin's options and service maker (the ``tap.py`` convention of ``twisted.names``).
+
+:func:`makeService` only builds the service tree of :mod:`nfsstack.service`:
+nothing is opened, made or written until the tree starts.  It decides which
+services exist from read-only probes (may this process open kernel handles,
+and act as its clients?); everything else (the state directory, the handle
+key, the default export, io_uring, the thread pool) is opened by the service
+that owns it (docs/architecture.md, "Lifecycle").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.application.internet import TimerService
+from twisted.python import usage
+
+from nfsstack.cluster.metrics import StackCollector
+from nfsstack.cluster.metrics import registry as metrics_registry
+from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
+from nfsstack.export_table import ExportTable
+from nfsstack.exports import ExportsError, load_exports
+from nfsstack.logs import LEVELS, logger, set_level
+from nfsstack.mount.program import Mountd
+from nfsstack.nfs3.handles import kernel_handles_work
+from nfsstack.nfs3.identity import can_switch
+from nfsstack.nfs3.program import Nfsd, Workers
+from nfsstack.nlm.program import Nlm
+from nfsstack.nsm.program import Nsm
+from nfsstack.nsm.state import NsmState
+from nfsstack.portmap.client import PortmapClient
+from nfsstack.portmap.program import Portmapper
+from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
+from nfsstack.portmap.registry import Registry
+from nfsstack.portmap.types import PMAP_PORT
+from nfsstack.rpc.client import RPCDatagramClient
+from nfsstack.rpc.remote import RemoteCaller
+from nfsstack.rpc.server import DEFAULT_MAX_RECORD
+from nfsstack.rpc.service import RPCService
+from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsdCaches, NfsdRing,
+                              NfsdThreads, NfsStackService, check_default_export, default_export_list)
+
+log = logger("nfsstack")
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is not in 0..65535")
+    return port
+
+
+_port.coerceDoc = "A port number, 0..65535."  # type: ignore[attr-defined]
+
+
+def _log_level(value: str) -> str:
+    if value not in LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value
+
+
+_log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve NFSv3 and its helper RPC services from one process. "
+        "Services running in this release: the portmapper (rpcbind v2/v3/v4), status (NSM v1), nlockmgr "
+        "(v1/v3/v4), mountd (v1/v2/v3), nfsd (v3), and on port 1110 nfsd-status (HTTP: /status, /metrics, "
+        "/healthz) and nfsd-keepalive (UDP). SIGHUP reloads the exports file."
+    )
+
+    optFlags = [
+        ["system-rpcbind", None, "Register with the rpcbind already running on this host instead of serving one."],
+        [
+            "remote-calls",
+            None,
+            "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
+        ],
+        ["no-aio-fsync", None, "Hand COMMIT's fsync to the thread pool instead of the kernel's asynchronous fsync."],
+    ]
+
+    optParameters = [
+        ["config", None, None, "INI file in the style of /etc/nfs.conf with any of these options "
+                               "(etc/nfsstack.conf); the command line wins over it."],
+        ["exports", None, None, "exports(5) file (default: export ./export to this machine only, rw, root_squash)."],
+        ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
+        ["bind", None, "", "Addresses (comma-separated, IPv4 and IPv6) the RPC services listen on "
+         "(default: all IPv4 and, if the host has IPv6, all IPv6 addresses).", RPCService.check_bind],
+        ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
+        ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
+        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
+        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary).", _port],
+        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic.", _port],
+        ["grace-time", None, 90.0, "Seconds after start in which clients reclaim their locks.", float],
+        ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP), 0 = dynamic.", _port],
+        ["status-bind", None, "127.0.0.1", "Addresses (comma-separated) port 1110 listens on."],
+        ["status-allow", None, "127.0.0.0/8,::1/128", "Networks (comma-separated) port 1110 takes callers from."],
+        ["peers", None, "", "Peer servers (host[:port], comma-separated) to exchange keepalives with."],
+        ["keepalive-interval", None, 5.0, "Seconds between keepalives to the peers.", float],
+        ["keepalive-misses", None, 3, "Missed intervals after which a client or peer is stale.", int],
+        ["keepalive-key", None, None, "File with the shared key: keepalives carry an HMAC-SHA256."],
+        ["node-name", None, None, "This server's name in keepalives and the status (default: the host name)."],
+        ["rpcbind-socket", None, None, "rpcbind's local socket: served by the stack's portmapper (by default "
+         "/run/rpcbind.sock, when on port 111 and no other rpcbind serves it), or where --system-rpcbind "
+         "registers; '' = none."],
+        ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
+        ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
+        ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
+        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
+        ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
+                                    "critical.", _log_level],
+    ]
+
+    def parseOptions(self, options=None) -> None:
+        # Which options the command line gives, so that --config fills in only the others (postOptions).
+        import sys
+
+        from nfsstack.config import command_line_options
+
+        self.command_line = command_line_options(self, sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def postOptions(self) -> None:
+        if self["config"] is not None:
+            from nfsstack.config import ConfigError, apply_config
+
+            try:
+                self.config_settings = apply_config(self, self["config"], getattr(self, "command_line", ()))
+            except ConfigError as e:
+                raise usage.UsageError(str(e))
+        if self["exports"] is not None:
+            try:
+                self.exports = load_exports(self["exports"])
+            except ExportsError as e:
+                raise usage.UsageError(str(e))
+        else:
+            check_default_export(os.path.abspath(DEFAULT_EXPORT))
+            self.exports = None
+        if self["max-record"] < 1024:
+            raise usage.UsageError("--max-record must be at least 1024")
+        try:
+            self.status_networks = parse_networks(self["status-allow"])
+            self.peers = [parse_peer(p) for p in self["peers"].split(",") if p.strip()]
+        except ValueError as e:
+            raise usage.UsageError(f"--status-allow / --peers: {e}")
+        self.keepalive_key = None
+        if self["keepalive-key"]:
+            try:
+                self.keepalive_key = open(self["keepalive-key"], "rb").read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"--keepalive-key: {e}")
+            if len(self.keepalive_key) < 16:
+                raise usage.UsageError("--keepalive-key: the key must have at least 16 bytes")
+        if self["keepalive-interval"] <= 0 or self["keepalive-misses"] < 1:
+            raise usage.UsageError("--keepalive-interval must be positive and --keepalive-misses at least 1")
+        if self["grace-time"] < 0:
+            raise usage.UsageError("--grace-time cannot be negative")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
+
+
+def make_forwarder(reactor, interface: str = "127.0.0.1"):
+    """A CALLIT forwarder: UDP calls to 127.0.0.1:port with the caller's credential."""
+    client = RPCDatagramClient("127.0.0.1", 0, reactor)
+    listening = []
+
+    def forward(port, prog, vers, proc, args, cred):
+        if not listening:
+            listening.append(reactor.listenUDP(0, client, interface=interface))
+        return client.call(prog, vers, proc, args, cred, timeout=5.0, retransmit=1.0, address=("127.0.0.1", port))
+
+    return forward
+
+
+def makeService(options: Options, reactor=None) -> NfsStackService:
+    if reactor is None:
+        from twisted.internet import reactor
+    set_level(options["log-level"])
+    stack = NfsStackService()
+    common = dict(
+        interface=options["bind"],
+        reactor=reactor,
+        max_record=options["max-record"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
+    )
+    from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
+
+    portmap = None
+    rpcbind_socket = options["rpcbind-socket"]
+    if options["system-rpcbind"]:
+        stack.registrar = RpcbindRegistrar(
+            reactor, port=options["portmap-port"],
+            socket_path=DEFAULT_SOCKET if rpcbind_socket is None else (rpcbind_socket or None),
+        )
+    else:
+        registry = Registry()
+        stack.registrar = LocalRegistrar(registry)
+        stack.portmapper = Portmapper(
+            registry,
+            remote_calls=options["remote-calls"],
+            forwarder=make_forwarder(reactor) if options["remote-calls"] else None,
+        )
+        if rpcbind_socket is None:  # the default: rpcbind's socket, if this is the host's portmapper
+            rpcbind_socket = DEFAULT_SOCKET if options["portmap-port"] == PMAP_PORT else ""
+            if rpcbind_socket and foreign_network_namespace(rpcbind_socket):
+                log.info("not serving {path}: this network namespace is not the one of the machine's {dir} "
+                         "(--rpcbind-socket PATH serves one anyway)", path=rpcbind_socket,
+                         dir=os.path.dirname(rpcbind_socket))
+                rpcbind_socket = ""
+        portmap = RPCService(
+            "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar,
+            unix_socket=rpcbind_socket or None, **common
+        )
+        portmap.listen_hint = (
+            " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
+        )
+    # Which services exist is decided here, by read-only probes: both look, neither changes anything.
+    serve_files = False
+    if not kernel_handles_work(os.getcwd()):
+        log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
+                  "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
+    elif (cannot_switch := can_switch()) is not None:
+        # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
+        log.error("mountd, nfsd, nlockmgr and status not started: this process cannot act as its clients "
+                  "({why}); run it as root, or give it CAP_SETUID and CAP_SETGID", why=cannot_switch)
+    else:
+        serve_files = True
+    # The services that own resources start first and stop last (NfsStackService.stopService).
+    resources, services = _file_services(stack, options, common, reactor) if serve_files else ([], [])
+    for child in resources:
+        child.setServiceParent(stack)
+    if portmap is not None:
+        portmap.setServiceParent(stack)
+    for child in services:
+        child.setServiceParent(stack)
+    _cluster_service(stack, options, reactor)
+    return stack
+
+
+def _file_services(stack: NfsStackService, options: Options, common: dict, reactor) -> tuple[list, list]:
+    """(the services owning the state and nfsd's resources, then status, nlockmgr, mountd and nfsd, in that
+    order, on the exports): built, not started."""
+    state_dir = os.path.abspath(options["state-dir"])
+    exports = getattr(options, "exports", None)
+    default_export = exports is None
+    if default_export:
+        exports = default_export_list()
+    # The codec (the handle key) is loaded by FileState at start.
+    stack.exports = ExportTable(exports, None)
+    reloader = None
+    if options["exports"] is not None:
+        reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
+    remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
+    stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
+    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
+    stack.nsm.listeners.append(stack.nlm.host_rebooted)
+    stack.mountd = Mountd(stack.exports, None)
+    workers = Workers(reactor, max(1, options["threads"]))
+    stack.nfsd = Nfsd(stack.exports, in_thread=workers)
+    resources: list = [FileState(state_dir, stack.exports, default_export,
+                                 [h for h in (stack, stack.mountd, reloader) if h is not None])]
+    resources.append(NfsdCaches(stack.nfsd))
+    if not options["no-aio-fsync"]:
+        resources.append(NfsdRing(stack.nfsd, reactor))
+    resources.append(NfsdThreads(workers))
+    services: list = [TimerService(5.0, stack.exports.sweep)]
+    if reloader is not None:
+        services.append(reloader)
+    services.append(RPCService("status", [stack.nsm.program], options["statd-port"], registrar=stack.registrar,
+                               **common))
+    services.append(LockingStart(stack.nsm, stack.nlm, remote))
+    services.append(RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
+                               **common))
+    services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
+                               **common))
+    services.append(TimerService(1.0, stack.nfsd.files.sweep))
+    services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
+                               **common))
+    return resources, services
+
+
+def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
+    """Port 1110: the status report, metrics and health over HTTP, keepalives over UDP."""
+    stack.node = Node(options["node-name"] or socket.gethostname(), options.status_networks, options.keepalive_key,
+                      options["keepalive-interval"], options["keepalive-misses"], reactor.seconds, options.peers)
+    for child in stack.rpc_services():
+        child.dispatcher.observer = stack.call_stats
+    collector = StackCollector(stack.call_stats, stack.counters)
+    binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
+    reloader = stack.namedServices.get("exports-reload")
+    ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
+                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None).setServiceParent(stack)
