@@ -260,29 +260,11 @@ from nfsstack.nfs3.program import RTMAX
 from nfsstack.nfs3.types import Stat
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.record import frame
+from tests.support import recv_record as record
 root = bytes.fromhex(sys.argv[3])
 count = int(sys.argv[4])
 rnd = random.Random(1)
 auth = Credential(0, 0, (), "evil").to_auth()
-
-
-def exactly(s, n):
-    data = b""
-    while len(data) < n:
-        more = s.recv(n - len(data))
-        if not more:
-            raise EOFError("connection closed before the whole reply")
-        data += more
-    return data
-
-
-def record(s):
-    data = b""
-    while True:
-        n = struct.unpack(">I", exactly(s, 4))[0]
-        data += exactly(s, n & 0x7FFFFFFF)
-        if n & 0x80000000:
-            return data
 
 
 def call(xid, proc, args):

@@ -125,14 +125,19 @@ def test_udp_call_answered_after_a_delay():
         yield service.stopService()
 
 
+def started_portmapper():
+    """The stack's portmapper on a test port of 127.0.0.1: (its registry, its started service)."""
+    registry = Registry()
+    portmap = RPCService("portmapper", [Portmapper(registry).program], 0, interface="127.0.0.1", reactor=reactor,
+                         registrar=LocalRegistrar(registry))
+    portmap.startService()
+    return registry, portmap
+
+
 @pytest_twisted.inlineCallbacks
 def test_register_with_a_portmapper_over_tcp_then_unregister():
     """RpcbindRegistrar (the --system-rpcbind path) against our own portmapper on a test port."""
-    registry = Registry()
-    pm = Portmapper(registry)
-    portmap = RPCService("portmapper", [pm.program], 0, interface="127.0.0.1", reactor=reactor,
-                         registrar=LocalRegistrar(registry))
-    portmap.startService()
+    registry, portmap = started_portmapper()
     registrar = RpcbindRegistrar(reactor, port=portmap.port, socket_path=None)
     echo = RPCService("echo", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor, registrar=registrar)
     echo.startService()
@@ -150,11 +155,7 @@ def test_register_with_a_portmapper_over_tcp_then_unregister():
 @pytest_twisted.inlineCallbacks
 def test_remote_calls_find_the_port_with_the_portmapper_client():
     """RemoteCaller (NLM and NSM callbacks) asks GETPORT through PortmapClient, then calls over UDP and TCP."""
-    registry = Registry()
-    pm = Portmapper(registry)
-    portmap = RPCService("portmapper", [pm.program], 0, interface="127.0.0.1", reactor=reactor,
-                         registrar=LocalRegistrar(registry))
-    portmap.startService()
+    registry, portmap = started_portmapper()
     echo = RPCService("echo", [sleepy_program()], 0, interface="127.0.0.1", reactor=reactor,
                       registrar=LocalRegistrar(registry))
     echo.startService()
