@@ -37,32 +37,33 @@ class Sabotage:
     tests: tuple[str, ...]  # pytest node ids or paths run against the sabotaged copy
 
 
-NFSD = "src/nfsstack/nfs3/program.py"
+FRAME = "src/nfsstack/nfs3/frame.py"
+LOCAL = "src/nfsstack/nfs3/local/filesystem.py"
 NFS3 = "tests/unit/test_nfs3.py"
 STABLE_TESTS = "tests/unit/test_stable_writes.py"
 #: The power cut first: the sabotages of a sync must lose data where it counts, not only skip a call.
 DURABILITY = "tests/integration/test_durability.py::test_power_cut_keeps_what_was_committed"
-STABLE = "            if stable != UNSTABLE and op.options.sync:\n"
+STABLE = "            if stable != UNSTABLE and call.options.sync:\n"
 
 SABOTAGES = (
     Sabotage(
-        "commit-without-sync", "COMMIT answers only after the file's data reached stable storage", NFSD,
-        (("        return self._sync(op, False, sfd, ok)\n", "        return ok()\n"),),
+        "commit-without-sync", "COMMIT answers only after the file's data reached stable storage", LOCAL,
+        (("        return self._sync(call, False, sfd, lambda: None)\n", "        return None\n"),),
         (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
-        "file-sync-inline-without-sync", "a FILE_SYNC WRITE run inline syncs before its reply", NFSD,
-        ((STABLE, "            if stable != UNSTABLE and op.options.sync and (op.threaded or op.ring):\n"),),
+        "file-sync-inline-without-sync", "a FILE_SYNC WRITE run inline syncs before its reply", LOCAL,
+        ((STABLE, "            if stable != UNSTABLE and call.options.sync and (call.threaded or call.ring):\n"),),
         (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
-        "file-sync-ring-without-sync", "a FILE_SYNC WRITE written by io_uring syncs before its reply", NFSD,
-        ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.ring:\n"),),
+        "file-sync-ring-without-sync", "a FILE_SYNC WRITE written by io_uring syncs before its reply", LOCAL,
+        ((STABLE, "            if stable != UNSTABLE and call.options.sync and not call.ring:\n"),),
         (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
-        "file-sync-pool-without-sync", "a FILE_SYNC WRITE run in the thread pool syncs before its reply", NFSD,
-        ((STABLE, "            if stable != UNSTABLE and op.options.sync and not op.threaded:\n"),),
+        "file-sync-pool-without-sync", "a FILE_SYNC WRITE run in the thread pool syncs before its reply", LOCAL,
+        ((STABLE, "            if stable != UNSTABLE and call.options.sync and not call.threaded:\n"),),
         (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
@@ -80,9 +81,9 @@ SABOTAGES = (
         ("tests/unit/test_mountd.py",),
     ),
     Sabotage(
-        "nfsd-handler-raises", "no ACCESS call crashes nfsd", NFSD,
-        (("    def nfs_access(self, op: Op, args) -> Packs:\n",
-          "    def nfs_access(self, op: Op, args) -> Packs:\n        raise RuntimeError('sabotage')\n"),),
+        "nfsd-handler-raises", "no ACCESS call crashes nfsd", "src/nfsstack/nfs3/attributes.py",
+        (("def access3(call: Call, args):\n",
+          "def access3(call: Call, args):\n    raise RuntimeError('sabotage')\n"),),
         (NFS3,),
     ),
     Sabotage(
@@ -113,13 +114,13 @@ SABOTAGES = (
         (f"{NFS3}::test_root_squash_makes_root_nobody",),
     ),
     Sabotage(
-        "ro-ignored", "a ro export refuses every change with NFS3ERR_ROFS", NFSD,
-        (("        if write and op.options.read_only:\n", "        if False:\n"),),
+        "ro-ignored", "a ro export refuses every change with NFS3ERR_ROFS", FRAME,
+        (("        if write and self.options.read_only:\n", "        if False:\n"),),
         (f"{NFS3}::test_ro_export_refuses_changes_with_rofs",),
     ),
     Sabotage(
-        "insecure-port-admitted", "a secure export refuses calls from unprivileged ports", NFSD,
-        (("            if options.secure and not op.ctx.privileged_port:\n", "            if False:\n"),),
+        "insecure-port-admitted", "a secure export refuses calls from unprivileged ports", FRAME,
+        (("            if options.secure and not self.ctx.privileged_port:\n", "            if False:\n"),),
         (f"{NFS3}::test_secure_export_refuses_unprivileged_ports",),
     ),
     Sabotage(
@@ -200,7 +201,7 @@ SABOTAGES = (
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
     ),
     Sabotage(
-        "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/vfs.py",
+        "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/local/as_caller.py",
         (("                if _fchownat(fd, b\"\", -1 if attrs.uid is None else attrs.uid,\n"
           "                             -1 if attrs.gid is None else attrs.gid, _AT_EMPTY_PATH) != 0:\n",
           "                if os.chown(path, -1 if attrs.uid is None else attrs.uid,\n"

@@ -29,7 +29,8 @@ from nfsstack.exports import Exports, load_exports, parse_exports
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
-from nfsstack.nfs3.aiosync import open_syncer
+from nfsstack.nfs3.local.aiosync import open_syncer
+from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.handles import HandleCodec, load_key
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
@@ -334,40 +335,39 @@ class FileState(Resource):
 
 
 class NfsdCaches(Resource):
-    """nfsd's kept open files and its listing cache (with its inotify descriptor): both empty at start, closed
-    at stop."""
+    """The local backend's kept open files and listing cache (with its inotify descriptor): both empty at start,
+    closed at stop."""
 
     name = "nfsd-caches"
 
-    def __init__(self, nfsd: Nfsd) -> None:
-        self.nfsd = nfsd
+    def __init__(self, fs: LocalFilesystem) -> None:
+        self.fs = fs
 
     def stopService(self):
         super().stopService()
-        self.nfsd.listings.close()
-        self.nfsd.files.close()
+        self.fs.close()
 
 
 class NfsdRing(Resource):
-    """nfsd's asynchronous fsync (and, where the kernel has them, opens and writes): an io_uring ring, else a
+    """The local backend's asynchronous fsync (and, where the kernel has them, opens and writes): an io_uring ring, else a
     Linux AIO context, probed and opened at start (nothing: the thread pool syncs), closed at stop."""
 
     name = "nfsd-ring"
 
-    def __init__(self, nfsd: Nfsd, reactor) -> None:
-        self.nfsd = nfsd
+    def __init__(self, fs: LocalFilesystem, reactor) -> None:
+        self.fs = fs
         self.reactor = reactor
 
     def startService(self) -> None:
         syncer = open_syncer(self.reactor)
         if syncer is not None:
             syncer.batch = replies_held  # a batch of completions answers its calls with one send per connection
-        self.nfsd.syncer = syncer
+        self.fs.syncer = syncer
         super().startService()
 
     def stopService(self):
         super().stopService()
-        syncer, self.nfsd.syncer = self.nfsd.syncer, None
+        syncer, self.fs.syncer = self.fs.syncer, None
         if syncer is not None:
             syncer.close()
 

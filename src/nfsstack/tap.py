@@ -25,6 +25,7 @@ from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.handles import kernel_handles_work
 from nfsstack.nfs3.identity import can_switch
+from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
@@ -260,12 +261,13 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
     stack.mountd = Mountd(stack.exports, None)
     workers = Workers(reactor, max(1, options["threads"]))
-    stack.nfsd = Nfsd(stack.exports, in_thread=workers)
+    local = LocalFilesystem(stack.exports, workers)
+    stack.nfsd = Nfsd(stack.exports, local, in_thread=workers)
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]
-    resources.append(NfsdCaches(stack.nfsd))
+    resources.append(NfsdCaches(local))
     if not options["no-aio-fsync"]:
-        resources.append(NfsdRing(stack.nfsd, reactor))
+        resources.append(NfsdRing(local, reactor))
     resources.append(NfsdThreads(workers))
     services: list = [TimerService(5.0, stack.exports.sweep)]
     if reloader is not None:
@@ -277,7 +279,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                **common))
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                                **common))
-    services.append(TimerService(1.0, stack.nfsd.files.sweep))
+    services.append(TimerService(1.0, local.files.sweep))
     services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                                **common))
     return resources, services

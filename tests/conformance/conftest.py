@@ -69,6 +69,8 @@ class Served:
     nfs: Client
     root: bytes
     close: Callable[[], None]
+    #: The backend itself (an IFilesystem).
+    fs: object = None
 
 
 def serve(backend: str, tmp_path) -> Served:
@@ -82,6 +84,7 @@ def serve(backend: str, tmp_path) -> Served:
         from nfsstack.exports import parse_exports
         from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
         from nfsstack.nfs3.identity import ROOT
+        from nfsstack.nfs3.local.filesystem import LocalFilesystem
         from nfsstack.nfs3.program import Nfsd
 
         if not kernel_handles_work("/"):
@@ -91,7 +94,9 @@ def serve(backend: str, tmp_path) -> Served:
         top.chmod(0o755)
         exports = parse_exports(f"{top} 127.0.0.1(rw,no_root_squash)\n")
         table = ExportTable(exports, HandleCodec(os.urandom(32)))
-        nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+        in_thread = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
+        local = LocalFilesystem(table, in_thread)
+        nfsd = Nfsd(table, local, in_thread=in_thread)
         fd = os.open(top, os.O_RDONLY)
         try:
             root = table.handle(next(iter(exports)), fd)
@@ -100,13 +105,12 @@ def serve(backend: str, tmp_path) -> Served:
 
         def close() -> None:
             try:
-                assert nfsd.fs.ids.current == ROOT, "every call ends as root"
+                assert local.caller.ids.current == ROOT, "every call ends as root"
             finally:
-                nfsd.files.close()
-                nfsd.listings.close()
+                local.close()
                 table.close()
 
-        return Served(Client(Dispatcher([nfsd.program])), root, close)
+        return Served(Client(Dispatcher([nfsd.program])), root, close, local)
     raise ValueError(f"no such backend: {backend}")
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import Stat
 from nfsstack.rpc.message import Credential
 
 REG, DIR, BLK, CHR, LNK, SOCK, FIFO = 1, 2, 3, 4, 5, 6, 7  # ftype3 (section 2.5)
@@ -34,6 +34,15 @@ def nfs(served):
 @pytest.fixture
 def root(served):
     return served.root
+
+
+def test_the_backend_provides_the_filesystem_interface(served):
+    """Every method of IFilesystem is there, with the interface's signature (nfs3/interface.py)."""
+    from zope.interface.verify import verifyObject
+
+    from nfsstack.nfs3.interface import IFilesystem
+
+    assert verifyObject(IFilesystem, served.fs)
 
 
 def lookup(nfs, dirfh, name, **kw):

@@ -1,4 +1,4 @@
-"""fsync through io_uring and Linux native AIO (nfs3/aiosync.py), completed in the reactor through an eventfd."""
+"""fsync through io_uring and Linux native AIO (nfs3/local/aiosync.py), completed in the reactor through an eventfd."""
 
 import errno
 import os
@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from nfsstack.nfs3.aiosync import AioSyncer, UringSyncer, open_syncer
+from nfsstack.nfs3.local.aiosync import AioSyncer, UringSyncer, open_syncer
 
 KINDS = [UringSyncer, AioSyncer]
 

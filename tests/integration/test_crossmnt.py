@@ -16,7 +16,7 @@ import pytest
 
 from nfsstack.nfs3.client import Sattr3
 from nfsstack.nfs3.handles import kernel_handles_work
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import Stat
 from tests.support import NfsClient, Stack, free_port
 
 pytestmark = [

@@ -256,8 +256,8 @@ HOSTILE = r"""
 import collections, json, os, random, socket, struct, sys
 sys.path[:0] = sys.argv[1:3]
 from nfsstack.nfs3.client import PROC, decode, encode
-from nfsstack.nfs3.program import RTMAX
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import RTMAX
+from nfsstack.nfs3.codec import Stat
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.record import frame
 from tests.support import recv_record as record

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import Stat
 from tests.support import NfsClient, Stack, free_port, server_env
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (file handles)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import Stat
 from nfsstack.rpc.message import decode_reply
 from nfsstack.xdr import Packer, Unpacker
 from tests.support import NfsClient, Stack, free_port, server_env, tcp_call
@@ -88,16 +88,15 @@ from nfsstack.exports import parse_exports
 from nfsstack.nfs3.client import Sattr3
 from nfsstack.nfs3.handles import HandleCodec
 from nfsstack.nfs3.identity import can_switch
-from nfsstack.nfs3.program import Nfsd
 from nfsstack.rpc.message import Credential
 from nfsstack.rpc.server import Dispatcher
-from tests.unit.test_nfs3 import UNPRIVILEGED, Client
+from tests.unit.test_nfs3 import UNPRIVILEGED, Client, local_nfsd
 
 export = sys.argv[1]
 print("can_switch:", can_switch())
 exports = parse_exports(f"{export} 127.0.0.1(rw,insecure)\n")
 table = ExportTable(exports, HandleCodec(b"k" * 32))
-nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+nfsd = local_nfsd(table)
 root = table.handle(next(iter(exports)), os.open(export, os.O_RDONLY))
 fh = table.handle(next(iter(exports)), os.open(os.path.join(export, "secret"), os.O_PATH))
 nfs = Client(Dispatcher([nfsd.program]), peer=UNPRIVILEGED, cred=Credential(0, 0, (), "test"))

@@ -22,7 +22,7 @@ import pytest
 
 from nfsstack.nfs3.client import Sattr3
 from nfsstack.nfs3.handles import kernel_handles_work
-from nfsstack.nfs3.types import Stat
+from nfsstack.nfs3.codec import Stat
 from tests.support import NfsClient, Stack, free_port, rss_mib
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kernel_handles_work("/"), reason="needs root")

@@ -80,7 +80,7 @@ def test_many_calls_in_flight_complete_out_of_order():
 
 @pytest_twisted.inlineCallbacks
 def test_late_replies_made_together_leave_in_one_send():
-    """What a batch of io_uring completions does (nfs3/aiosync.py): replies made inside ``replies_held`` leave
+    """What a batch of io_uring completions does (nfs3/local/aiosync.py): replies made inside ``replies_held`` leave
     at its end, one send per connection, each call still getting its own answer in completion order."""
     held = []
     service = RPCService("gated", [gated_program(held)], 0, interface="127.0.0.1", reactor=reactor)

@@ -1,11 +1,11 @@
-"""The kept open files of nfs3/filecache.py: when an entry serves, and when its descriptor is closed."""
+"""The kept open files of nfs3/local/filecache.py: when an entry serves, and when its descriptor is closed."""
 
 import os
 import time
 
 import pytest
 
-from nfsstack.nfs3.filecache import FileCache
+from nfsstack.nfs3.local.filecache import FileCache
 from nfsstack.nfs3.identity import Identity
 
 ALICE = Identity(1000, 1000, (1000,))

@@ -67,8 +67,9 @@ PROGRAM_EDGES = {
     ("nfsstack.mount.program", "nfsstack.export_table"),
     ("nfsstack.mount.program", "nfsstack.refusals"),
     ("nfsstack.nfs3.identity", "nfsstack.exports"),
+    ("nfsstack.nfs3.frame", "nfsstack.export_table"),
+    ("nfsstack.nfs3.frame", "nfsstack.exports"),
     ("nfsstack.nfs3.program", "nfsstack.export_table"),
-    ("nfsstack.nfs3.program", "nfsstack.exports"),
     ("nfsstack.nfs3.program", "nfsstack.refusals"),
     ("nfsstack.nlm.program", "nfsstack.export_table"),
     ("nfsstack.nlm.program", "nfsstack.exports"),
@@ -256,3 +257,25 @@ def test_a_wrong_way_import_is_caught(tmp_path, module, code, expected):
     problems = wrong_way(imports)
     assert problems and expected in problems[0], problems
     assert f"src/{module}:" in problems[0], "the message names the file and line"
+
+
+#: The NFSv3 procedures and their frame: they speak the protocol and reach storage only through the filesystem
+#: interface (nfs3/interface.py), never by system calls of their own.
+PROCEDURE_MODULES = ("attributes", "changes", "data", "directories", "fsinfo", "frame", "program", "interface")
+#: What would let a procedure touch the exported files by itself.
+STORAGE_MODULES = ("os", "posix", "ctypes", "shutil", "pathlib", "io", "fcntl", "mmap", "nfsstack.nfs3.local")
+
+
+@pytest.mark.parametrize("name", PROCEDURE_MODULES)
+def test_nfs_procedures_reach_storage_only_through_the_interface(name):
+    path = SRC / "nfsstack" / "nfs3" / f"{name}.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, node.lineno))
+    wrong = [f"src/nfsstack/nfs3/{name}.py:{line}: imports {module}" for module, line in found
+             if any(module == m or module.startswith(m + ".") for m in STORAGE_MODULES)]
+    assert not wrong, "a procedure module reaching storage by itself:\n" + "\n".join(wrong)

@@ -1,11 +1,11 @@
-"""The listing cache (nfs3/listings.py) on its own: what may be kept, and what drops it."""
+"""The listing cache (nfs3/local/listings.py) on its own: what may be kept, and what drops it."""
 
 import os
 
 import pytest
 
-from nfsstack.nfs3 import listings
-from nfsstack.nfs3.listings import Chunk, Listings
+from nfsstack.nfs3.local import listings
+from nfsstack.nfs3.local.listings import Chunk, Listings
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_bounds_on_directories_and_bytes(tmp_path, cache, monkeypatch):
 
 
 def test_without_inotify_nothing_is_kept(tmp_path, monkeypatch):
-    from nfsstack.nfs3 import inotify
+    from nfsstack.nfs3.local import inotify
 
     def refuse(self):
         raise OSError(24, "Too many open files")

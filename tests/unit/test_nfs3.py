@@ -18,8 +18,10 @@ from nfsstack.exports import parse_exports
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
 from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
 from nfsstack.nfs3.identity import ROOT
-from nfsstack.nfs3.program import RTMAX, SMALL_IO, UDP_XFER, Nfsd
-from nfsstack.nfs3.types import Stat, pack_sattr, unpack_sattr
+from nfsstack.nfs3.codec import RTMAX, UDP_XFER
+from nfsstack.nfs3.local import filesystem as local_fs
+from nfsstack.nfs3.program import SMALL_IO, Nfsd
+from nfsstack.nfs3.codec import Stat, pack_sattr, unpack_sattr
 from nfsstack.xdr import Packer, Unpacker, XDRError
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
@@ -31,6 +33,12 @@ UNPRIVILEGED = ("127.0.0.1", 40000)
 ROOT_CRED = Credential(0, 0, (), "test")
 USER = Credential(1000, 1000, (1000,), "test")
 NOBODY = 65534
+
+
+def local_nfsd(table):
+    """nfsd over the local backend, its thread pool running each task at once."""
+    in_thread = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
+    return Nfsd(table, local_fs.LocalFilesystem(table, in_thread), in_thread=in_thread)
 
 
 def settled(reply):
@@ -63,7 +71,7 @@ class Client:
 
 
 class Ring:
-    """Stands for io_uring's open (nfs3/aiosync.py): the open runs as the identity at submission, and its
+    """Stands for io_uring's open (nfs3/local/aiosync.py): the open runs as the identity at submission, and its
     Deferred fires later, as the ring's completion does."""
 
     can_open = True
@@ -119,19 +127,19 @@ def env(tmp_path, request):
         f"{tmp_path / 'other'} 127.0.0.1(rw,no_root_squash)\n"
     )
     table = ExportTable(exports, HandleCodec(b"k" * 32))
-    nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    nfsd = local_nfsd(table)
     if getattr(request, "param", "inline") == "ring":
-        nfsd.syncer = Ring()
-        nfsd._create_cost = 1.0  # creates have been slow: their opens go to the ring
+        nfsd.fs.syncer = Ring()
+        nfsd.fs.create_cost = 1.0  # creates have been slow: their opens go to the ring
     roots = {}
     for export in exports:
         fd = os.open(export.path, os.O_RDONLY)
         roots[os.path.basename(export.path)] = table.handle(export, fd)
         os.close(fd)
     yield tmp_path, table, nfsd, Client(Dispatcher([nfsd.program])), roots
-    assert nfsd.fs.ids.current == ROOT, "every call ends as root"
-    nfsd.files.close()
-    nfsd.listings.close()
+    assert nfsd.fs.caller.ids.current == ROOT, "every call ends as root"
+    nfsd.fs.files.close()
+    nfsd.fs.lister.listings.close()
     table.close()
 
 
@@ -340,7 +348,7 @@ def test_created_modes_ignore_the_server_umask(env):
     tmp, _, nfsd, nfs, roots = env
     old = os.umask(0o077)
     try:
-        nfsd.fs.umask = 0o077
+        nfsd.fs.caller.umask = 0o077
         create(nfs, roots["data"], b"f", mode=0o664)
         nfs("MKDIR", roots["data"], b"d", Sattr3(mode=0o775))
     finally:
@@ -361,8 +369,8 @@ def test_write_read_commit(env):
     assert w.ok and w.count == len(data) and w.committed == 0 and w.verf == nfsd.write_verifier
     before, after = w.file_wcc
     assert before.size == 0 and after.size == len(data)
-    if isinstance(nfsd.syncer, Ring):  # a large WRITE's data went by the ring, the small one below in place
-        assert nfsd.syncer.written == [(0, len(data))]
+    if isinstance(nfsd.fs.syncer, Ring):  # a large WRITE's data went by the ring, the small one below in place
+        assert nfsd.fs.syncer.written == [(0, len(data))]
     c = nfs("COMMIT", f, 0, 0)
     assert c.ok and c.verf == w.verf
     assert nfs("WRITE", f, len(data), b"tail", 2).committed == 2
@@ -390,11 +398,11 @@ def _open_on(name: str) -> list[str]:
 def test_the_writes_after_a_create_go_through_the_descriptor_it_opened(env):
     tmp, _, nfsd, nfs, roots = env
     f = create(nfs, roots["data"], b"kept", mode=0o444, cred=USER)  # read-only: only its owner writes it
-    assert len(nfsd.files) == 1 and nfsd.files.hits == 0
+    assert len(nfsd.fs.files) == 1 and nfsd.fs.files.hits == 0
     w = nfs("WRITE", f, 0, b"first ", 0, cred=USER)
     assert w.ok and w.count == 6 and w.file_wcc[0].size == 0 and w.file_wcc[1].size == 6
     assert nfs("WRITE", f, 6, b"second", 0, cred=USER).ok
-    assert nfsd.files.hits == 2 and nfsd.files.misses == 0
+    assert nfsd.fs.files.hits == 2 and nfsd.fs.files.misses == 0
     assert nfs("COMMIT", f, 0, 0, cred=USER).ok
     assert (tmp / "data" / "kept").read_bytes() == b"first second"
 
@@ -402,7 +410,7 @@ def test_the_writes_after_a_create_go_through_the_descriptor_it_opened(env):
 def test_a_kept_descriptor_serves_no_other_caller(env):
     tmp, _, nfsd, nfs, roots = env
     f = create(nfs, roots["data"], b"roots", mode=0o644)  # root's descriptor is kept
-    assert len(nfsd.files) == 1
+    assert len(nfsd.fs.files) == 1
     assert nfs("WRITE", f, 0, b"intruder", 2, cred=USER).status == Stat.ACCES
     assert (tmp / "data" / "roots").read_bytes() == b""
     assert nfs("WRITE", f, 0, b"root", 2).ok
@@ -414,7 +422,7 @@ def test_a_permission_change_retires_a_kept_descriptor(env):
     other = Credential(1001, 1001, (1001,), "test")
     assert nfs("WRITE", f, 0, b"one", 0, cred=other).ok  # opened for user 1001, and kept
     assert nfs("WRITE", f, 3, b"two", 0, cred=other).ok
-    assert nfsd.files.hits == 1
+    assert nfsd.fs.files.hits == 1
     os.chmod(tmp / "data" / "shared", 0o644)  # on the server: 1001 may no longer write
     assert nfs("WRITE", f, 6, b"three", 0, cred=other).status == Stat.ACCES
     assert (tmp / "data" / "shared").read_bytes() == b"onetwo"
@@ -426,7 +434,7 @@ def test_remove_closes_the_kept_descriptor(env):
     assert nfs("WRITE", f, 0, b"x" * 5000, 0).ok
     assert _open_on("doomed-file")
     assert nfs("REMOVE", roots["data"], b"doomed-file").ok
-    assert _open_on("doomed-file") == [] and len(nfsd.files) == 0  # its blocks are free
+    assert _open_on("doomed-file") == [] and len(nfsd.fs.files) == 0  # its blocks are free
 
 
 @pytest.mark.parametrize("env", ["ring"], indirect=True)
@@ -435,17 +443,17 @@ def test_a_large_write_the_full_ring_refuses_is_written_by_the_pool(env):
     f = create(nfs, roots["data"], b"f")
     pool = []
     nfsd.in_thread = lambda fn, *a: (pool.append(fn), defer.maybeDeferred(fn, *a))[1]
-    nfsd.syncer.room = False
+    nfsd.fs.syncer.room = False
     data = os.urandom(200_000)
     w = nfs("WRITE", f, 4096, data, 2)  # FILE_SYNC: written and synced
     assert w.ok and w.count == len(data) and w.committed == 2
     assert w.file_wcc[1].size == 4096 + len(data)
-    assert nfsd.syncer.written == [] and len(pool) == 1  # the whole call ran in the pool
+    assert nfsd.fs.syncer.written == [] and len(pool) == 1  # the whole call ran in the pool
     assert (tmp / "data" / "f").read_bytes() == bytes(4096) + data
-    nfsd.syncer.room = True
+    nfsd.fs.syncer.room = True
     w = nfs("WRITE", f, 0, data, 2)  # by the ring, then synced, before the reply
     assert w.ok and w.count == len(data) and w.committed == 2
-    assert nfsd.syncer.written == [(0, len(data))] and len(pool) == 1
+    assert nfsd.fs.syncer.written == [(0, len(data))] and len(pool) == 1
     assert (tmp / "data" / "f").read_bytes() == data + data[len(data) - 4096:]
 
 
@@ -466,9 +474,7 @@ def test_a_huge_read_is_clamped_to_rtmax(env):
 def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_disk_is_needed(env, monkeypatch):
     """A READ over SMALL_IO tries preadv2(RWF_NOWAIT) inline; if the kernel would wait (EAGAIN), or has only part
     of the range cached, the whole call runs again in the pool.  The data is right on every path."""
-    from nfsstack.nfs3 import program
-
-    monkeypatch.setattr(program, "all_cached", lambda fd, offset, length: None)  # cachestat cannot say
+    monkeypatch.setattr(local_fs, "all_cached", lambda fd, offset, length: None)  # cachestat cannot say
     tmp, _, nfsd, nfs, roots = env
     pooled = []
     nfsd.in_thread = lambda f, *a: (pooled.append(a[1][1:]), defer.maybeDeferred(f, *a))[1]
@@ -514,20 +520,20 @@ def test_a_large_read_runs_inline_from_the_page_cache_and_in_the_pool_when_the_d
     monkeypatch.setattr(os, "preadv", refuse)
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 3
     assert nfs("READ", f, 0, 2 * SMALL_IO).data == data[:2 * SMALL_IO] and len(pooled) == 4
-    assert refusals == [1] and len(nfsd._nowait_refused) == 1  # the filesystem's refusal is remembered: not asked again
+    assert refusals == [1] and len(nfsd.fs._nowait_refused) == 1  # the filesystem's refusal is remembered: not asked again
 
 
 def test_a_large_read_the_page_cache_holds_leaves_as_a_file_slice(env, monkeypatch):
     """cachestat(2) says every page of the range is cached: the READ answers inline with a FileSlice (sendfile
     over TCP), whose bytes are the file's; over UDP, or when a page is missing, it reads as before."""
-    from nfsstack.nfs3 import program, vfs
+    from nfsstack.nfs3.local import as_caller
     from nfsstack.rpc import fileslice
 
     tmp, _, nfsd, nfs, roots = env
     pooled, answers, made = [], [], []
     nfsd.in_thread = lambda f, *a: (pooled.append(a[1][1:]), defer.maybeDeferred(f, *a))[1]
-    monkeypatch.setattr(program, "all_cached",
-                        lambda *a: (answers.append(vfs.all_cached(*a)), answers[-1])[1])
+    monkeypatch.setattr(local_fs, "all_cached",
+                        lambda *a: (answers.append(as_caller.all_cached(*a)), answers[-1])[1])
     real_init = fileslice.FileSlice.__init__
     monkeypatch.setattr(fileslice.FileSlice, "__init__", lambda self, *a: (made.append(a[1:]), real_init(self, *a))[1])
     data = os.urandom(4 * SMALL_IO + 123)
@@ -713,7 +719,7 @@ def _listing(nfs, dirfh, plus=True):
 @pytest.fixture
 def getdents_calls(monkeypatch):
     """How many times nfsd read a directory (a listing served from the cache reads none)."""
-    from nfsstack.nfs3 import dirents
+    from nfsstack.nfs3.local import dirents
 
     calls = [0]
     real = dirents.entries
@@ -729,7 +735,7 @@ def getdents_calls(monkeypatch):
 @pytest.fixture
 def deaf(monkeypatch):
     """inotify reports nothing: what keeps the listings exact is then nfsd's own bookkeeping, and the TTL."""
-    from nfsstack.nfs3 import inotify
+    from nfsstack.nfs3.local import inotify
 
     monkeypatch.setattr(inotify.Inotify, "events", lambda self: iter(()))
 
@@ -779,7 +785,7 @@ def test_changes_made_through_nfs_drop_the_listings_without_inotify(env, deaf, g
     g = lookup(nfs, roots["data"], b"f06")
     os.utime(tmp / "data" / "f06", ns=(1_000_000_000, 2_000_000_000))  # unseen: inotify is deaf here
     _listing(nfs, roots["data"])
-    nfsd.listings.clear()
+    nfsd.fs.lister.listings.clear()
     before = _listing(nfs, roots["data"])[b"f06"].attributes.atime
     assert nfs("READ", g, 0, 3).ok  # atime 1 s after the epoch is older than mtime: the read sets it
     assert _listing(nfs, roots["data"])[b"f06"].attributes.atime > before
@@ -788,33 +794,31 @@ def test_changes_made_through_nfs_drop_the_listings_without_inotify(env, deaf, g
 def test_creates_go_to_the_ring_only_while_they_are_slow(env, monkeypatch):
     """CREATE's open runs inline while that is cheap; once the moving average of inline creates passes
     SLOW_CREATE, the opens go to io_uring, all but one in RESAMPLE_CREATE, which keeps measuring."""
-    from nfsstack.nfs3 import program
-
     clock = [0.0]
 
     def tick():  # every inline create takes 10 us by this clock
         clock[0] += 0.000005
         return clock[0]
 
-    monkeypatch.setattr(program, "perf_counter", tick)
+    monkeypatch.setattr(local_fs, "perf_counter", tick)
     tmp, _, nfsd, nfs, roots = env
-    ring = nfsd.syncer = Ring()
+    ring = nfsd.fs.syncer = Ring()
     for i in range(20):
         create(nfs, roots["data"], f"cheap{i}".encode())
-    assert ring.opened == [] and nfsd._create_cost < program.SLOW_CREATE
-    nfsd._create_cost = 1.0
-    for i in range(program.RESAMPLE_CREATE * 2):
+    assert ring.opened == [] and nfsd.fs.create_cost < local_fs.SLOW_CREATE
+    nfsd.fs.create_cost = 1.0
+    for i in range(local_fs.RESAMPLE_CREATE * 2):
         create(nfs, roots["data"], f"slow{i}".encode())
-    assert len(ring.opened) == program.RESAMPLE_CREATE * 2 - 2  # two were made inline, and measured
-    nfsd._create_cost = program.SLOW_CREATE * 1.01
-    for i in range(program.RESAMPLE_CREATE * 2):
+    assert len(ring.opened) == local_fs.RESAMPLE_CREATE * 2 - 2  # two were made inline, and measured
+    nfsd.fs.create_cost = local_fs.SLOW_CREATE * 1.01
+    for i in range(local_fs.RESAMPLE_CREATE * 2):
         create(nfs, roots["data"], f"again{i}".encode())
-    assert nfsd._create_cost < program.SLOW_CREATE  # the inline samples were cheap: back to inline
+    assert nfsd.fs.create_cost < local_fs.SLOW_CREATE  # the inline samples were cheap: back to inline
     before = len(ring.opened)
     for i in range(10):
         create(nfs, roots["data"], f"inline{i}".encode())
     assert len(ring.opened) == before
-    assert len(os.listdir(tmp / "data")) == 20 + 4 * program.RESAMPLE_CREATE + 10
+    assert len(os.listdir(tmp / "data")) == 20 + 4 * local_fs.RESAMPLE_CREATE + 10
 
 
 def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getdents_calls):
@@ -829,11 +833,11 @@ def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getd
             held.append(lambda: d.callback(os.open(name, flags, mode, dir_fd=dirfd)))
             return d
 
-    nfsd.syncer = Slow()
-    nfsd._create_cost = 1.0
-    get, put = nfsd.listings.get, nfsd.listings.put  # as if all happened in one tick of the clock
-    nfsd.listings.get = lambda key, stamp: get(key, ())
-    nfsd.listings.put = lambda fill, key, stamp, chunk: put(fill, key, (), chunk)
+    nfsd.fs.syncer = Slow()
+    nfsd.fs.create_cost = 1.0
+    get, put = nfsd.fs.lister.listings.get, nfsd.fs.lister.listings.put  # as if all happened in one tick of the clock
+    nfsd.fs.lister.listings.get = lambda key, stamp: get(key, ())
+    nfsd.fs.lister.listings.put = lambda fill, key, stamp, chunk: put(fill, key, (), chunk)
     (tmp / "data" / "old").touch()
     nfs.xid += 1
     msg = encode_call(nfs.xid, 100003, 3, PROC["CREATE"], ROOT_CRED.to_auth()) + encode(
@@ -854,7 +858,7 @@ def test_entries_changed_from_elsewhere_are_always_fresh(env, deaf):
     """What no event in the directory reports is taken afresh in every reply: a subdirectory's attributes
     (changed by its own contents), a file with another link (written through the other directory), the
     directory itself; and nothing is kept longer than the TTL."""
-    from nfsstack.nfs3 import listings
+    from nfsstack.nfs3.local import listings
 
     tmp, _, nfsd, nfs, roots = env
     data = tmp / "data"
@@ -986,7 +990,7 @@ def fuzz_env(tmp_path_factory):
     (tmp / "data").mkdir()
     exports = parse_exports(f"{tmp / 'data'} 127.0.0.1(rw,no_root_squash)\n")
     table = ExportTable(exports, HandleCodec(b"k" * 32))
-    nfsd = Nfsd(table, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    nfsd = local_nfsd(table)
     fd = os.open(tmp / "data", os.O_RDONLY)
     root = table.handle(list(exports)[0], fd)
     os.close(fd)
@@ -1016,7 +1020,7 @@ def test_fuzz_nfs3_handlers_with_damaged_calls(fuzz_env, proc, data, name, flips
 
 
 def test_a_failed_sync_is_an_error_and_a_new_write_verifier(env):
-    """COMMIT's fsync through the syncer (nfs3/aiosync.py) failing: NFS3ERR_IO, and the write verifier changes, so
+    """COMMIT's fsync through the syncer (nfs3/local/aiosync.py) failing: NFS3ERR_IO, and the write verifier changes, so
     the client resends what it had not seen committed (RFC 1813 section 3.3.21)."""
     import errno
 
@@ -1025,11 +1029,11 @@ def test_a_failed_sync_is_an_error_and_a_new_write_verifier(env):
     w = nfs("WRITE", f, 0, b"data", 0)
     assert w.ok
     synced = []
-    nfsd.syncer = lambda fd, datasync: (synced.append(datasync), defer.succeed(None))[1]
+    nfsd.fs.syncer = lambda fd, datasync: (synced.append(datasync), defer.succeed(None))[1]
     c = nfs("COMMIT", f, 0, 0)
     assert c.ok and c.verf == w.verf and synced == [False]
     assert nfs("WRITE", f, 0, b"data", 1).ok and synced == [False, True]  # DATA_SYNC: fdatasync
-    nfsd.syncer = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
+    nfsd.fs.syncer = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
     c = nfs("COMMIT", f, 0, 0)
     assert c.status == Stat.IO and nfsd.write_verifier != w.verf
 

@@ -1,11 +1,11 @@
-"""The raw struct stat cache key (nfs3/rawstat.py): its fattr3 is exactly what os.lstat gives."""
+"""The raw struct stat cache key (nfs3/local/rawstat.py): its fattr3 is exactly what os.lstat gives."""
 
 import os
 
 import pytest
 
-from nfsstack.nfs3 import rawstat
-from nfsstack.nfs3.types import fattr3
+from nfsstack.nfs3.local import rawstat
+from nfsstack.nfs3.codec import fattr3
 
 pytestmark = pytest.mark.skipif(not rawstat.SUPPORTED, reason="no struct stat layout for this machine")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from nfsstack.nfs3.types import FHSIZE3, MAX_NAME_DECODE, MAX_PATH, Sattr, Stat, pack_sattr
+from nfsstack.nfs3.codec import FHSIZE3, MAX_NAME_DECODE, MAX_PATH, Sattr, Stat, pack_sattr
 from nfsstack.xdr import Packer, Unpacker
 
 __all__ = ["Fattr", "WccAttr", "Entry", "Result", "Sattr3", "encode", "decode", "PROC"]

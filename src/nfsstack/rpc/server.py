@@ -91,7 +91,7 @@ _held: Optional[list] = None
 @contextmanager
 def replies_held():
     """Late replies (calls that finished after their record was read) made in the block leave at its end, one
-    send per connection, in order: a batch of io_uring completions (nfs3/aiosync.py) answers a dozen COMMITs
+    send per connection, in order: a batch of io_uring completions (nfs3/local/aiosync.py) answers a dozen COMMITs
     with one ``sendmsg`` instead of a dozen, each of which wakes the client on loopback."""
     global _held
     if _held is not None:  # nested: the outer block sends

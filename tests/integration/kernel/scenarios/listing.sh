@@ -1,4 +1,4 @@
-# Listings the server keeps (READDIRPLUS replies, nfs3/listings.py) never hide a change: one made through another
+# Listings the server keeps (READDIRPLUS replies, nfs3/local/listings.py) never hide a change: one made through another
 # mount of the export, and one made on the server behind nfsd's back, both show in the next `ls -l` after the
 # guest drops its own caches (so the sizes come from the new READDIRPLUS replies).
 check "mount vers=3" mount_export || exit 1

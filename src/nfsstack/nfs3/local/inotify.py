@@ -1,6 +1,6 @@
 """inotify(7) through ctypes: which watched directories saw a change.
 
-Only what the listing cache (:mod:`nfsstack.nfs3.listings`) needs: watch a
+Only what the listing cache (:mod:`nfsstack.nfs3.local.listings`) needs: watch a
 directory for changes to itself and to the entries in it, and read the queued
 events without blocking.  The kernel queues an event while the system call
 that caused it runs, so a read after that call returns sees it.

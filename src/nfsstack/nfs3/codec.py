@@ -1,4 +1,5 @@
-"""NFSv3 wire types (RFC 1813 section 2.5-2.6): status codes, fattr3, sattr3, wcc data.
+"""NFSv3 on the wire (RFC 1813 sections 2.5-3.3): status codes, fattr3, sattr3, wcc data, and the procedures'
+argument decoders.  One set of types for the server and the client (:mod:`nfsstack.nfs3.client`).
 
 fattr3 and wcc_attr are packed with one precompiled struct each: they are in
 almost every reply.
@@ -16,6 +17,14 @@ from typing import Optional
 
 from nfsstack.xdr import Packer, Unpacker, XDRError
 
+#: Largest READ and WRITE over TCP (FSINFO rtmax/wtmax): the kernel client then uses 1 MiB requests.
+RTMAX = WTMAX = 1 << 20
+#: Over UDP a reply must fit one datagram: 32 KiB, as knfsd allows.
+UDP_XFER = 32 * 1024
+#: FSINFO's preferred READDIR size.
+DTPREF = 64 * 1024
+#: The largest file offset (and FSINFO maxfilesize): what Linux's off_t holds.
+MAX_OFFSET = (1 << 63) - 1
 NFS_PROG = 100003
 NFS_V3 = 3
 FHSIZE3 = 64
@@ -243,3 +252,82 @@ ACCESS_EXECUTE = 0x20
 UNSTABLE, DATA_SYNC, FILE_SYNC = 0, 1, 2
 # createmode3
 UNCHECKED, GUARDED, EXCLUSIVE = 0, 1, 2
+
+
+# -- the procedures' argument decoders (RFC 1813 section 3.3) ---------------------
+
+
+def unpack_setattr(u: Unpacker):
+    handle = unpack_fh(u)
+    attrs = unpack_sattr(u)
+    guard = None
+    if u.unpack_bool():
+        s, ns = u.unpack_uint(), u.unpack_uint()
+        guard = s * 1_000_000_000 + ns
+    return handle, attrs, guard
+
+
+def unpack_fh_uint(u: Unpacker):
+    return unpack_fh(u), u.unpack_uint()
+
+
+def unpack_range(u: Unpacker):
+    return unpack_fh(u), u.unpack_uhyper(), u.unpack_uint()
+
+
+def unpack_write(u: Unpacker):
+    handle = unpack_fh(u)
+    offset, count, stable = u.unpack_uhyper(), u.unpack_uint(), u.unpack_uint()
+    if stable not in (UNSTABLE, DATA_SYNC, FILE_SYNC):
+        raise XDRError(f"stable_how {stable}")
+    data = u.unpack_opaque_view(WTMAX)
+    return handle, offset, count, stable, data
+
+
+def unpack_create(u: Unpacker):
+    where = unpack_diropargs(u)
+    mode = u.unpack_uint()
+    if mode in (UNCHECKED, GUARDED):
+        return where, mode, unpack_sattr(u)
+    if mode == EXCLUSIVE:
+        return where, mode, u.unpack_fopaque(8)
+    raise XDRError(f"createmode3 {mode}")
+
+
+def unpack_mkdir(u: Unpacker):
+    return unpack_diropargs(u), unpack_sattr(u)
+
+
+def unpack_symlink(u: Unpacker):
+    where = unpack_diropargs(u)
+    attrs = unpack_sattr(u)
+    return where, attrs, u.unpack_opaque(MAX_PATH)
+
+
+def unpack_mknod(u: Unpacker):
+    where = unpack_diropargs(u)
+    ftype = u.unpack_uint()
+    device = (0, 0)
+    attrs = Sattr()
+    if ftype in (Ftype.CHR, Ftype.BLK):
+        attrs = unpack_sattr(u)
+        device = (u.unpack_uint(), u.unpack_uint())
+    elif ftype in (Ftype.SOCK, Ftype.FIFO):
+        attrs = unpack_sattr(u)
+    return where, ftype, attrs, device
+
+
+def unpack_rename(u: Unpacker):
+    return unpack_diropargs(u), unpack_diropargs(u)
+
+
+def unpack_link(u: Unpacker):
+    return unpack_fh(u), unpack_diropargs(u)
+
+
+def unpack_readdir(u: Unpacker):
+    return unpack_fh(u), u.unpack_uhyper(), u.unpack_fopaque(8), u.unpack_uint(), None
+
+
+def unpack_readdirplus(u: Unpacker):
+    return unpack_fh(u), u.unpack_uhyper(), u.unpack_fopaque(8), u.unpack_uint(), u.unpack_uint()

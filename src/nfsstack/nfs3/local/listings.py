@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Hashable, Optional, Union
 
-from nfsstack.nfs3.inotify import IN_ACCESS, IN_IGNORED, IN_ISDIR, IN_Q_OVERFLOW, Inotify
+from nfsstack.nfs3.local.inotify import IN_ACCESS, IN_IGNORED, IN_ISDIR, IN_Q_OVERFLOW, Inotify
 
 #: Longest a reply is kept (seconds), whatever inotify says.
 TTL = 1.0

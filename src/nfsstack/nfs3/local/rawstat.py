@@ -60,7 +60,7 @@ class Stat:
         return self.ctime * 1_000_000_000 + self.ctime_ns
 
     def fattr3(self, fsid: int) -> bytes:
-        """fattr3 (RFC 1813 section 2.6), as :func:`nfsstack.nfs3.types.fattr3` packs an ``os.stat_result``."""
+        """fattr3 (RFC 1813 section 2.6), as :func:`nfsstack.nfs3.codec.fattr3` packs an ``os.stat_result``."""
         rdev = self.rdev
         return _FATTR3.pack(
             _FTYPE.get(self.mode & 0o170000, 1), self.mode & 0o7777, self.nlink & 0xFFFFFFFF, self.uid, self.gid,

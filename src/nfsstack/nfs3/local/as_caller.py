@@ -16,7 +16,7 @@ import stat
 from typing import Optional
 
 from nfsstack.nfs3.identity import ROOT, Identity, Switcher
-from nfsstack.nfs3.types import (
+from nfsstack.nfs3.codec import (
     ACCESS_DELETE, ACCESS_EXECUTE, ACCESS_EXTEND, ACCESS_LOOKUP, ACCESS_MODIFY, ACCESS_READ, NFSError, Sattr, Stat,
 )
 
@@ -200,7 +200,7 @@ class LocalFS:
                keep: list[int], opener=None, opened: Optional[list[int]] = None):
         """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8).
 
-        With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/aiosync.py) the kernel makes the
+        With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/local/aiosync.py) the kernel makes the
         file off this thread and a Deferred is returned, firing once all is done; else all is done on return.
         ``dirfd`` must stay open until then.  The descriptor (write-only) a new file was made with goes to
         ``keep`` and to ``opened``.

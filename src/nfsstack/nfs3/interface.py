@@ -1,0 +1,218 @@
+"""The filesystem interface of nfsd: what the NFSv3 procedures ask of the storage behind an export.
+
+nfsd speaks the protocol (RFC 1813): it decodes a call, turns its file handles
+into objects through the backend, decides what the client may do (the export's
+options, :mod:`nfsstack.exports`), asks the backend to do the work, and encodes
+the reply with the attributes RFC 1813 gives it.  Everything that touches
+storage is behind :class:`IFilesystem`: the local backend
+(:mod:`nfsstack.nfs3.local`) serves directories of this machine; another
+backend serves whatever it likes, in memory, over the network, from a zip file.
+docs/architecture.md ("Adding a backend") walks through one.
+
+The terms are NFS's, so a backend needs no protocol knowledge beyond them:
+
+- an *object* is whatever the backend uses to stand for a file, directory,
+  symlink or device during one call (the local backend: an ``O_PATH``
+  descriptor).  nfsd never looks inside it; it only hands it back.
+- a *handle* is the bytes a client holds for an object (at most 64, RFC 1813
+  section 2.3.3).  The backend makes them (:meth:`IFilesystem.resolve` turns
+  them back into objects) and must make them unforgeable and stable: the
+  local backend signs its handles with the server's key.
+- *attributes* are any object with the fields of :class:`os.stat_result`
+  that fattr3 needs: ``st_mode`` (type and permission bits), ``st_nlink``,
+  ``st_uid``, ``st_gid``, ``st_size``, ``st_blocks`` (512-byte units),
+  ``st_rdev``, ``st_ino`` (the fileid), ``st_atime_ns``, ``st_mtime_ns``,
+  ``st_ctime_ns``.  The local backend answers ``os.stat_result`` itself, so
+  its attributes cost nothing to convert.
+- a *call* (:class:`nfsstack.nfs3.frame.Call`) is the call in progress: the
+  caller's identity after squashing (``call.who``: uid, gid, groups), its
+  export and options (``call.export``, ``call.options``: ``read_only``,
+  ``sync``), its transport (``call.ctx.netid``, ``call.ctx.peer``), and
+  ``call.held``, a list the backend may fill with what the call opened:
+  :meth:`IFilesystem.release` lets go of it once the reply is made.
+
+Failures: a method raises :class:`nfsstack.nfs3.codec.NFSError` with the status
+the client gets, or an :class:`OSError`, which nfsd maps to its NFS status
+(``ENOENT`` to NFS3ERR_NOENT, ``EACCES`` to NFS3ERR_ACCES...).  Permissions are
+the backend's to enforce, as the caller (``call.who``); nfsd checks only what
+the export says (read-only, squashing, the client's address and port).
+
+Answers: every method that does work may answer at once, or return a
+:class:`~twisted.internet.defer.Deferred` (or be a coroutine) that fires with
+the answer: a backend that talks to the network is as welcome as a local one,
+and a slow answer does not hold up other calls.  Three methods must answer at
+once, because nfsd calls them while it encodes a reply: :meth:`resolve`,
+:meth:`attributes` and :meth:`release` (a network backend answers the
+attributes it last saw, or None).  A backend whose methods may wait on a disk
+says so (:attr:`blocking`): nfsd then runs large transfers in its thread pool,
+where every method must answer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+class WouldBlock(Exception):
+    """Raised by a backend asked not to wait (``call.nowait``, a large READ tried inline, or ``call.ring``, a
+    WRITE whose ring is full) before it changed anything: nfsd runs the whole call again in its thread pool."""
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """What a CREATE, MKDIR, SYMLINK or MKNOD made: the new object's handle and attributes."""
+
+    handle: bytes
+    attributes: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a LOOKUP found: the handle and attributes of the object, and the fsid it lives on (the export's,
+    or another's where the name is a mount point the client crosses into)."""
+
+    handle: bytes
+    attributes: Any
+    fsid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One READDIR or READDIRPLUS reply's entries, encoded (RFC 1813 sections 3.3.16-17: ``entry3`` or
+    ``entryplus3``, each with its value-follows word), and whether they end the directory."""
+
+    parts: list
+    eof: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """FSSTAT's figures (RFC 1813 section 3.3.18): bytes total, free, available to the caller; files (inodes)
+    total, free, available to the caller."""
+
+    tbytes: int
+    fbytes: int
+    abytes: int
+    tfiles: int
+    ffiles: int
+    afiles: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """PATHCONF's figures (RFC 1813 section 3.3.20) that depend on the storage."""
+
+    linkmax: int
+    name_max: int
+
+
+class IFilesystem(Interface):
+    """The storage behind nfsd's exports, in NFSv3's terms (see the module's docstring)."""
+
+    write_verifier = Attribute(
+        "8 bytes that WRITE and COMMIT return (RFC 1813 section 3.3.7); they change whenever data a client "
+        "wrote UNSTABLE may have been lost (a restart, a failed sync), so that the client writes it again.")
+    blocking = Attribute(
+        "True if the methods may wait on a disk: nfsd then runs large READs and WRITEs, and SETATTR of a size, "
+        "in its thread pool.  False: everything runs on the reactor (an in-memory backend, or one that answers "
+        "with Deferreds).")
+
+    def resolve(call, handle: bytes) -> tuple:
+        """``(export, object, attributes)`` for a handle a client sent.  Answers at once.
+
+        Raises :class:`nfsstack.exports.handles.BadHandle` (NFS3ERR_BADHANDLE) for bytes that are not one of
+        this server's handles, :class:`~nfsstack.exports.handles.StaleHandle` (NFS3ERR_STALE) for an object
+        that is gone or outside its export, and :class:`~nfsstack.exports.table.ExportGone` for a handle of an
+        export no longer exported.  The export decides what the client may do (nfsd checks it).
+        """
+
+    def writes_inline() -> bool:
+        """Whether a large WRITE may run on the reactor now, because the backend hands its data to the kernel
+        without waiting (the local backend's io_uring): nfsd then runs it inline with ``call.ring`` set."""
+
+    def attributes(call, obj) -> Any:
+        """The object's attributes now, or None if they cannot be had (post_op_attr's "no attributes").
+        Answers at once: nfsd calls it while it encodes the reply (wcc_data's "after")."""
+
+    def setattr(call, obj, before, attrs) -> None:
+        """Apply a sattr3 (:class:`nfsstack.nfs3.codec.Sattr`: mode, uid, gid, size, atime, mtime; None leaves
+        one alone, a time may be ``"now"``), as the caller (RFC 1813 section 3.3.2).  ``before``: the object's
+        attributes as the call found them."""
+
+    def access(call, obj, attributes) -> int:
+        """The ACCESS bits (RFC 1813 section 3.3.4: READ, LOOKUP, MODIFY, EXTEND, DELETE, EXECUTE) the caller
+        has on the object; nfsd answers those the client asked about."""
+
+    def lookup(call, directory, dir_attributes, name: bytes) -> Found:
+        """The object ``name`` in ``directory`` (RFC 1813 section 3.3.3), searched for as the caller.  ``name``
+        may be ``"."`` or ``".."``; ``".."`` of an export's root is the root itself (a client never climbs out
+        of an export)."""
+
+    def readlink(call, obj) -> bytes:
+        """The target of a symbolic link (RFC 1813 section 3.3.5)."""
+
+    def read(call, obj, attributes, offset: int, count: int) -> tuple:
+        """``(data, eof, attributes after)``: at most ``count`` bytes at ``offset`` of a regular file, read as
+        the caller (RFC 1813 section 3.3.6).  ``data`` is bytes, a memoryview, or a
+        :class:`nfsstack.rpc.fileslice.FileSlice` the transport sends with sendfile."""
+
+    def write(call, obj, before, offset: int, data, stable: int) -> tuple:
+        """``(count written, stable_how committed, attributes after)``: write ``data`` at ``offset`` as the
+        caller (RFC 1813 section 3.3.7).  With ``stable`` DATA_SYNC or FILE_SYNC the data (and for FILE_SYNC
+        the metadata) is on stable storage when the answer comes, unless the export is ``async``."""
+
+    def commit(call, obj, attributes) -> None:
+        """Everything written to the file is on stable storage when the answer comes (RFC 1813 section
+        3.3.21)."""
+
+    def create(call, directory, name: bytes, how: int, attrs) -> Made:
+        """A regular file (RFC 1813 section 3.3.8).  ``how``: UNCHECKED (an existing file only gets the
+        attributes, a size of 0 truncates it), GUARDED (an existing name is NFS3ERR_EXIST) or EXCLUSIVE
+        (``attrs`` is then the client's 8-byte verifier: a retransmission with the same verifier finds the
+        file it made, another verifier gets NFS3ERR_EXIST)."""
+
+    def mkdir(call, directory, name: bytes, attrs) -> Made:
+        """A directory (RFC 1813 section 3.3.9)."""
+
+    def symlink(call, directory, name: bytes, attrs, target: bytes) -> Made:
+        """A symbolic link to ``target`` (RFC 1813 section 3.3.10)."""
+
+    def mknod(call, directory, name: bytes, ftype: int, attrs, device: tuple) -> Made:
+        """A device (``Ftype.CHR``, ``Ftype.BLK``: ``device`` is (major, minor)), socket or FIFO (RFC 1813
+        section 3.3.11)."""
+
+    def remove(call, directory, name: bytes) -> None:
+        """Remove a non-directory (RFC 1813 section 3.3.12); a directory is NFS3ERR_ISDIR (or EISDIR)."""
+
+    def rmdir(call, directory, name: bytes) -> None:
+        """Remove an empty directory (RFC 1813 section 3.3.13)."""
+
+    def rename(call, from_directory, from_name: bytes, to_directory, to_name: bytes) -> None:
+        """Rename, replacing what ``to_name`` was if it may be replaced (RFC 1813 section 3.3.14)."""
+
+    def link(call, obj, directory, name: bytes) -> None:
+        """A hard link to a non-directory (RFC 1813 section 3.3.15)."""
+
+    def readdir(call, directory, dir_attributes, cookie: int, dircount: int, room: int, plus: bool) -> Listing:
+        """The entries after ``cookie`` (0: from the start), encoded, as many as fit: the entries' fileids,
+        names and cookies take at most ``dircount`` bytes (for READDIRPLUS; 20 + the padded name each), and
+        everything at most ``room`` bytes (RFC 1813 sections 3.3.16-17).  Cookies are the backend's and must
+        stay valid while other entries come and go.  With ``plus``, each entry carries its attributes and
+        handle.  Not one entry fits: NFS3ERR_TOOSMALL.  :mod:`nfsstack.nfs3.entries` encodes entries."""
+
+    def fsstat(call, obj) -> Sizes:
+        """The space and files of the filesystem holding the object (RFC 1813 section 3.3.18)."""
+
+    def pathconf(call, obj) -> Limits:
+        """The link count and name length limits where the object is (RFC 1813 section 3.3.20)."""
+
+    def end(call, changed: bool) -> None:
+        """The call's work is done (or failed); its reply is not made yet.  Answers at once, never raises.
+        ``changed``: the procedure may have changed the objects the call looked at (``call.watched``), so
+        what the backend keeps about them is stale."""
+
+    def release(call) -> None:
+        """The reply is made: let go of what the call held (``call.held``).  Answers at once, never raises."""

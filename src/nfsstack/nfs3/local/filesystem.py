@@ -1,0 +1,376 @@
+"""The local backend: nfsd's exports are directories of this machine (:class:`LocalFilesystem`).
+
+Objects are ``O_PATH`` descriptors opened from kernel file handles (open_by_handle_at, through the export
+table); every permission is the kernel's, with the caller's identity switched in for the calling thread
+(:mod:`~nfsstack.nfs3.local.as_caller`).  Besides the filesystem work it keeps what makes it fast: descriptors
+opened for writing (:mod:`~nfsstack.nfs3.local.filecache`), encoded listings
+(:mod:`~nfsstack.nfs3.local.readdir`), the kernel's asynchronous fsync, write and open (io_uring or Linux AIO,
+:mod:`~nfsstack.nfs3.local.aiosync`), reads from the page cache without waiting (``RWF_NOWAIT``) and by
+``sendfile``.  docs/architecture.md has the paths of one READ and one WRITE through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from time import perf_counter
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nfsstack.logs import logger
+from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE
+from nfsstack.nfs3.identity import ROOT
+from nfsstack.nfs3.interface import Found, IFilesystem, Limits, Listing, Made, Sizes, WouldBlock
+from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
+from nfsstack.nfs3.local.filecache import FileCache, OpenFile
+from nfsstack.nfs3.local.readdir import Lister
+from nfsstack.rpc.fileslice import FileSlice
+
+log = logger("nfsstack.nfs3")
+
+#: A CREATE whose open takes longer than this (moving average, seconds) on the reactor goes to io_uring's worker
+#: instead (aiosync.py): one in RESAMPLE_CREATE still runs inline, to see whether creates got cheap again.
+#: Handing an open over costs the reactor and the kernel more CPU in wake-ups than a cheap open costs in place
+#: (bench/README.md, "CREATE's open inline or by io_uring").
+SLOW_CREATE = 0.0002
+RESAMPLE_CREATE = 16
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@implementer(IFilesystem)
+class LocalFilesystem:
+    """The directories of an :class:`~nfsstack.export_table.ExportTable`, served as the callers."""
+
+    blocking = True
+
+    def __init__(self, table, in_thread: Callable[..., defer.Deferred], caller: Optional[LocalFS] = None) -> None:
+        self.table = table
+        self.caller = caller or LocalFS()
+        #: Runs a sync that the kernel's asynchronous fsync cannot take off the reactor thread.
+        self.in_thread = in_thread
+        #: syncer(fd, datasync) -> Deferred: fsync, pwrite and openat without a thread (aiosync.py), handed in
+        #: by its service; None: in_thread does the syncs.
+        self.syncer = None
+        #: Changes on every start (and after a failed sync), so clients resend the writes they had not
+        #: committed (RFC 1813 section 3.3.7).
+        self.write_verifier = secrets.token_bytes(8)
+        #: Seconds an inline CREATE has been taking (a moving average), and how many there were: above
+        #: SLOW_CREATE the opens go to io_uring (:meth:`create`).
+        self.create_cost = 0.0
+        self._creates = 0
+        #: Devices whose filesystem refused RWF_NOWAIT: their large READs go straight to the pool.
+        self._nowait_refused: set[int] = set()
+        #: Descriptors a CREATE or WRITE opened for writing, kept for the calls that follow (reactor thread only).
+        self.files = FileCache()
+        self.lister = Lister(table, self.caller)
+
+    def close(self) -> None:
+        """Close the kept descriptors and the listing cache (its inotify descriptor)."""
+        self.lister.close()
+        self.files.close()
+
+    # -- the call's frame ---------------------------------------------------------------
+
+    def resolve(self, call, handle: bytes):
+        export, fd, st = self.table.resolve_stat(handle)
+        call.held.append(fd)
+        return export, fd, st
+
+    def attributes(self, call, fd: int):
+        return stat_or_none(fd)
+
+    def end(self, call, changed: bool) -> None:
+        who = call.who
+        if call.threaded or (who is not ROOT and who is not None):  # root's calls never switch identity
+            self.caller.reset()
+        if changed and call.watched:
+            self.lister.touched(call)
+
+    def release(self, call) -> None:
+        for held in call.held:
+            if held.__class__ is int:
+                try:
+                    os.close(held)
+                except OSError:
+                    pass
+            else:
+                held.release()
+        call.held.clear()
+
+    def writes_inline(self) -> bool:
+        """Whether a large WRITE can go to the kernel's ring from the reactor thread."""
+        return getattr(self.syncer, "can_write", False)
+
+    def _keep_open(self, call, fd: int, st: os.stat_result, lend: bool = False) -> OpenFile:
+        """Hand ``fd``, opened for writing as the caller, from the call to the kept open files; with ``lend``,
+        the call goes on using it."""
+        call.held.remove(fd)  # the cache closes it from now on
+        entry = self.files.keep(fd, call.who, st, lend)
+        if lend:
+            call.held.append(entry)
+        return entry
+
+    def _forget(self, call, gone: os.stat_result) -> None:
+        """An object was removed: a cached descriptor must not keep its blocks allocated, and its inode number
+        may come back with a new object, so neither its handle nor its encoded entries may be served again."""
+        self.table.forget(gone)
+        self.files.forget(gone)
+        self.lister.forget(call.fsid)
+
+    # -- attributes ---------------------------------------------------------------------
+
+    def setattr(self, call, fd: int, before, attrs) -> None:
+        self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
+
+    def access(self, call, fd: int, attrs) -> int:
+        return self.caller.access(call.who, fd, attrs, call.options.read_only)
+
+    def readlink(self, call, fd: int) -> bytes:
+        return readlink(fd)
+
+    def lookup(self, call, dirfd: int, dir_st, name: bytes) -> Found:
+        fsid = call.fsid
+        # ".." of the export's root is the root itself: a client never climbs out of an export, except from a
+        # filesystem crossed into (crossmnt, nohide) back to the one it is mounted on.
+        if name == b".." and self.table.is_root(call.export, dir_st):
+            up = self.table.above_root(call.export, call.options, call.ctx.peer[0])
+            if up is None:
+                name = b"."
+            else:
+                target, upfd = up
+                call.held.append(upfd)
+                return Found(self.table.handle(target, upfd), os.fstat(upfd), target.export_id)
+        try:
+            with self.caller.run_as(call.who):  # the kernel checks search permission on the directory
+                st, child = self.table.stat_and_handle(call.export, dirfd, name)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            return self._crossing(call, dirfd, name)
+        return Found(child, st, fsid)
+
+    def _crossing(self, call, dirfd: int, name: bytes) -> Found:
+        """LOOKUP of a mount point (export_table.py): the root of the filesystem mounted there, if the client
+        crosses into it (crossmnt, nohide), else the directory it covers (hide; NFS3ERR_XDEV where that
+        cannot be had)."""
+        with self.caller.run_as(call.who):
+            fd = os.open(name, _PATH_FLAGS, dir_fd=dirfd)
+        call.held.append(fd)
+        target = self.table.cross(call.export, call.options, fd, call.ctx.peer[0])
+        if target is not None:
+            return Found(self.table.handle(target, fd), os.fstat(fd), target.export_id)
+        handle, fd = self.table.covered(call.export, dirfd, name)
+        call.held.append(fd)
+        return Found(handle, os.fstat(fd), call.fsid)
+
+    # -- data ---------------------------------------------------------------------------
+
+    def read(self, call, fd: int, st, offset: int, count: int):
+        rfd = self.caller.reopen(call.who, fd, os.O_RDONLY, st, call.options.read_only, call.held)
+        if not count or offset >= MAX_OFFSET:
+            data = b""
+        elif call.nowait:  # no larger a buffer than the file has bytes there
+            want = min(count, st.st_size - offset)
+            if want <= 0:
+                data = b""
+            elif not call.ctx.netid.startswith("udp") and all_cached(rfd, offset, want):
+                data = FileSlice(os.dup(rfd), offset, want)  # sent by sendfile(2): never copied here
+            else:
+                data = self._read_cached(rfd, want, offset, st.st_dev)
+        else:
+            data = os.pread(rfd, count, offset)
+        after = os.stat(rfd)
+        eof = offset + len(data) >= after.st_size
+        if call.nowait and not eof and len(data) < count:
+            raise WouldBlock()  # only part of the range is cached: the pool reads it all
+        return data, eof, after
+
+    def _read_cached(self, fd: int, count: int, offset: int, dev: int) -> memoryview:
+        """What of ``count`` bytes at ``offset`` the page cache holds, without waiting on the disk
+        (``preadv2(RWF_NOWAIT)``, Linux 4.14); :class:`WouldBlock` if it holds none of it, or if the
+        filesystem ``dev`` cannot say (tmpfs, FUSE and network filesystems refuse the flag: remembered)."""
+        if dev in self._nowait_refused:
+            raise WouldBlock()
+        buf = bytearray(count)
+        try:
+            n = os.preadv(fd, (buf,), offset, os.RWF_NOWAIT)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait_refused.add(dev)
+                raise WouldBlock() from None
+            if e.errno == errno.EAGAIN:
+                raise WouldBlock() from None
+            raise
+        return memoryview(buf)[:n] if n < count else buf
+
+    def write(self, call, fd: int, st, offset: int, data, stable: int):
+        kept = None if call.threaded else self.files.writer(call.who, st)
+        if kept is not None:
+            call.held.append(kept)
+            wfd = kept.fd
+        else:
+            wfd = self.caller.reopen(call.who, fd, os.O_WRONLY, st, call.options.read_only, call.held)
+            if not call.threaded:  # kept for the WRITEs and the COMMIT that follow
+                kept = self._keep_open(call, wfd, st, lend=True)
+
+        def done(written: int) -> Any:
+            after = stat_or_none(wfd)
+            if kept is not None and after is not None:
+                self.files.saw(kept, after)  # the new ctime is this write's
+            if stable != UNSTABLE and call.options.sync:
+                return self._sync(call, stable == DATA_SYNC, wfd, lambda: (written, stable, after))
+            return written, stable, after
+
+        with self.caller.run_as(call.who):  # as the caller: writing clears set-id bits, as it would locally
+            if call.ring:
+                try:
+                    ringed = self.syncer.pwrite(wfd, data, offset)
+                except OSError:
+                    raise WouldBlock() from None  # no room in the ring: the pool writes it
+            else:
+                return done(os.pwrite(wfd, data, offset))
+        return ringed.addCallback(done)
+
+    def commit(self, call, fd: int, st) -> Any:
+        kept = None if call.threaded else self.files.syncer(st)
+        if kept is not None:
+            call.held.append(kept)  # fsync needs no permission: any open file of it does
+            sfd = kept.fd
+        else:
+            sfd = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC)
+            call.held.append(sfd)
+        return self._sync(call, False, sfd, lambda: None)
+
+    def _sync(self, call, datasync: bool, fd: int, then: Callable[[], Any]) -> Any:
+        """fdatasync or fsync ``fd``, then ``then()``.  The reactor never waits for it: an inline call hands the
+        sync to the kernel's asynchronous fsync (:attr:`syncer`) or else to a pool thread that runs nothing but
+        the system call.  A failure may have lost data the client thinks written, so a new write verifier makes
+        it resend."""
+
+        def synced(_=None) -> Any:
+            return then()
+
+        def failed(failure: Failure) -> Failure:
+            self.write_verifier = secrets.token_bytes(8)
+            log.error("fsync failed: {e}", e=failure.value)
+            return failure
+
+        sync = os.fdatasync if datasync else os.fsync
+        if call.threaded:
+            try:
+                sync(fd)
+            except OSError:
+                failed(Failure())
+                raise
+            return then()
+        if self.syncer is not None:
+            try:
+                return self.syncer(fd, datasync).addCallbacks(synced, failed)
+            except OSError:
+                pass  # no room, or refused: the thread pool does it
+        return self.in_thread(sync, fd).addCallbacks(synced, failed)
+
+    # -- directory changes --------------------------------------------------------------
+
+    def _made(self, call, dirfd: int, name: bytes, opened: Optional[list[int]] = None) -> Made:
+        """The handle and attributes of what a call just made.  ``opened``: the descriptor a CREATE opened the
+        new file with, kept for the WRITEs that follow (it was opened as the caller, who owns the file: a
+        reopen would let it write too)."""
+        fd = os.open(name, _PATH_FLAGS, dir_fd=dirfd)
+        call.held.append(fd)
+        st = os.fstat(fd)
+        child = self.table.handle(call.export, fd)
+        self.table.remember(child, call.export, fd, st)
+        if opened and not call.threaded and st.st_uid == call.who.uid and stat.S_ISREG(st.st_mode):
+            self._keep_open(call, opened[0], st)
+        return Made(child, st)
+
+    def create(self, call, dirfd: int, name: bytes, how: int, attrs) -> Any:
+        if how == EXCLUSIVE:
+            self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held)
+            return self._made(call, dirfd, name)
+        opener = None
+        if getattr(self.syncer, "can_open", False) and not call.threaded:
+            self._creates += 1
+            if self.create_cost > SLOW_CREATE and self._creates % RESAMPLE_CREATE:
+                opener = self.syncer.openat
+        started = perf_counter()
+        opened: list[int] = []
+        made = self.caller.create(call.who, dirfd, name, attrs, how == GUARDED, call.options.read_only, call.held,
+                                  opener, opened)
+        if made is None:
+            if opener is None:
+                self.create_cost += (perf_counter() - started - self.create_cost) / 8
+            return self._made(call, dirfd, name, opened)
+
+        def done(_) -> Made:
+            self.lister.touched(call)  # now the file is there
+            return self._made(call, dirfd, name, opened)
+
+        return made.addCallback(done)
+
+    def mkdir(self, call, dirfd: int, name: bytes, attrs) -> Made:
+        self.caller.mkdir(call.who, dirfd, name, attrs, call.held)
+        return self._made(call, dirfd, name)
+
+    def symlink(self, call, dirfd: int, name: bytes, attrs, target: bytes) -> Made:
+        with self.caller.run_as(call.who):
+            os.symlink(target, name, dir_fd=dirfd)
+        return self._made(call, dirfd, name)
+
+    def mknod(self, call, dirfd: int, name: bytes, ftype: int, attrs, device: tuple) -> Made:
+        self.caller.mknod(call.who, dirfd, name, S_IFMT_OF[ftype], attrs, device, call.held)
+        return self._made(call, dirfd, name)
+
+    def remove(self, call, dirfd: int, name: bytes) -> None:
+        self._unlink(call, dirfd, name, rmdir=False)
+
+    def rmdir(self, call, dirfd: int, name: bytes) -> None:
+        self._unlink(call, dirfd, name, rmdir=True)
+
+    def _unlink(self, call, dirfd: int, name: bytes, rmdir: bool) -> None:
+        with self.caller.run_as(call.who):
+            gone = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if rmdir:
+                os.rmdir(name, dir_fd=dirfd)
+            else:
+                os.unlink(name, dir_fd=dirfd)  # EISDIR for a directory
+        if rmdir or gone.st_nlink <= 1:
+            self._forget(call, gone)
+
+    def rename(self, call, from_fd: int, from_name: bytes, to_fd: int, to_name: bytes) -> None:
+        try:
+            replaced = os.stat(to_name, dir_fd=to_fd, follow_symlinks=False)
+        except OSError:
+            replaced = None
+        with self.caller.run_as(call.who):
+            os.rename(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd)
+        if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
+            self._forget(call, replaced)
+
+    def link(self, call, fd: int, dirfd: int, name: bytes) -> None:
+        with self.caller.run_as(call.who):
+            os.link(proc_path(fd), name, dst_dir_fd=dirfd, follow_symlinks=True)
+
+    # -- listings and the filesystem -----------------------------------------------------
+
+    def readdir(self, call, fd: int, dir_st, cookie: int, dircount: int, room: int, plus: bool) -> Listing:
+        return self.lister.readdir(call, fd, dir_st, cookie, dircount, room, plus)
+
+    def fsstat(self, call, fd: int) -> Sizes:
+        vfs = os.fstatvfs(fd)
+        return Sizes(vfs.f_blocks * vfs.f_frsize, vfs.f_bfree * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize,
+                     vfs.f_files, vfs.f_ffree, vfs.f_favail)
+
+    def pathconf(self, call, fd: int) -> Limits:
+        vfs = os.fstatvfs(fd)
+        try:
+            linkmax = os.fpathconf(fd, "PC_LINK_MAX")
+        except (OSError, ValueError):
+            linkmax = 65000
+        return Limits(linkmax, min(vfs.f_namemax, 255))
