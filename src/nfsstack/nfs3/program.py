@@ -32,13 +32,14 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportGone, ExportTable
 from nfsstack.exports import Export, ExportOptions
+from nfsstack.exports.handles import BadHandle, StaleHandle
+from nfsstack.exports.identity import ROOT, Identity
+from nfsstack.exports.policy import Admission, Refused
+from nfsstack.exports.table import ExportGone, ExportTable
 from nfsstack.logs import logger
 from nfsstack.nfs3 import dirents, rawstat
 from nfsstack.nfs3.filecache import FileCache, OpenFile
-from nfsstack.nfs3.handles import BadHandle, StaleHandle
-from nfsstack.nfs3.identity import ROOT, Identity, effective
 from nfsstack.nfs3.listings import Chunk, Listings
 from nfsstack.nfs3.types import (
     DATA_SYNC,
@@ -315,6 +316,7 @@ class Nfsd:
                  syncer: Optional[Callable[[int, bool], defer.Deferred]] = None,
                  refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
+        self.admission = Admission(table)
         self.fs = fs or LocalFS()
         #: Calls refused by export policy, logged per client (rate-limited).
         self.refusals = refusals or RefusalLog(time.monotonic)
@@ -353,12 +355,12 @@ class Nfsd:
     # -- the frame every procedure runs in -------------------------------------
 
     def _frame(self, row: Row, handler: Callable[[Op, Any], Any]) -> Callable[[CallContext, Any], Any]:
-        names = self.table.names
+        lookup = self.admission.lookup
 
         def run(ctx: CallContext, args: Any):
-            if self.table.needs_names and not names.known(ctx.peer[0]):
+            if (named := lookup(ctx.peer[0])) is not None:
                 # A wildcard client specification needs the caller's name: look it up first.
-                return names.resolve(ctx.peer[0]).addBoth(lambda _: start(ctx, args))
+                return named.addBoth(lambda _: start(ctx, args))
             return start(ctx, args)
 
         def start(ctx: CallContext, args: Any):
@@ -468,16 +470,11 @@ class Nfsd:
         op.fds.append(fd)
         op.resolved[fd] = st
         if op.export is None:
-            options = self.table.options_for(export, op.ctx.peer[0])
-            if options is None:
-                self.refusals.refused(op.ctx.peer[0], "no export entry admits this client", export.path)
-                raise NFSError(Stat.ACCES)
-            if options.secure and not op.ctx.privileged_port:
-                # knfsd: "request from insecure port"
-                self.refusals.refused(op.ctx.peer[0], "call from an unprivileged port to a secure export",
-                                      export.path)
-                raise NFSError(Stat.PERM)
-            op.export, op.options, op.who = export, options, effective(op.ctx.credential, options)
+            verdict = self.admission.admit(export, op.ctx.peer[0], op.ctx.privileged_port, op.ctx.credential)
+            if isinstance(verdict, Refused):
+                self.refusals.refused(op.ctx.peer[0], verdict.reason, export.path)
+                raise NFSError(Stat[verdict.status])
+            op.export, op.options, op.who = export, verdict.options, verdict.identity
         elif export.export_id != op.export.export_id:
             raise NFSError(Stat.XDEV)
         if write and op.options.read_only:
