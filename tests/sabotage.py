@@ -102,14 +102,14 @@ SABOTAGES = (
     ),
     Sabotage(
         "forged-handle-accepted", "a handle whose MAC does not match is NFS3ERR_BADHANDLE",
-        "src/nfsstack/nfs3/handles.py",
+        "src/nfsstack/exports/handles.py",
         (("        if not hmac.compare_digest(handle[end : end + MAC_SIZE], self._mac(handle[:end])):\n",
           "        if False:\n"),),
         (f"{NFS3}::test_forged_or_truncated_handles_are_badhandle",),
     ),
     Sabotage(
         "root-squash-ignored", "root is squashed to anonuid on a root_squash export",
-        "src/nfsstack/nfs3/identity.py",
+        "src/nfsstack/exports/identity.py",
         (("    if options.root_squash:\n", "    if False:\n"),),
         (f"{NFS3}::test_root_squash_makes_root_nobody",),
     ),
@@ -119,9 +119,10 @@ SABOTAGES = (
         (f"{NFS3}::test_ro_export_refuses_changes_with_rofs",),
     ),
     Sabotage(
-        "insecure-port-admitted", "a secure export refuses calls from unprivileged ports", FRAME,
-        (("            if options.secure and not self.ctx.privileged_port:\n", "            if False:\n"),),
-        (f"{NFS3}::test_secure_export_refuses_unprivileged_ports",),
+        "insecure-port-admitted", "a secure export refuses calls from unprivileged ports",
+        "src/nfsstack/exports/policy.py",
+        (("        if options.secure and not privileged_port:\n", "        if False:\n"),),
+        (f"{NFS3}::test_secure_export_refuses_unprivileged_ports", "tests/unit/test_admission.py"),
     ),
     Sabotage(
         "drc-disabled", "a retransmitted non-idempotent call gets its first reply again",
@@ -151,7 +152,7 @@ SABOTAGES = (
     ),
     Sabotage(
         "identity-switch-unchecked", "a filesystem identity switch that did not take effect fails the call",
-        "src/nfsstack/nfs3/identity.py",
+        "src/nfsstack/exports/identity.py",
         (("            if syscall(self._setfsgid, -1) != who.gid:", "            if False:"),
          ("            if syscall(self._setfsuid, -1) != who.uid:", "            if False:"),
          ("            if syscall(self._setgroups, len(who.gids), array) != 0:",
@@ -184,7 +185,7 @@ SABOTAGES = (
     ),
     Sabotage(
         "options-after-a-space-silent", "options after a space (given to everyone) are warned about, as by exportfs",
-        "src/nfsstack/exports.py",
+        "src/nfsstack/exports/file.py",
         (("            if not host:\n", "            if False:\n"),),
         ("tests/unit/test_exports.py",),
     ),
@@ -196,7 +197,7 @@ SABOTAGES = (
     ),
     Sabotage(
         "outside-the-export-served", "no handle resolves to an object outside its export",
-        "src/nfsstack/export_table.py",
+        "src/nfsstack/exports/table.py",
         (('        return where == root or where.startswith(root.rstrip("/") + "/")\n', "        return True\n"),),
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
     ),

@@ -24,14 +24,14 @@ from twisted.python import usage
 
 from nfsstack.cluster.metrics import CallStats
 from nfsstack.cluster.service import Node
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import Exports, load_exports, parse_exports
+from nfsstack.exports.handles import HandleCodec, load_key
+from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.local.aiosync import open_syncer
 from nfsstack.nfs3.local.filesystem import LocalFilesystem
-from nfsstack.nfs3.handles import HandleCodec, load_key
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm

@@ -19,12 +19,12 @@ from twisted.python import usage
 from nfsstack.cluster.metrics import StackCollector
 from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import ExportsError, load_exports
+from nfsstack.exports.handles import kernel_handles_work
+from nfsstack.exports.identity import can_switch
+from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
-from nfsstack.nfs3.handles import kernel_handles_work
-from nfsstack.nfs3.identity import can_switch
 from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm

@@ -80,10 +80,10 @@ def serve(backend: str, tmp_path) -> Served:
     Its work must be done when a call returns (blocking work runs inline, not in a thread pool), so that the
     client reads each reply at once.  The only function in the suite that knows how a backend is built."""
     if backend == "local":
-        from nfsstack.export_table import ExportTable
+        from nfsstack.exports.table import ExportTable
         from nfsstack.exports import parse_exports
-        from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
-        from nfsstack.nfs3.identity import ROOT
+        from nfsstack.exports.handles import HandleCodec, kernel_handles_work
+        from nfsstack.exports.identity import ROOT
         from nfsstack.nfs3.local.filesystem import LocalFilesystem
         from nfsstack.nfs3.program import Nfsd
 

@@ -113,7 +113,7 @@ def ring():
 def test_files_made_by_the_ring_are_made_as_the_submitting_threads_fsuid(ring, tmp_path):
     """CREATE's open by io_uring: the kernel worker acts as the identity the reactor thread had when it
     submitted (setfsuid), so ownership and permission checks are the caller's."""
-    from nfsstack.nfs3.identity import Identity, Switcher
+    from nfsstack.exports.identity import Identity, Switcher
 
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
     open_dir = tmp_path / "open"
@@ -183,7 +183,7 @@ def test_the_ring_writes_at_the_offset_asked_from_any_buffer(writer, tmp_path):
 def test_a_ring_write_as_a_user_clears_the_set_user_id_bit(writer, tmp_path):
     """As a write made in place by that user (the reactor thread's fsuid at submission): the kernel drops the
     set-user-id bit of a file a non-owner writes."""
-    from nfsstack.nfs3.identity import Identity, Switcher
+    from nfsstack.exports.identity import Identity, Switcher
 
     path = tmp_path / "tool"
     path.write_bytes(b"#!/bin/sh\n")

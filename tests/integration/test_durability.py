@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from nfsstack.exports.handles import kernel_handle, kernel_handles_work, open_kernel_handle
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.handles import kernel_handle, kernel_handles_work, open_kernel_handle
 from nfsstack.nfs3.codec import Stat
 from tests.powercut import PowercutMount, fuse_available
 from tests.support import NfsClient, Stack, free_port

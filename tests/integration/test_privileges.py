@@ -83,11 +83,11 @@ def test_plain_user_with_read_search_never_serves_as_itself():
 CALLS_AS_SQUASHED_ROOT = r"""
 import os, sys
 from twisted.internet import defer
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
+from nfsstack.exports.handles import HandleCodec
+from nfsstack.exports.identity import can_switch
+from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.handles import HandleCodec
-from nfsstack.nfs3.identity import can_switch
 from nfsstack.rpc.message import Credential
 from nfsstack.rpc.server import Dispatcher
 from tests.unit.test_nfs3 import UNPRIVILEGED, Client, local_nfsd

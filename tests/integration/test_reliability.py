@@ -20,8 +20,8 @@ import time
 
 import pytest
 
+from nfsstack.exports.handles import kernel_handles_work
 from nfsstack.nfs3.client import Sattr3
-from nfsstack.nfs3.handles import kernel_handles_work
 from nfsstack.nfs3.codec import Stat
 from tests.support import NfsClient, Stack, free_port, rss_mib
 

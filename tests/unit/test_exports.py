@@ -168,10 +168,10 @@ def test_a_mountpoint_export_is_mounted_only_while_it_is_a_mount_point(tmp_path)
     """exports(5) ``mountpoint``: a disk that failed to mount leaves an empty directory; mountd refuses it."""
     import os
 
-    from nfsstack.export_table import ExportTable
+    from nfsstack.exports.handles import HandleCodec, kernel_handles_work
+    from nfsstack.exports.table import ExportTable
     from nfsstack.mount.mountlist import MountList
     from nfsstack.mount.program import Mountd
-    from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
     from nfsstack.rpc.message import decode_reply, encode_call
     from nfsstack.rpc.server import Dispatcher
     from nfsstack.xdr import Packer, Unpacker

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from nfsstack.exports.identity import Identity
 from nfsstack.nfs3.local.filecache import FileCache
-from nfsstack.nfs3.identity import Identity
 
 ALICE = Identity(1000, 1000, (1000,))
 BOB = Identity(1001, 1001, (1001,))

@@ -4,18 +4,19 @@ Bottom to top::
 
     0  leaves        nfsstack.xdr, nfsstack.logs, nfsstack.statefile   (import nothing of nfsstack)
     1  RPC core      nfsstack.rpc.*                                     (imports leaves only: no program)
-    2  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
-                     nfsstack.exports, .export_table, .refusals, .config
-    3  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli
-    4  the plugin    twisted/plugins/nfsstack_plugin.py
+    2  exports       nfsstack.exports.*: the exports file, the table, handles, identities, the admission
+                     policy                                             (imports rpc and leaves: no program)
+    3  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
+                     nfsstack.refusals, .config
+    4  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli
+    5  the plugin    twisted/plugins/nfsstack_plugin.py
 
 Every import of every module is read with :mod:`ast` (module level and inside functions, ``import X``
 and ``from X import Y``, relative ones, and ``__import__``/``import_module`` of a literal name), without
-importing anything.  No import may point to a higher layer.  Inside layer 2 a program imports another
+importing anything.  No import may point to a higher layer.  Inside layer 3 a program imports another
 unit (another program, or one of the shared modules) only along an edge listed in
 :data:`PROGRAM_EDGES`: the ones that exist today.  A new edge fails, naming its file and line; an edge
-that goes away must leave the list too, so the list stays the truth (issue 19 point 4 moves the export
-table and the handles into an ``exports/`` package and shortens it).
+that goes away must leave the list too, so the list stays the truth.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 PLUGIN = REPO / "twisted" / "plugins" / "nfsstack_plugin.py"
 
-LEAF, RPC, PROGRAM, ASSEMBLY, PLUGIN_LAYER = range(5)
-LAYER_NAMES = ["leaf", "rpc", "program", "assembly", "plugin"]
+LEAF, RPC, EXPORTS, PROGRAM, ASSEMBLY, PLUGIN_LAYER = range(6)
+LAYER_NAMES = ["leaf", "rpc", "exports", "program", "assembly", "plugin"]
 
 #: The units of each layer, by the first two parts of a module's name (a package is one unit).
 UNITS = {
@@ -41,14 +42,13 @@ UNITS = {
     "nfsstack.logs": LEAF,
     "nfsstack.statefile": LEAF,
     "nfsstack.rpc": RPC,
+    "nfsstack.exports": EXPORTS,
     "nfsstack.portmap": PROGRAM,
     "nfsstack.mount": PROGRAM,
     "nfsstack.nfs3": PROGRAM,
     "nfsstack.nlm": PROGRAM,
     "nfsstack.nsm": PROGRAM,
     "nfsstack.cluster": PROGRAM,
-    "nfsstack.exports": PROGRAM,
-    "nfsstack.export_table": PROGRAM,
     "nfsstack.refusals": PROGRAM,
     "nfsstack.config": PROGRAM,
     "nfsstack.service": ASSEMBLY,
@@ -57,23 +57,12 @@ UNITS = {
     "twisted.plugins.nfsstack_plugin": PLUGIN_LAYER,
 }
 
-#: The imports from one unit of layer 2 into another that exist today, as (importing module, imported
-#: module).  Unavoidable until the export table, the handles and the admission policy move into one
-#: ``exports/`` package (issue 19 point 4): the table signs and opens handles (nfs3.handles); mountd,
-#: nfsd and nlockmgr look exports up in the table and log refusals; nlockmgr decodes NFS handles.
+#: The imports from one unit of layer 3 into another that exist today, as (importing module, imported
+#: module): mountd and nfsd log the refusals of the admission policy (nfsstack.exports.policy), rate-limited.
+#: What the programs share about exports (the table, handles, identities, the policy) is the layer below.
 PROGRAM_EDGES = {
-    ("nfsstack.export_table", "nfsstack.exports"),
-    ("nfsstack.export_table", "nfsstack.nfs3.handles"),
-    ("nfsstack.mount.program", "nfsstack.export_table"),
     ("nfsstack.mount.program", "nfsstack.refusals"),
-    ("nfsstack.nfs3.identity", "nfsstack.exports"),
-    ("nfsstack.nfs3.frame", "nfsstack.export_table"),
-    ("nfsstack.nfs3.frame", "nfsstack.exports"),
-    ("nfsstack.nfs3.program", "nfsstack.export_table"),
     ("nfsstack.nfs3.program", "nfsstack.refusals"),
-    ("nfsstack.nlm.program", "nfsstack.export_table"),
-    ("nfsstack.nlm.program", "nfsstack.exports"),
-    ("nfsstack.nlm.program", "nfsstack.nfs3.handles"),
 }
 
 
@@ -207,6 +196,18 @@ def test_rpc_imports_no_program():
     assert not bad, "nfsstack.rpc imports above itself:\n" + "\n".join(bad)
 
 
+def test_exports_imports_no_program():
+    bad = [f"{i.where()}: {i.target}" for i in all_imports() if unit_of(i.source) == "nfsstack.exports"
+           and layer_of(i.target) not in (LEAF, RPC, EXPORTS)]
+    assert not bad, "nfsstack.exports imports above itself:\n" + "\n".join(bad)
+
+
+def test_the_programs_that_admit_clients_use_the_exports_layer():
+    """mountd, nfsd and nlockmgr admit clients through the one policy, nfsstack.exports.policy."""
+    users = {i.source for i in all_imports() if i.target == "nfsstack.exports.policy"}
+    assert {"nfsstack.mount.program", "nfsstack.nfs3.program", "nfsstack.nlm.program"} <= users, users
+
+
 def test_xdr_imports_nothing_of_nfsstack():
     bad = [f"{i.where()}: {i.target}" for i in all_imports() if i.source == "nfsstack.xdr"]
     assert not bad, "nfsstack.xdr imports:\n" + "\n".join(bad)
@@ -236,10 +237,16 @@ def test_the_plugin_only_asks_the_assembly():
     [
         ("nfsstack/rpc/wrong.py", "def f():\n    from nfsstack.portmap.types import uaddr\n",
          "nfsstack.rpc.wrong (rpc) imports nfsstack.portmap.types (program)"),
-        ("nfsstack/rpc/wrong.py", "import nfsstack.nfs3.handles\n",
-         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.handles (program)"),
-        ("nfsstack/rpc/wrong.py", "from ..nfs3 import handles\n",
-         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.handles (program)"),
+        ("nfsstack/rpc/wrong.py", "import nfsstack.nfs3.codec\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.codec (program)"),
+        ("nfsstack/rpc/wrong.py", "from ..nfs3 import codec\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.nfs3.codec (program)"),
+        ("nfsstack/rpc/wrong.py", "from ..exports import handles\n",
+         "nfsstack.rpc.wrong (rpc) imports nfsstack.exports.handles (exports)"),
+        ("nfsstack/exports/wrong.py", "from nfsstack.nfs3.codec import Stat\n",
+         "nfsstack.exports.wrong (exports) imports nfsstack.nfs3.codec (program)"),
+        ("nfsstack/exports/wrong.py", "def f():\n    from ..refusals import RefusalLog\n",
+         "nfsstack.exports.wrong (exports) imports nfsstack.refusals (program)"),
         ("nfsstack/xdr.py", "x = __import__('nfsstack.rpc.message')\n",
          "nfsstack.xdr (leaf) imports nfsstack.rpc.message (rpc)"),
         ("nfsstack/logs.py", "from nfsstack import statefile\n", "nfsstack.logs is a leaf and imports nfsstack.statefile"),

@@ -9,8 +9,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from nfsstack.nfs3.handles import kernel_handles_work
-from nfsstack.nfs3.identity import can_switch
+from nfsstack.exports.handles import kernel_handles_work
+from nfsstack.exports.identity import can_switch
 from nfsstack.service import NfsStackService, Resource
 from nfsstack.tap import Options, makeService
 

@@ -6,13 +6,13 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
-from nfsstack.mount.mountlist import MountList
-from nfsstack.mount.program import MountStat, Mountd
-from nfsstack.nfs3.handles import (
+from nfsstack.exports.handles import (
     MAX_HANDLE, MAX_KERNEL_HANDLE, BadHandle, Decoded, HandleCodec, StaleHandle, kernel_handles_work,
 )
+from nfsstack.exports.table import ExportTable
+from nfsstack.mount.mountlist import MountList
+from nfsstack.mount.program import MountStat, Mountd
 from nfsstack.rpc.message import decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker

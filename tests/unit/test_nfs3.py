@@ -13,18 +13,17 @@ import pytest
 from hypothesis import given, strategies as st
 from twisted.internet import defer
 
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
+from nfsstack.exports.handles import HandleCodec, kernel_handles_work
+from nfsstack.exports.identity import ROOT
+from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
-from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
-from nfsstack.nfs3.identity import ROOT
-from nfsstack.nfs3.codec import RTMAX, UDP_XFER
+from nfsstack.nfs3.codec import RTMAX, UDP_XFER, Stat, pack_sattr, unpack_sattr
 from nfsstack.nfs3.local import filesystem as local_fs
 from nfsstack.nfs3.program import SMALL_IO, Nfsd
-from nfsstack.nfs3.codec import Stat, pack_sattr, unpack_sattr
-from nfsstack.xdr import Packer, Unpacker, XDRError
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
+from nfsstack.xdr import Packer, Unpacker, XDRError
 
 pytestmark = pytest.mark.skipif(not kernel_handles_work("/"), reason="needs root (open_by_handle_at)")
 

@@ -13,9 +13,9 @@ from hypothesis import given, note, settings, strategies as st
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import parse_exports
-from nfsstack.nfs3.handles import HandleCodec, kernel_handles_work
+from nfsstack.exports.handles import HandleCodec, kernel_handles_work
+from nfsstack.exports.table import ExportTable
 from nfsstack.nlm import types as t
 from nfsstack.nlm.program import Nlm
 from nfsstack.nlm.types import NlmStat, Proc
@@ -241,6 +241,50 @@ def test_ro_export_refuses_exclusive_locks(env):
     tmp, nlm, nsm, remote, clock, d, fh = env
     assert lock(d, fh["r"], exclusive=True) == NlmStat.ROFS
     assert lock(d, fh["r"], exclusive=False) == NlmStat.GRANTED
+
+
+@needs_root
+def test_a_lock_is_admitted_as_mountd_and_nfsd_admit(tmp_path, monkeypatch):
+    """nlockmgr asks the admission policy (nfsstack.exports.policy): a client the export does not name, or a
+    call from an unprivileged port to a secure export, fails; a wildcard client is looked up first."""
+    from types import SimpleNamespace
+
+    from nfsstack.exports import names as names_module
+    from nfsstack.exports.names import HostNames
+
+    # The reverse lookup at once, not in a thread: no reactor runs here.
+    monkeypatch.setattr(names_module, "threads",
+                        SimpleNamespace(deferToThread=lambda f, *a: defer.maybeDeferred(f, *a)))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    exports = parse_exports(f"{data} 10.0.2.0/24(rw) *.lab.example(rw,insecure)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32), HostNames(lookup={"192.0.2.5": "ws1.lab.example"}.get))
+    clock = task.Clock()
+    nlm = Nlm(table, clock, FakeRemote(granted_reply()), None, grace=0)
+    d = Dispatcher([nlm.program])
+    fd = os.open(data, os.O_RDONLY)
+    fh = table.handle(exports.find(str(data)), fd, "f")
+    os.close(fd)
+
+    def stat(peer, svid):
+        p = Packer()
+        t.pack_lockargs(p, t.LockArgs(b"c", False, True, nlm_lock(fh, svid), False, 3), True)
+        reply = d.handle(encode_call(next(_xid), t.NLM_PROG, 4, Proc.LOCK) + p.getvalue(), "tcp", peer, LOCAL)
+        if isinstance(reply, defer.Deferred):  # the name was looked up first
+            reply = reply.result
+        h = decode_reply(reply)
+        return t.unpack_res(Unpacker(reply, h.offset), True).stat
+
+    try:
+        assert stat(("10.0.2.15", 40000), 1) == NlmStat.FAILED, "secure export, unprivileged port"
+        assert stat(("198.51.100.1", 800), 2) == NlmStat.FAILED, "no client specification matches"
+        assert stat(("192.0.2.6", 40000), 3) == NlmStat.FAILED, "a name the wildcard does not match (none)"
+        assert stat(("10.0.2.15", 800), 4) == NlmStat.GRANTED
+        assert stat(("192.0.2.5", 40000), 5) == NlmStat.DENIED, "admitted by name (insecure): the lock is held"
+    finally:
+        nlm.stop()
+        table.close()
 
 
 @needs_root

@@ -16,7 +16,8 @@ from typing import Optional
 
 from twisted.internet import defer
 
-from nfsstack.export_table import ExportTable
+from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, Refused
+from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.refusals import RefusalLog
@@ -50,6 +51,11 @@ class MountStat(IntEnum):
 _ERRNO = {errno.ENOENT: MountStat.MNT3ERR_NOENT, errno.ENOTDIR: MountStat.MNT3ERR_NOTDIR,
           errno.EACCES: MountStat.MNT3ERR_ACCES, errno.EPERM: MountStat.MNT3ERR_PERM,
           errno.ENAMETOOLONG: MountStat.MNT3ERR_NAMETOOLONG, errno.ELOOP: MountStat.MNT3ERR_NOENT}
+
+
+#: rpc.mountd answers every refusal of the admission policy with MNT3ERR_ACCES; what it logs for each.
+_REFUSED = {NOT_ADMITTED: "mount request: no export entry admits this client",
+            INSECURE_PORT: "mount request from an unprivileged port to a secure export"}
 
 
 def _unpack_dirpath(u: Unpacker) -> str:
@@ -94,6 +100,7 @@ class Mountd:
 
     def __init__(self, table: ExportTable, mounts: MountList, refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
+        self.admission = Admission(table)
         self.mounts = mounts
         #: Mount requests refused by export policy, logged per client (rate-limited), as rpc.mountd logs them.
         self.refusals = refusals or RefusalLog(time.monotonic)
@@ -114,9 +121,9 @@ class Mountd:
         return Program(MOUNT_PROG, "mountd", {1: v1, 2: dict(v1), 3: v3})
 
     def mnt(self, ctx: CallContext, path: str) -> defer.Deferred | tuple:
-        address = ctx.peer[0]
-        if self.table.needs_names:
-            return self.table.names.resolve(address).addCallback(lambda _: self._mnt(ctx, path))
+        named = self.admission.lookup(ctx.peer[0])
+        if named is not None:  # a wildcard client specification needs the caller's name: looked up first
+            return named.addCallback(lambda _: self._mnt(ctx, path))
         return self._mnt(ctx, path)
 
     def _mnt(self, ctx: CallContext, path: str) -> tuple:
@@ -126,13 +133,11 @@ class Mountd:
             status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
             self.refusals.refused(address, "mount request: not exported", path)
             return status, b""
-        options = self.table.options_for(export, address)
-        if options is None:
-            self.refusals.refused(address, "mount request: no export entry admits this client", path)
+        verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.credential)
+        if isinstance(verdict, Refused):
+            self.refusals.refused(address, _REFUSED.get(verdict, "mount request: " + verdict.reason), path)
             return MountStat.MNT3ERR_ACCES, b""
-        if options.secure and not ctx.privileged_port:
-            self.refusals.refused(address, "mount request from an unprivileged port to a secure export", path)
-            return MountStat.MNT3ERR_ACCES, b""
+        options = verdict.options
         if options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path):
             # exports(5) mountpoint: a disk that failed to mount leaves an empty directory, not to be served.
             self.refusals.refused(address, f"mount request: {options.mountpoint or export.path} is not a mount point",

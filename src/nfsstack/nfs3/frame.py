@@ -22,10 +22,11 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportGone
 from nfsstack.exports import Export, ExportOptions
-from nfsstack.nfs3.handles import BadHandle, StaleHandle
-from nfsstack.nfs3.identity import Identity, effective
+from nfsstack.exports.handles import BadHandle, StaleHandle
+from nfsstack.exports.identity import Identity
+from nfsstack.exports.policy import Refused
+from nfsstack.exports.table import ExportGone
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import RTMAX, UDP_XFER, NFSError, Stat, check_name, post_op_attr, stat_of, wcc_data
 from nfsstack.nfs3.interface import WouldBlock
@@ -89,16 +90,12 @@ class Call:
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
-            options = self.nfsd.table.options_for(export, self.ctx.peer[0])
-            if options is None:
-                self.nfsd.refusals.refused(self.ctx.peer[0], "no export entry admits this client", export.path)
-                raise NFSError(Stat.ACCES)
-            if options.secure and not self.ctx.privileged_port:
-                # knfsd: "request from insecure port"
-                self.nfsd.refusals.refused(self.ctx.peer[0], "call from an unprivileged port to a secure export",
-                                           export.path)
-                raise NFSError(Stat.PERM)
-            self.export, self.options, self.who = export, options, effective(self.ctx.credential, options)
+            verdict = self.nfsd.admission.admit(export, self.ctx.peer[0], self.ctx.privileged_port,
+                                                self.ctx.credential)
+            if verdict.__class__ is Refused:
+                self.nfsd.refusals.refused(self.ctx.peer[0], verdict.reason, export.path)
+                raise NFSError(Stat[verdict.status])
+            self.export, self.options, self.who = export, verdict.options, verdict.identity
         elif export.export_id != self.export.export_id:
             raise NFSError(Stat.XDEV)
         if write and self.options.read_only:
@@ -193,16 +190,16 @@ class Frame:
         """The RPC handler of ``row``: ``handler(ctx, args)`` -> the reply body, or a Deferred of it."""
         nfsd = self.nfsd
         fs = nfsd.fs
-        table = nfsd.table
-        names = table.names
+        lookup = nfsd.admission.lookup
         procedure = row.procedure
         succeeded, failed = self.succeeded, self.failed
         blocking = row.blocking if fs.blocking else None
 
         def run(ctx: CallContext, args: Any):
-            if table.needs_names and not names.known(ctx.peer[0]):
+            named = lookup(ctx.peer[0])
+            if named is not None:
                 # A wildcard client specification needs the caller's name: look it up first.
-                return names.resolve(ctx.peer[0]).addBoth(lambda _: start(ctx, args))
+                return named.addBoth(lambda _: start(ctx, args))
             return start(ctx, args)
 
         def start(ctx: CallContext, args: Any):

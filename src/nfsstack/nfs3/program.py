@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportTable
+from nfsstack.exports.policy import Admission
+from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3 import attributes, changes, data, directories, fsinfo
 from nfsstack.nfs3.codec import (
     NFS_PROG,
@@ -83,6 +84,8 @@ class Nfsd:
                  in_thread: Callable[..., defer.Deferred] = threads.deferToThread,
                  refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
+        #: Who may use which export, as whom (the one policy of mountd, nfsd and nlockmgr).
+        self.admission = Admission(table)
         self.fs = IFilesystem(fs)
         #: Calls refused by export policy, logged per client (rate-limited).
         self.refusals = refusals or RefusalLog(time.monotonic)

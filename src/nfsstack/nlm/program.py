@@ -24,10 +24,11 @@ from typing import Any, Callable, Hashable, Optional
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from nfsstack.export_table import ExportTable
 from nfsstack.exports import ExportOptions
+from nfsstack.exports.handles import BadHandle, StaleHandle
+from nfsstack.exports.policy import Admission, Admitted
+from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
-from nfsstack.nfs3.handles import BadHandle, StaleHandle
 from nfsstack.nlm import types as t
 from nfsstack.nlm.locks import Lock, LockTable, Owner, Status, Waiter
 from nfsstack.nlm.ofd import OfdMirror
@@ -85,6 +86,7 @@ class Nlm:
     def __init__(self, exports: ExportTable, reactor, remote=None, nsm=None, grace: float = 90.0,
                  poll_interval: float = 1.0) -> None:
         self.exports = exports
+        self.admission = Admission(exports)
         self.reactor = reactor
         self.remote = remote
         self.nsm = nsm
@@ -134,7 +136,14 @@ class Nlm:
         return procs
 
     def _call(self, handler, version: int, ctx: CallContext, args):
-        """Run ``handler``; a :class:`Refused` becomes the reply of the procedure's result type."""
+        """Run ``handler``, after the reverse lookup the admission policy may need; a :class:`Refused` becomes
+        the reply of the procedure's result type."""
+        named = self.admission.lookup(ctx.peer[0])
+        if named is not None:  # a wildcard client specification needs the caller's name: looked up first
+            return named.addBoth(lambda _: self._answer(handler, version, ctx, args))
+        return self._answer(handler, version, ctx, args)
+
+    def _answer(self, handler, version: int, ctx: CallContext, args):
         try:
             return handler(ctx, args, version)
         except Refused as e:
@@ -146,7 +155,15 @@ class Nlm:
 
     def _message(self, handler, version: int, res_proc: Proc, encode, ctx: CallContext, args) -> None:
         """A _MSG procedure: no reply; the result goes to the caller's lock manager as a _RES call."""
-        result = self._call(handler, version, ctx, args)
+        named = self.admission.lookup(ctx.peer[0])
+        if named is not None:  # looked up first, as in _call; no reply waits for it
+            named.addBoth(lambda _: self._send_result(handler, version, res_proc, encode, ctx, args))
+            named.addErrback(lambda f: log.failure("{proc} from {host}", f, proc=res_proc.name, host=ctx.peer[0]))
+            return None
+        return self._send_result(handler, version, res_proc, encode, ctx, args)
+
+    def _send_result(self, handler, version: int, res_proc: Proc, encode, ctx: CallContext, args) -> None:
+        result = self._answer(handler, version, ctx, args)
         if self.remote is None:
             return None
         p = Packer()
@@ -172,13 +189,13 @@ class Nlm:
         except (BadHandle, StaleHandle):
             raise Refused(NlmStat.STALE_FH) from None
         try:
-            options = self.exports.options_for(export, ctx.peer[0])
-            if options is None or (options.secure and not ctx.privileged_port):
+            verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.credential)
+            if not isinstance(verdict, Admitted):
                 raise Refused(NlmStat.FAILED)
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        return (st.st_dev, st.st_ino), options
+        return (st.st_dev, st.st_ino), verdict.options
 
     def _open_for_mirror(self, fh: bytes) -> tuple[int, bool]:
         _, fd = self.exports.resolve(fh)

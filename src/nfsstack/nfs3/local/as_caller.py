@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Optional
 
-from nfsstack.nfs3.identity import ROOT, Identity, Switcher
+from nfsstack.exports.identity import ROOT, Identity, Switcher
 from nfsstack.nfs3.codec import (
     ACCESS_DELETE, ACCESS_EXECUTE, ACCESS_EXTEND, ACCESS_LOOKUP, ACCESS_MODIFY, ACCESS_READ, NFSError, Sattr, Stat,
 )

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE
-from nfsstack.nfs3.identity import ROOT
+from nfsstack.exports.identity import ROOT
 from nfsstack.nfs3.interface import Found, IFilesystem, Limits, Listing, Made, Sizes, WouldBlock
 from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
 from nfsstack.nfs3.local.filecache import FileCache, OpenFile
@@ -44,7 +44,7 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @implementer(IFilesystem)
 class LocalFilesystem:
-    """The directories of an :class:`~nfsstack.export_table.ExportTable`, served as the callers."""
+    """The directories of an :class:`~nfsstack.exports.table.ExportTable`, served as the callers."""
 
     blocking = True
 
@@ -155,7 +155,7 @@ class LocalFilesystem:
         return Found(child, st, fsid)
 
     def _crossing(self, call, dirfd: int, name: bytes) -> Found:
-        """LOOKUP of a mount point (export_table.py): the root of the filesystem mounted there, if the client
+        """LOOKUP of a mount point (exports/table.py): the root of the filesystem mounted there, if the client
         crosses into it (crossmnt, nohide), else the directory it covers (hide; NFS3ERR_XDEV where that
         cannot be had)."""
         with self.caller.run_as(call.who):

@@ -25,7 +25,7 @@ import platform
 import threading
 from typing import NamedTuple, Optional
 
-from nfsstack.exports import ExportOptions
+from nfsstack.exports.file import ExportOptions
 from nfsstack.rpc.message import Credential
 
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}

@@ -22,7 +22,7 @@ served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
 its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
 ``sec=sys``; ``crossmnt`` / ``nocrossmnt`` and ``nohide`` / ``hide`` with
-knfsd's meaning (``export_table.py`` serves them):
+knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
 
 * by default (``hide``) a filesystem mounted below an export is not crossed:
   LOOKUP of its mount point gives the directory it covers, on the export's own
@@ -168,7 +168,8 @@ class Export:
     #: A small number that names the export inside file handles (fsid=N, or derived from the path).
     export_id: int = 0
     #: Not a line of the file but a filesystem mounted below the export at this path, which has ``crossmnt``
-    #: (export_table.py): served to the clients whose options for that export say ``crossmnt``, with them.
+    #: (:mod:`nfsstack.exports.table`): served to the clients whose options for that export say ``crossmnt``,
+    #: with them.
     crossed_from: str = ""
 
     def options_for(self, address: str, hostname: Callable[[str], Optional[str]]) -> Optional[ExportOptions]:

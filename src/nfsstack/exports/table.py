@@ -1,8 +1,9 @@
-"""The exports in force: the parsed file, each export's open root, handles and client decisions.
+"""The exports in force: the parsed file, each export's open root, handles, and each client's options.
 
-Shared by mountd and nfsd.  :meth:`ExportTable.reload` swaps in a new exports
-file (SIGHUP) without touching handles: a handle names its export by id, so it
-stays valid as long as the export does.
+Shared by mountd, nfsd and nlockmgr, which admit clients through
+:mod:`nfsstack.exports.policy`.  :meth:`ExportTable.reload` swaps in a new
+exports file (SIGHUP) without touching handles: a handle names its export by
+id, so it stays valid as long as the export does.
 
 Filesystems mounted below an export (exports(5) ``crossmnt``, ``nohide``, and
 the default, ``hide``), as knfsd serves them:
@@ -29,7 +30,6 @@ the directory above it, in the export that serves it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -39,51 +39,10 @@ import zlib
 from collections import OrderedDict
 from typing import Optional
 
-from twisted.internet import defer, threads
-
-from nfsstack.exports import WILDCARD, Export, ExportOptions, Exports, normalize
-from nfsstack.nfs3.handles import BadHandle, HandleCodec, StaleHandle, kernel_handle, open_kernel_handle
-
-
-class HostNames:
-    """Reverse lookups of client addresses, for wildcard client specifications; cached, done in a thread."""
-
-    def __init__(self, ttl: float = 300.0, size: int = 4096, lookup=None) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._cache: dict[str, tuple[float, Optional[str]]] = {}
-        self._lookup = lookup or self._gethostbyaddr
-
-    @staticmethod
-    def _gethostbyaddr(address: str) -> Optional[str]:
-        import socket
-
-        try:
-            return socket.gethostbyaddr(address)[0]
-        except OSError:
-            return None
-
-    def cached(self, address: str) -> Optional[str]:
-        entry = self._cache.get(address)
-        return entry[1] if entry else None
-
-    def known(self, address: str) -> bool:
-        """Whether a lookup of ``address`` is cached and fresh."""
-        entry = self._cache.get(address)
-        return entry is not None and time.monotonic() - entry[0] < self.ttl
-
-    def resolve(self, address: str) -> defer.Deferred:
-        entry = self._cache.get(address)
-        if entry is not None and time.monotonic() - entry[0] < self.ttl:
-            return defer.succeed(entry[1])
-
-        def store(name):
-            if len(self._cache) >= self.size:
-                self._cache.clear()
-            self._cache[address] = (time.monotonic(), name)
-            return name
-
-        return threads.deferToThread(self._lookup, address).addCallback(store)
+from nfsstack.exports.file import WILDCARD, Export, ExportOptions, Exports, normalize
+from nfsstack.exports.handles import BadHandle, HandleCodec, StaleHandle, kernel_handle, open_kernel_handle
+from nfsstack.exports.mounts import mounts, open_tree
+from nfsstack.exports.names import HostNames
 
 
 class ExportGone(StaleHandle):
@@ -522,7 +481,7 @@ class ExportTable:
     def _clone(self, export: Export) -> tuple[int, int]:
         entry = self._clones.get(export.export_id)
         if entry is None:
-            fd = _open_tree(self._root(export)[0])
+            fd = open_tree(self._root(export)[0])
             try:
                 entry = (fd, kernel_handle(fd, "")[2]) if fd >= 0 else (-1, -1)
             except OSError:
@@ -534,46 +493,4 @@ class ExportTable:
         return entry
 
 
-_SYS_OPEN_TREE = {"x86_64": 428, "aarch64": 428, "riscv64": 428, "ppc64le": 428, "s390x": 428}
-_OPEN_TREE_CLONE = 1
-_AT_EMPTY_PATH = 0x1000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _open_tree(fd: int) -> int:
-    """``open_tree(fd, "", OPEN_TREE_CLONE | AT_EMPTY_PATH)``: a detached copy of the mount at ``fd`` (from
-    ``fd``'s directory down) without the mounts below it; -1 where the kernel or our privileges refuse it."""
-    number = _SYS_OPEN_TREE.get(os.uname().machine)
-    if number is None:
-        return -1
-    return _libc.syscall(number, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH)
-
-
-def _unescape(field: str) -> str:
-    """A mountinfo path: space, tab, newline and backslash are written as octal escapes."""
-    if "\\" not in field:
-        return field
-    raw = field.encode("utf-8", "surrogateescape")
-    out, i = bytearray(), 0
-    while i < len(raw):
-        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1:i + 4].isdigit():
-            out.append(int(raw[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
-def mounts() -> dict[int, str]:
-    """Mount id -> mount point, from /proc/self/mountinfo (the ids name_to_handle_at gives)."""
-    result = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ", 5)
-            if len(fields) > 4 and fields[0].isdigit():
-                result[int(fields[0])] = _unescape(fields[4])
-    return result
-
-
-__all__ = ["ExportTable", "HostNames", "BadHandle", "StaleHandle", "ExportGone"]
+__all__ = ["ExportTable", "BadHandle", "StaleHandle", "ExportGone"]
