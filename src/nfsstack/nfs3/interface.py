@@ -61,7 +61,7 @@ class WouldBlock(Exception):
     WRITE whose ring is full) before it changed anything: nfsd runs the whole call again in its thread pool."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Made:
     """What a CREATE, MKDIR, SYMLINK or MKNOD made: the new object's handle and attributes."""
 
@@ -69,7 +69,7 @@ class Made:
     attributes: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Found:
     """What a LOOKUP found: the handle and attributes of the object, and the fsid it lives on (the export's,
     or another's where the name is a mount point the client crosses into)."""
@@ -79,7 +79,7 @@ class Found:
     fsid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Listing:
     """One READDIR or READDIRPLUS reply's entries, encoded (RFC 1813 sections 3.3.16-17: ``entry3`` or
     ``entryplus3``, each with its value-follows word), and whether they end the directory."""
@@ -88,7 +88,7 @@ class Listing:
     eof: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sizes:
     """FSSTAT's figures (RFC 1813 section 3.3.18): bytes total, free, available to the caller; files (inodes)
     total, free, available to the caller."""
@@ -101,7 +101,7 @@ class Sizes:
     afiles: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Limits:
     """PATHCONF's figures (RFC 1813 section 3.3.20) that depend on the storage."""
 
