@@ -37,7 +37,7 @@ from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.portmap.program import Portmapper
 from nfsstack.rpc.remote import RemoteCaller
-from nfsstack.rpc.server import replies_held
+from nfsstack.rpc.server import ReplyBatcher
 from nfsstack.rpc.service import RPCService
 from nfsstack.statefile import make_private
 
@@ -58,6 +58,9 @@ class NfsStackService(service.MultiService):
         self.nlm: Nlm | None = None
         self.node: Node | None = None
         self.call_stats = CallStats()
+        #: Holds late replies while a batch of io_uring completions is answered: given to every RPC service
+        #: (tap.py) and to nfsd's syncer (NfsdRing).
+        self.reply_batcher = ReplyBatcher()
         self.started_at = time.time()
 
     def privilegedStartService(self) -> None:
@@ -354,14 +357,15 @@ class NfsdRing(Resource):
 
     name = "nfsd-ring"
 
-    def __init__(self, fs: LocalFilesystem, reactor) -> None:
+    def __init__(self, fs: LocalFilesystem, reactor, reply_batcher: ReplyBatcher) -> None:
         self.fs = fs
         self.reactor = reactor
+        self.reply_batcher = reply_batcher
 
     def startService(self) -> None:
         syncer = open_syncer(self.reactor)
         if syncer is not None:
-            syncer.batch = replies_held  # a batch of completions answers its calls with one send per connection
+            syncer.batch = self.reply_batcher  # a batch of completions answers its calls with one send per connection
         self.fs.syncer = syncer
         super().startService()
 

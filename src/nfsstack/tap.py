@@ -187,6 +187,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         max_record=options["max-record"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
+        reply_batcher=stack.reply_batcher,
     )
     from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
 
@@ -267,7 +268,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]
     resources.append(NfsdCaches(local))
     if not options["no-aio-fsync"]:
-        resources.append(NfsdRing(local, reactor))
+        resources.append(NfsdRing(local, reactor, stack.reply_batcher))
     resources.append(NfsdThreads(workers))
     services: list = [TimerService(5.0, stack.exports.sweep)]
     if reloader is not None:

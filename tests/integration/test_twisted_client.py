@@ -12,7 +12,6 @@ from nfsstack.rpc.client import connect_tcp, udp_client
 from nfsstack.rpc.message import AcceptedError, AcceptStat
 from nfsstack.rpc.program import Procedure, Program, null_procedure
 from nfsstack.rpc.remote import NotRegistered, RemoteCaller
-from nfsstack.rpc.server import replies_held
 from nfsstack.rpc.service import RPCService
 from nfsstack.xdr import Packer, Unpacker
 
@@ -80,8 +79,9 @@ def test_many_calls_in_flight_complete_out_of_order():
 
 @pytest_twisted.inlineCallbacks
 def test_late_replies_made_together_leave_in_one_send():
-    """What a batch of io_uring completions does (nfs3/local/aiosync.py): replies made inside ``replies_held`` leave
-    at its end, one send per connection, each call still getting its own answer in completion order."""
+    """What a batch of io_uring completions does (nfs3/local/aiosync.py): replies made inside a block of the service's
+    ``ReplyBatcher`` leave at its end, one send per connection, each call still getting its own answer in
+    completion order."""
     held = []
     service = RPCService("gated", [gated_program(held)], 0, interface="127.0.0.1", reactor=reactor)
     service.startService()
@@ -97,9 +97,10 @@ def test_late_replies_made_together_leave_in_one_send():
         sends = []
         real_send = protocol._send
         protocol._send = lambda parts: (sends.append(len(parts)), real_send(parts))[1]
-        with replies_held():
-            for n, d in reversed(held[10:]):
-                d.callback(n)
+        with service.reply_batcher:
+            with service.reply_batcher:  # nested: the outer block sends
+                for n, d in reversed(held[10:]):
+                    d.callback(n)
             assert sends == []  # nothing left inside the block
         assert sends == [20]  # ten replies, a record mark and a message each: one send
         for n, d in held[:10]:

@@ -39,6 +39,17 @@ def test_make_service_only_builds(tmp_path, monkeypatch):
     assert names[-1] == "cluster"
 
 
+def test_the_stack_has_one_reply_batcher(tmp_path, monkeypatch):
+    """Every RPC service holds its late replies in the stack's one batcher, and nfsd's ring opens its batches:
+    a batch of io_uring completions answers calls on any service's connections with one send per connection."""
+    monkeypatch.chdir(tmp_path)
+    stack = makeService(_options(tmp_path), MemoryReactorClock())
+    services = stack.rpc_services()
+    assert services and all(s.reply_batcher is stack.reply_batcher for s in services)
+    if "nfsd-ring" in stack.namedServices:
+        assert stack.getServiceNamed("nfsd-ring").reply_batcher is stack.reply_batcher
+
+
 class _Recorder(service.Service):
     def __init__(self, name: str, log: list, stopped: defer.Deferred | None = None) -> None:
         self.name, self.log, self.stopped = name, log, stopped

@@ -34,6 +34,7 @@ from nfsstack.cluster import keepalive as ka
 from nfsstack.cluster.members import Members
 from nfsstack.logs import logger
 from nfsstack.rpc.address import parse_address
+from nfsstack.rpc.twisted_internals import is_open
 
 log = logger("nfsstack.cluster")
 
@@ -136,7 +137,7 @@ class StatusChannel(http.HTTPChannel):
 
     def requestDone(self, request) -> None:
         super().requestDone(request)
-        if self.transport is not None and self.transport.connected and not self.transport.disconnecting:
+        if self.transport is not None and is_open(self.transport):
             self._arm()
 
     def connectionLost(self, reason) -> None:

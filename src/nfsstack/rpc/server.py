@@ -11,11 +11,10 @@ order; :class:`RPCDatagramProtocol` carries it over UDP.
 from __future__ import annotations
 
 import collections
-from contextlib import contextmanager
 from time import perf_counter
 from typing import Callable, Iterable, Optional, Union
 
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -40,6 +39,7 @@ from nfsstack.rpc.program import (
     raw_parts,
 )
 from nfsstack.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
+from nfsstack.rpc.twisted_internals import adapt, is_open, set_datagram_size
 from nfsstack.xdr import U32, Packer, Unpacker, XDRError
 
 log = logger("nfsstack.rpc")
@@ -83,27 +83,40 @@ FLUSH_EVERY = 8
 FLUSH_AFTER = 0.0005
 
 
-#: The connections whose late replies :func:`replies_held` holds back, in the order they first had one; None
-#: outside it.
-_held: Optional[list] = None
+class ReplyBatcher:
+    """Holds back late replies while a batch is open (``with batcher:``) and sends them when it closes.
 
+    A late reply is one to a call that finished after its record was read.
+    The replies made inside the block leave at its end, in order, one send
+    per connection.  A batch of io_uring completions (nfs3/local/aiosync.py) thus
+    answers a dozen COMMITs with one ``sendmsg`` instead of a dozen, each of
+    which would wake the client on loopback.  The stack makes one batcher
+    (``NfsStackService.reply_batcher``) and hands it to every
+    :class:`RPCStreamFactory`, whose connections hold their late replies in
+    it, and to the syncer that opens the batches.  Blocks nest: the
+    outermost one sends.
+    """
 
-@contextmanager
-def replies_held():
-    """Late replies (calls that finished after their record was read) made in the block leave at its end, one
-    send per connection, in order: a batch of io_uring completions (nfs3/local/aiosync.py) answers a dozen COMMITs
-    with one ``sendmsg`` instead of a dozen, each of which wakes the client on loopback."""
-    global _held
-    if _held is not None:  # nested: the outer block sends
-        yield
-        return
-    _held = []
-    try:
-        yield
-    finally:
-        held, _held = _held, None
-        for protocol in held:
-            protocol._send_held()
+    __slots__ = ("connections", "_depth")
+
+    def __init__(self) -> None:
+        #: The connections with replies held, in the order they first had one; None when no batch is open.
+        self.connections: Optional[list] = None
+        self._depth = 0
+
+    def __enter__(self) -> "ReplyBatcher":
+        if not self._depth:
+            self.connections = []
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth:  # nested: the outer block sends
+            return
+        held, self.connections = self.connections, None
+        for connection in held:
+            connection._send_held()
 
 
 class BadMessage(Exception):
@@ -268,8 +281,11 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         self._paused_for_writes = False
         self._paused_for_calls = False
         self._open = False
-        self._socket = None
-        #: Late replies (record headers and parts) waiting for the end of a :func:`replies_held` block.
+        #: The straight-to-the-socket paths (rpc/twisted_internals.py) of a plain TCP connection, else None.
+        self._fast = None
+        #: Where late replies are held while a batch is open (the stack's one :class:`ReplyBatcher`).
+        self._batcher: ReplyBatcher = factory.reply_batcher
+        #: Late replies (record headers and parts) waiting for the end of the batcher's block.
         self._late: list = []
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -277,9 +293,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self._open = True
         # Plain TCP: replies go straight to the socket when nothing is queued (see _send).
-        self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
-        if self._socket is not None:
-            self.transport.bufferSize = SMALL_READ
+        self._fast = adapt(self.transport, read_size=SMALL_READ)
         self.peer = _address(self.transport.getPeer())
         self.local = _address(self.transport.getHost())
         self.factory.connections.add(self)
@@ -289,7 +303,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self._open = False
-        self._socket = None
+        self._fast = None
         self.setTimeout(None)
         self.factory.connections.discard(self)
 
@@ -318,24 +332,19 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         ``sendmsg`` halves the cost of a lone call.  Whatever the socket does
         not take, and every error, goes through the transport as usual.
         """
-        t = self.transport
-        sock = self._socket
         if FileSlice in map(type, parts):
             self._send_files(parts)
             return
-        if sock is None or t.dataBuffer or t._tempDataBuffer or not t.connected or t.disconnecting:
+        fast = self._fast
+        sent = fast.send_now(parts) if fast is not None else None
+        if sent is None:  # not plain TCP, or Twisted has bytes queued that must go first
             try:
-                t.writeSequence(parts)
+                self.transport.writeSequence(parts)
             except TypeError:  # a READ's data as a buffer, not bytes: Twisted queues bytes only
-                t.writeSequence([p if type(p) is bytes else bytes(p) for p in parts])
+                self.transport.writeSequence([p if type(p) is bytes else bytes(p) for p in parts])
             return
-        try:
-            sent = sock.sendmsg(parts) if len(parts) <= 512 else sock.send(b"".join(parts))
-        except OSError:
-            sent = 0
-        total = sum(map(len, parts))
-        if sent < total:
-            t.write(b"".join(parts)[sent:])
+        if sent < sum(map(len, parts)):
+            self.transport.write(b"".join(parts)[sent:])
 
     def _send_held(self) -> None:
         parts, self._late = self._late, []
@@ -350,15 +359,15 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         """:meth:`_send` of parts with file data (:class:`FileSlice`): each slice by ``sendfile`` while the socket
         takes it; what is left from the first part the socket refuses on is read and queued on the transport."""
         t = self.transport
-        sock = self._socket
-        if not t.connected or t.disconnecting:  # nobody to send to: nothing is read
+        fast = self._fast
+        if not is_open(t):  # nobody to send to: nothing is read
             for p in parts:
                 if type(p) is FileSlice:
                     p.close()
             return
         start = 0
-        if sock is not None and not (t.dataBuffer or t._tempDataBuffer):
-            fileno = sock.fileno()
+        if fast is not None and fast.idle():
+            fileno = fast.fileno
             run: list = []
             for i, p in enumerate(parts):
                 if type(p) is not FileSlice:
@@ -366,10 +375,7 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                     continue
                 if run:
                     total = sum(map(len, run))
-                    try:
-                        sent = sock.sendmsg(run) if len(run) <= 512 else sock.send(b"".join(run))
-                    except OSError:
-                        sent = 0
+                    sent = fast.send_now(run) or 0  # never None here: nothing was queued since idle()
                     if sent < total:  # the rest of the run, then the rest of the parts, through the transport
                         parts = [b"".join(p if type(p) is bytes else bytes(p) for p in run)[sent:], *parts[i:]]
                         start = 0
@@ -415,16 +421,17 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
             return
         if records and not self._handle(records):
             return
-        sock = self._socket
-        if sock is not None:
+        fast = self._fast
+        if fast is not None:
             # The rest of a large record (a 1 MiB WRITE) goes from the socket straight into a buffer of its size,
             # rather than arriving as Twisted's chunks and being joined: one copy instead of two.
+            recv_into = fast.recv_into
             window = self.reader.window()
             for _ in range(64):
                 if window is None or self._paused_for_calls:
                     break
                 try:
-                    n = sock.recv_into(window)
+                    n = recv_into(window)
                 except OSError:  # EAGAIN: wait for more; anything else: Twisted's next read sees it too
                     break
                 if not n:
@@ -486,11 +493,12 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
                 parts = [U32.pack(LAST_FRAGMENT | sum(map(len, reply))), *reply]
             else:
                 parts = [U32.pack(LAST_FRAGMENT | len(reply)), reply]
-            if _held is None:
+            held = self._batcher.connections
+            if held is None:
                 self._send(parts)
             else:
                 if not self._late:
-                    _held.append(self)
+                    held.append(self)
                 self._late.extend(parts)
         if self._paused_for_calls and self.in_flight < self.factory.max_in_flight // 2:
             self._paused_for_calls = False
@@ -511,8 +519,11 @@ class RPCStreamFactory(protocol.ServerFactory):
         idle_timeout: float = 360.0,
         max_connections: int = 1024,
         max_in_flight: int = 128,
+        reply_batcher: Optional[ReplyBatcher] = None,
     ) -> None:
         self.dispatcher = dispatcher
+        #: Holds the connections' late replies while a batch is open (one per stack; a factory of its own else).
+        self.reply_batcher = reply_batcher if reply_batcher is not None else ReplyBatcher()
         self.netid = netid
         self.max_record = max_record
         self.idle_timeout = idle_timeout
@@ -542,8 +553,7 @@ class RPCDatagramProtocol(protocol.DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.local = _address(self.transport.getHost())
-        # Twisted reads at most maxPacketSize bytes of a datagram (8 KiB by default).
-        self.transport.maxPacketSize = 65536
+        set_datagram_size(self.transport, 65536)  # Twisted reads 8 KiB of a datagram by default
 
     def datagramReceived(self, data: bytes, addr) -> None:
         peer = (addr[0], addr[1])

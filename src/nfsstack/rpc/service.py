@@ -34,6 +34,7 @@ from nfsstack.rpc.program import Program
 from nfsstack.rpc.server import (
     DEFAULT_MAX_RECORD,
     Dispatcher,
+    ReplyBatcher,
     RPCDatagramProtocol,
     RPCStreamFactory,
     RPCStreamProtocol,
@@ -186,7 +187,8 @@ class RPCService(service.Service):
     ``interface`` is an address, a comma-separated list, or a sequence of
     addresses; empty means all IPv4 and all IPv6 addresses.  ``unix_socket``
     is a path to serve as a local stream socket too (rpcbind's), if nobody
-    else serves it.
+    else serves it.  ``reply_batcher`` holds its connections' late replies
+    while a batch is open: the stack's one, or one of the service's own.
     """
 
     #: The ``--bind`` option's check (twistd's coerce).
@@ -204,6 +206,7 @@ class RPCService(service.Service):
         idle_timeout: float = 360.0,
         max_connections: int = 1024,
         unix_socket: Optional[str] = None,
+        reply_batcher: Optional[ReplyBatcher] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -219,6 +222,7 @@ class RPCService(service.Service):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.unix_socket = unix_socket
+        self.reply_batcher = reply_batcher if reply_batcher is not None else ReplyBatcher()
         self.port: Optional[int] = None
         #: The first TCP and UDP ports listened on (None when not listening).
         self.tcp = None
@@ -242,6 +246,7 @@ class RPCService(service.Service):
             max_record=self.max_record,
             idle_timeout=self.idle_timeout,
             max_connections=self.max_connections,
+            reply_batcher=self.reply_batcher,
         )
         attempts = 1 if self.requested_port else 32
         for attempt in range(attempts):

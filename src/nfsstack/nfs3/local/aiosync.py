@@ -45,7 +45,7 @@ import select
 import shutil
 import struct
 import tempfile
-from typing import Callable, ContextManager, Optional
+from typing import ContextManager, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
@@ -92,9 +92,9 @@ class _Syncer:
         #: Whether :meth:`openat` and :meth:`pwrite` work here (set by :func:`open_syncer`'s probes).
         self.can_open = False
         self.can_write = False
-        #: A context manager around the callbacks of one batch of completions (the RPC server's
-        #: ``replies_held``: their replies leave together, one send per connection).
-        self.batch: Callable[[], ContextManager] = contextlib.nullcontext
+        #: A reusable context manager around the callbacks of one batch of completions (the stack's
+        #: ``ReplyBatcher``, rpc/server.py: their replies leave together, one send per connection).
+        self.batch: ContextManager = contextlib.nullcontext()
 
     def __call__(self, fd: int, datasync: bool = False) -> defer.Deferred:
         key = self._key()
@@ -171,7 +171,7 @@ class _Syncer:
         self._reap()
 
     def _reap(self) -> None:
-        with self.batch():
+        with self.batch:
             for key, res in self._finished():
                 self._complete(key, res)
 
