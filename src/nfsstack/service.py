@@ -352,8 +352,8 @@ class NfsdCaches(Resource):
 
 
 class NfsdRing(Resource):
-    """The local backend's asynchronous fsync (and, where the kernel has them, opens and writes): an io_uring ring, else a
-    Linux AIO context, probed and opened at start (nothing: the thread pool syncs), closed at stop."""
+    """The local backend's asynchronous fsync (and, where the kernel has them, opens and writes): an io_uring ring,
+    else a Linux AIO context, probed and opened at start (nothing: the thread pool syncs), closed at stop."""
 
     name = "nfsd-ring"
 

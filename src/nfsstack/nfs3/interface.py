@@ -201,7 +201,8 @@ class IFilesystem(Interface):
         names and cookies take at most ``dircount`` bytes (for READDIRPLUS; 20 + the padded name each), and
         everything at most ``room`` bytes (RFC 1813 sections 3.3.16-17).  Cookies are the backend's and must
         stay valid while other entries come and go.  With ``plus``, each entry carries its attributes and
-        handle.  Not one entry fits: NFS3ERR_TOOSMALL.  :mod:`nfsstack.nfs3.entries` encodes entries."""
+        handle.  Not one entry fits: NFS3ERR_TOOSMALL.  The local backend's :mod:`nfsstack.nfs3.local.readdir`
+        shows the encoding."""
 
     def fsstat(call, obj) -> Sizes:
         """The space and files of the filesystem holding the object (RFC 1813 section 3.3.18)."""
