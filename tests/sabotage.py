@@ -67,6 +67,13 @@ SABOTAGES = (
         (DURABILITY, f"{STABLE_TESTS}::test_stable_writes_and_commit_sync_on_every_path"),
     ),
     Sabotage(
+        "late-answer-lost", "a backend's answer that comes later (a Deferred, a coroutine) is what the procedure gets",
+        FRAME,
+        (("    return later.addCallbacks(lambda value: _resume(gen, value, None),\n",
+          "    return later.addCallbacks(lambda value: _resume(gen, None, None),\n"),),
+        ("tests/unit/test_frame.py", "tests/conformance"),
+    ),
+    Sabotage(
         "portmapper-handler-raises", "no portmapper call crashes its handler (SYSTEM_ERR)",
         "src/nfsstack/portmap/program.py",
         (("        netid = PROT_TO_NETID.get(m.prot)\n        reg = self.registry.lookup(m.prog, m.vers, netid) if",

@@ -21,7 +21,9 @@ from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
 
 #: The backends judged; the next ones (memory, unprivileged local) are added here and in :func:`serve`.
-BACKENDS = ["local"]
+#: ``local-deferred`` and ``local-coroutine`` are the local backend answering all its work with Deferreds, or as
+#: coroutines (:class:`Answering`): what a backend that talks to the network does, which nfsd must serve alike.
+BACKENDS = ["local", "local-deferred", "local-coroutine"]
 
 #: What each backend can do, among what a backend may legitimately not: a check needing a capability is marked
 #: ``@pytest.mark.needs("name")`` and is skipped on the backends without it.
@@ -34,6 +36,38 @@ BACKENDS = ["local"]
 CAPS: dict[str, frozenset[str]] = {
     "local": frozenset({"permissions", "symlinks", "hard_links", "special_files", "mknod_device"}),
 }
+CAPS["local-deferred"] = CAPS["local-coroutine"] = CAPS["local"]
+
+#: The methods of IFilesystem that do work, and may answer with a Deferred or as a coroutine.
+WORK = ("setattr", "access", "lookup", "readlink", "read", "write", "commit", "create", "mkdir", "symlink", "mknod",
+        "remove", "rmdir", "rename", "link", "readdir", "fsstat", "pathconf")
+
+
+class Answering:
+    """A backend answering every piece of work of ``inner`` with a Deferred (``how="deferred"``), or as a
+    coroutine (``how="coroutine"``), instead of at once; the rest (resolve, attributes, end, release) it passes
+    on.  Nothing blocks, so nfsd runs every call inline (``blocking`` is False)."""
+
+    blocking = False
+
+    def __init__(self, inner, how: str) -> None:
+        self.inner = inner
+        for name in WORK:
+            setattr(self, name, self._answering(getattr(inner, name), how))
+
+    @staticmethod
+    def _answering(method, how: str):
+        if how == "deferred":
+            def answer(*args):
+                return defer.maybeDeferred(method, *args)
+        else:
+            async def answer(*args):
+                got = method(*args)
+                return (await got) if isinstance(got, defer.Deferred) else got
+        return answer
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 PRIVILEGED = ("127.0.0.1", 700)
 ROOT_CRED = Credential(0, 0, (), "conformance")
@@ -79,7 +113,9 @@ def serve(backend: str, tmp_path) -> Served:
 
     Its work must be done when a call returns (blocking work runs inline, not in a thread pool), so that the
     client reads each reply at once.  The only function in the suite that knows how a backend is built."""
-    if backend == "local":
+    if backend.startswith("local"):
+        from zope.interface import alsoProvides
+
         from nfsstack.exports.table import ExportTable
         from nfsstack.exports import parse_exports
         from nfsstack.exports.handles import HandleCodec, kernel_handles_work
@@ -96,7 +132,13 @@ def serve(backend: str, tmp_path) -> Served:
         table = ExportTable(exports, HandleCodec(os.urandom(32)))
         in_thread = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
         local = LocalFilesystem(table, in_thread)
-        nfsd = Nfsd(table, local, in_thread=in_thread)
+        fs = local
+        if backend != "local":
+            from nfsstack.nfs3.interface import IFilesystem
+
+            fs = Answering(local, backend.partition("-")[2])
+            alsoProvides(fs, IFilesystem)
+        nfsd = Nfsd(table, fs, in_thread=in_thread)
         fd = os.open(top, os.O_RDONLY)
         try:
             root = table.handle(next(iter(exports)), fd)
@@ -110,7 +152,7 @@ def serve(backend: str, tmp_path) -> Served:
                 local.close()
                 table.close()
 
-        return Served(Client(Dispatcher([nfsd.program])), root, close, local)
+        return Served(Client(Dispatcher([nfsd.program])), root, close, fs)
     raise ValueError(f"no such backend: {backend}")
 
 
