@@ -258,11 +258,11 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, grace=options["grace-time"])
-    stack.nsm.listeners.append(stack.nlm.host_rebooted)
-    stack.mountd = Mountd(stack.exports, None)
     workers = Workers(reactor, max(1, options["threads"]))
     local = LocalFilesystem(stack.exports, workers)
+    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, local, grace=options["grace-time"])
+    stack.nsm.listeners.append(stack.nlm.host_rebooted)
+    stack.mountd = Mountd(stack.exports, None, local.mount)
     stack.nfsd = Nfsd(stack.exports, local, in_thread=workers)
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]

@@ -3,6 +3,7 @@
 import pytest
 
 from nfsstack.exports import ANON_ID, ExportOptions, ExportsError, parse_exports
+from nfsstack.nfs3.local.filesystem import LocalFilesystem
 
 HOSTS = {"server1": ["192.0.2.10"], "dual": ["192.0.2.11", "2001:db8::11"]}
 NAMES = {"192.0.2.20": "ws1.lab.example", "192.0.2.21": "printer.other.example"}
@@ -181,7 +182,7 @@ def test_a_mountpoint_export_is_mounted_only_while_it_is_a_mount_point(tmp_path)
     (tmp_path / "disk").mkdir()
     exports = parse_exports(f"{tmp_path / 'disk'} 127.0.0.1(rw,mp) 127.0.0.2(rw)\n/ 127.0.0.1(ro,mountpoint)\n")
     table = ExportTable(exports, HandleCodec(b"k" * 32))
-    dispatcher = Dispatcher([Mountd(table, MountList(str(tmp_path / "state"))).program])
+    dispatcher = Dispatcher([Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount).program])
 
     def mnt(path, address):
         p = Packer()

@@ -13,6 +13,7 @@ from nfsstack.exports.handles import (
 from nfsstack.exports.table import ExportTable
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import MountStat, Mountd
+from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.rpc.message import decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher
 from nfsstack.xdr import Packer, Unpacker
@@ -34,7 +35,7 @@ def env(tmp_path):
     open_.mkdir()
     exports = parse_exports(f"{data} 127.0.0.1(rw) 192.0.2.0/24(ro)\n{open_} *(ro,insecure)\n")
     table = ExportTable(exports, HandleCodec(b"k" * 32))
-    mountd = Mountd(table, MountList(str(tmp_path / "state")))
+    mountd = Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount)
     yield tmp_path, table, mountd, Dispatcher([mountd.program])
     table.close()
 
@@ -188,7 +189,7 @@ def fuzz_mountd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mountfuzz")
     (tmp / "data").mkdir()
     table = ExportTable(parse_exports(f"{tmp / 'data'} *(rw,insecure)\n"), HandleCodec(b"k" * 32))
-    yield Dispatcher([Mountd(table, MountList(str(tmp / "state"))).program])
+    yield Dispatcher([Mountd(table, MountList(str(tmp / "state")), LocalFilesystem(table, None).mount).program])
     table.close()
 
 

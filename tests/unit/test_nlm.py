@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from nfsstack.exports import parse_exports
 from nfsstack.exports.handles import HandleCodec, kernel_handles_work
 from nfsstack.exports.table import ExportTable
+from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nlm import types as t
 from nfsstack.nlm.program import Nlm
 from nfsstack.nlm.types import NlmStat, Proc
@@ -70,7 +71,7 @@ def env(tmp_path):
     remote = FakeRemote(granted_reply())
     nsm = Nsm(NsmState(str(tmp_path / "state")), clock, remote)
     nsm.start()
-    nlm = Nlm(table, clock, remote, nsm, grace=0)
+    nlm = Nlm(table, clock, remote, nsm, LocalFilesystem(table, None), grace=0)
     nsm.listeners.append(nlm.host_rebooted)
     handles = {}
     for export in exports:
@@ -261,7 +262,7 @@ def test_a_lock_is_admitted_as_mountd_and_nfsd_admit(tmp_path, monkeypatch):
     exports = parse_exports(f"{data} 10.0.2.0/24(rw) *.lab.example(rw,insecure)\n")
     table = ExportTable(exports, HandleCodec(b"k" * 32), HostNames(lookup={"192.0.2.5": "ws1.lab.example"}.get))
     clock = task.Clock()
-    nlm = Nlm(table, clock, FakeRemote(granted_reply()), None, grace=0)
+    nlm = Nlm(table, clock, FakeRemote(granted_reply()), None, LocalFilesystem(table, None), grace=0)
     d = Dispatcher([nlm.program])
     fd = os.open(data, os.O_RDONLY)
     fh = table.handle(exports.find(str(data)), fd, "f")
@@ -594,7 +595,7 @@ def _fuzz_nlm_and_nsm(fuzz_world, derandomize: bool) -> collections.Counter:
         state_dir = tempfile.mkdtemp(dir=fuzz_world["state"])
         nsm = Nsm(NsmState(state_dir), clock, remote, backoff=())  # gives up notifying at once: no DNS
         nsm.start()
-        nlm = Nlm(table, clock, remote, nsm, grace=30 if f.byte() >= 224 else 0)
+        nlm = Nlm(table, clock, remote, nsm, LocalFilesystem(table, None), grace=30 if f.byte() >= 224 else 0)
         nsm.listeners.append(nlm.host_rebooted)
         d = Dispatcher([nlm.program, nsm.program])
         local, locks, last, xid = [], [], None, 0

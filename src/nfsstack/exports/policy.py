@@ -113,3 +113,14 @@ class Admission:
         if options.secure and not privileged_port:
             return INSECURE_PORT
         return Admitted(options, effective(credential, options))
+
+
+class MountRefused(Exception):
+    """A storage backend refuses to mount a path of an export it serves (RFC 1813 section 5.2.1): why, as
+    mountd logs it, and whether mountd answers MNT3ERR_NOENT (``noent``: as if the path were not there) or
+    MNT3ERR_ACCES."""
+
+    def __init__(self, reason: str, noent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.noent = noent

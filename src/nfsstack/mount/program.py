@@ -12,11 +12,11 @@ import errno
 import os
 import time
 from enum import IntEnum
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import defer
 
-from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, Refused
+from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, MountRefused, Refused
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
@@ -50,7 +50,8 @@ class MountStat(IntEnum):
 
 _ERRNO = {errno.ENOENT: MountStat.MNT3ERR_NOENT, errno.ENOTDIR: MountStat.MNT3ERR_NOTDIR,
           errno.EACCES: MountStat.MNT3ERR_ACCES, errno.EPERM: MountStat.MNT3ERR_PERM,
-          errno.ENAMETOOLONG: MountStat.MNT3ERR_NAMETOOLONG, errno.ELOOP: MountStat.MNT3ERR_NOENT}
+          errno.ENAMETOOLONG: MountStat.MNT3ERR_NAMETOOLONG, errno.ELOOP: MountStat.MNT3ERR_NOENT,
+          errno.EIO: MountStat.MNT3ERR_IO}
 
 
 #: rpc.mountd answers every refusal of the admission policy with MNT3ERR_ACCES; what it logs for each.
@@ -98,8 +99,11 @@ def _pack_exports(p: Packer, exports: list) -> None:
 class Mountd:
     """The mount daemon's state; :attr:`program` is its procedure table."""
 
-    def __init__(self, table: ExportTable, mounts: MountList, refusals: Optional[RefusalLog] = None) -> None:
+    def __init__(self, table: ExportTable, mounts: MountList, mount: Callable[..., bytes],
+                 refusals: Optional[RefusalLog] = None) -> None:
         self.table = table
+        #: mount(export, path, options, address) -> the handle MNT answers: the storage backend's.
+        self.mount = mount
         self.admission = Admission(table)
         self.mounts = mounts
         #: Mount requests refused by export policy, logged per client (rate-limited), as rpc.mountd logs them.
@@ -138,36 +142,15 @@ class Mountd:
             self.refusals.refused(address, _REFUSED.get(verdict, "mount request: " + verdict.reason), path)
             return MountStat.MNT3ERR_ACCES, b""
         options = verdict.options
-        if options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path):
-            # exports(5) mountpoint: a disk that failed to mount leaves an empty directory, not to be served.
-            self.refusals.refused(address, f"mount request: {options.mountpoint or export.path} is not a mount point",
-                                  path)
-            return MountStat.MNT3ERR_NOENT, b""
         try:
-            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            handle = self.mount(export, path, options, address)
+        except MountRefused as refused:
+            self.refusals.refused(address, "mount request: " + refused.reason, path)
+            return (MountStat.MNT3ERR_NOENT if refused.noent else MountStat.MNT3ERR_ACCES), b""
         except OSError as e:
-            return _ERRNO.get(e.errno, MountStat.MNT3ERR_IO), b""
-        try:
-            if not self.table.inside(export, fd):
-                self.refusals.refused(address, "mount request: the path leaves the export", path)
-                return MountStat.MNT3ERR_ACCES, b""
-            try:
-                handle = self.table.handle(export, fd)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                # Inside a filesystem mounted below the export: served if the export crosses into it.
-                crossed = self.table.export_for(fd)
-                if crossed is None or not crossed.crossed_from or self.table.options_for(crossed, address) is None:
-                    self.refusals.refused(address, "mount request: below a filesystem mounted in the export "
-                                          "(no crossmnt)", path)
-                    return MountStat.MNT3ERR_ACCES, b""
-                handle = self.table.handle(crossed, fd)
-        except OSError as e:
-            log.error("mount of {path}: {e}", path=path, e=e)
+            if e.errno not in _ERRNO:
+                log.error("mount of {path}: {e}", path=path, e=e)
             return _ERRNO.get(e.errno, MountStat.MNT3ERR_SERVERFAULT), b""
-        finally:
-            os.close(fd)
         self.mounts.add(address, path)
         log.info("authenticated mount request from {addr}:{port} for {path} ({opts})", addr=address,
                  port=ctx.peer[1], path=path, opts=options.describe())

@@ -210,6 +210,23 @@ class IFilesystem(Interface):
     def pathconf(call, obj) -> Limits:
         """The link count and name length limits where the object is (RFC 1813 section 3.3.20)."""
 
+    # -- for mountd and nlockmgr, which serve the same exports --------------------------------
+
+    def mount(export, path: str, options, address: str) -> bytes:
+        """The handle of ``path`` (the export's path, or a directory below it) that MNT gives a client already
+        admitted to ``export`` with ``options`` (RFC 1813 section 5.2.1).  Raises an :class:`OSError` (ENOENT,
+        ENOTDIR, EACCES...) or :class:`nfsstack.exports.policy.MountRefused`.  Answers at once."""
+
+    def lock_key(handle: bytes) -> tuple:
+        """``(export, key)``: the export of the object of ``handle`` and a hashable key that stands for the
+        object as long as it exists, under which nlockmgr keeps its byte-range locks (NLM, the XNFS spec).
+        Raises what :meth:`resolve` raises.  Answers at once."""
+
+    lock_opener = Attribute(
+        "None, or ``lock_opener(handle) -> (descriptor, writable)``: the storage is this machine's files, and "
+        "nlockmgr holds every lock it grants a second time as an OFD lock on such a descriptor, so that local "
+        "processes see the clients' locks and the clients see theirs.")
+
     def end(call, changed: bool) -> None:
         """The call's work is done (or failed); its reply is not made yet.  Answers at once, never raises.
         ``changed``: the procedure may have changed the objects the call looked at (``call.watched``), so

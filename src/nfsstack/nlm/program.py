@@ -16,7 +16,6 @@ that its locks go when it reboots.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Hashable, Optional
@@ -83,14 +82,17 @@ class Grace:
 class Nlm:
     """The lock manager; :attr:`program` is its procedure table."""
 
-    def __init__(self, exports: ExportTable, reactor, remote=None, nsm=None, grace: float = 90.0,
+    def __init__(self, exports: ExportTable, reactor, remote, nsm, fs, grace: float = 90.0,
                  poll_interval: float = 1.0) -> None:
         self.exports = exports
         self.admission = Admission(exports)
+        #: The storage backend (nfs3/interface.py): the files' lock keys, and descriptors for the OFD mirror.
+        self.fs = fs
         self.reactor = reactor
         self.remote = remote
         self.nsm = nsm
-        self.mirror = OfdMirror(self._open_for_mirror)
+        #: Where the storage is this machine's files, every granted lock is held a second time as an OFD lock.
+        self.mirror = OfdMirror(fs.lock_opener) if fs.lock_opener is not None else None
         self.table = LockTable(self.mirror)
         self.grace = Grace(reactor.seconds, grace)
         #: Client host name -> the addresses it called from (SM_NOTIFY may name either).
@@ -183,30 +185,16 @@ class Nlm:
     # -- what every lock call checks ------------------------------------------------------
 
     def _file(self, ctx: CallContext, fh: bytes) -> tuple[Hashable, ExportOptions]:
-        """The lock table's key for ``fh`` (device and inode), after the export checks nfsd makes."""
+        """The lock table's key for ``fh`` (the storage backend's: device and inode for local files), after the
+        export checks nfsd makes."""
         try:
-            export, fd = self.exports.resolve(fh)
+            export, key = self.fs.lock_key(fh)
         except (BadHandle, StaleHandle):
             raise Refused(NlmStat.STALE_FH) from None
-        try:
-            verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.credential)
-            if not isinstance(verdict, Admitted):
-                raise Refused(NlmStat.FAILED)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        return (st.st_dev, st.st_ino), verdict.options
-
-    def _open_for_mirror(self, fh: bytes) -> tuple[int, bool]:
-        _, fd = self.exports.resolve(fh)
-        try:
-            path = f"/proc/self/fd/{fd}"
-            try:
-                return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK), True
-            except OSError:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), False
-        finally:
-            os.close(fd)
+        verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.credential)
+        if not isinstance(verdict, Admitted):
+            raise Refused(NlmStat.FAILED)
+        return key, verdict.options
 
     def _check_grace(self, ctx: CallContext, reclaim: bool) -> None:
         if self.grace.active != reclaim:
@@ -374,9 +362,10 @@ class Nlm:
     def stop(self) -> defer.Deferred:
         if self._poller is not None and self._poller.running:
             self._poller.stop()
-        self.mirror.close()
+        if self.mirror is not None:
+            self.mirror.close()
         return defer.succeed(None)
 
     def status(self) -> dict[str, Any]:
-        return {**self.table.counts(), "grace": self.grace.active, "ofd_descriptors": len(self.mirror),
+        return {**self.table.counts(), "grace": self.grace.active, "ofd_descriptors": len(self.mirror or ()),
                 "callbacks": dict(self.callbacks)}

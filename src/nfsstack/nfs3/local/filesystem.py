@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nfsstack.exports.policy import MountRefused
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE
 from nfsstack.exports.identity import ROOT
@@ -121,6 +122,48 @@ class LocalFilesystem:
         self.table.forget(gone)
         self.files.forget(gone)
         self.lister.forget(call.fsid)
+
+    # -- mountd and nlockmgr -------------------------------------------------------------
+
+    def mount(self, export, path: str, options, address: str) -> bytes:
+        if options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path):
+            # exports(5) mountpoint: a disk that failed to mount leaves an empty directory, not to be served.
+            raise MountRefused(f"{options.mountpoint or export.path} is not a mount point", noent=True)
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if not self.table.inside(export, fd):
+                raise MountRefused("the path leaves the export")
+            try:
+                return self.table.handle(export, fd)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+            # Inside a filesystem mounted below the export: served if the export crosses into it.
+            crossed = self.table.export_for(fd)
+            if crossed is None or not crossed.crossed_from or self.table.options_for(crossed, address) is None:
+                raise MountRefused("below a filesystem mounted in the export (no crossmnt)")
+            return self.table.handle(crossed, fd)
+        finally:
+            os.close(fd)
+
+    def lock_key(self, handle: bytes):
+        export, fd = self.table.resolve(handle)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return export, (st.st_dev, st.st_ino)
+
+    def lock_opener(self, handle: bytes) -> tuple[int, bool]:
+        _, fd = self.table.resolve(handle)
+        try:
+            path = proc_path(fd)
+            try:
+                return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK), True
+            except OSError:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), False
+        finally:
+            os.close(fd)
 
     # -- attributes ---------------------------------------------------------------------
 
