@@ -48,7 +48,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "nfsstack": ("exports", "state-dir", "bind", "max-record", "idle-timeout", "max-connections", "log-level"),
     # The portmapper (rpcbind) on port 111, or the system's rpcbind it registers with.
     "portmap": ("portmap-port", "system-rpcbind", "remote-calls", "rpcbind-socket"),
-    "nfsd": ("nfs-port", "threads", "grace-time", "no-aio-fsync"),
+    "nfsd": ("nfs-port", "threads", "grace-time", "no-aio-fsync", "backend", "memory-limit"),
     "mountd": ("mountd-port",),
     "nlockmgr": ("nlm-port",),
     "statd": ("statd-port",),

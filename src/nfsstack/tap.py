@@ -25,6 +25,7 @@ from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
+from nfsstack.nfs3.interface import IFilesystem
 from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
@@ -111,6 +112,10 @@ class Options(usage.Options):
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
         ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
+        ["backend", None, "local", "What the exports serve: local (this machine's directories), memory (a tree in "
+                                   "memory per export, empty at start), or module:factory (your own: "
+                                   "factory(export_table) returns an IFilesystem, docs/architecture.md)."],
+        ["memory-limit", None, 1024, "With --backend memory: MiB of file data it holds at most (then NOSPC).", int],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
                                     "critical.", _log_level],
     ]
@@ -161,6 +166,32 @@ class Options(usage.Options):
             raise usage.UsageError("--grace-time cannot be negative")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
+        self.backend_factory = _backend_factory(self["backend"])
+        if self["memory-limit"] < 1:
+            raise usage.UsageError("--memory-limit must be at least 1 (MiB)")
+
+
+def _backend_factory(name: str):
+    """``--backend``: None for the local backend, else ``factory(export_table, options)`` making the backend."""
+    if name == "local":
+        return None
+    if name == "memory":
+        def memory(table, options):
+            from nfsstack.nfs3.memory import MemoryFilesystem
+
+            return MemoryFilesystem(table.exports, limit_bytes=options["memory-limit"] << 20)
+
+        return memory
+    module, _, attribute = name.partition(":")
+    if not module or not attribute:
+        raise usage.UsageError(f"--backend {name}: local, memory, or module:factory")
+    import importlib
+
+    try:
+        factory = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as e:
+        raise usage.UsageError(f"--backend {name}: {e}")
+    return lambda table, options: factory(table)
 
 
 def make_forwarder(reactor, interface: str = "127.0.0.1"):
@@ -220,9 +251,12 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         portmap.listen_hint = (
             " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
         )
-    # Which services exist is decided here, by read-only probes: both look, neither changes anything.
+    # Which services exist is decided here, by read-only probes: both look, neither changes anything.  Only the
+    # local backend needs them: another backend's storage is its own, and so are its permissions.
     serve_files = False
-    if not kernel_handles_work(os.getcwd()):
+    if getattr(options, "backend_factory", None) is not None:
+        serve_files = True
+    elif not kernel_handles_work(os.getcwd()):
         log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
                   "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
     elif (cannot_switch := can_switch()) is not None:
@@ -259,16 +293,20 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
     workers = Workers(reactor, max(1, options["threads"]))
-    local = LocalFilesystem(stack.exports, workers)
-    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, local, grace=options["grace-time"])
+    factory = getattr(options, "backend_factory", None)
+    local = LocalFilesystem(stack.exports, workers) if factory is None else None
+    fs = IFilesystem(local if factory is None else factory(stack.exports, options))
+    log.info("storage: {backend}", backend=options["backend"] if factory is not None else "local directories")
+    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
-    stack.mountd = Mountd(stack.exports, None, local.mount)
-    stack.nfsd = Nfsd(stack.exports, local, in_thread=workers)
+    stack.mountd = Mountd(stack.exports, None, fs.mount)
+    stack.nfsd = Nfsd(stack.exports, fs, in_thread=workers)
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]
-    resources.append(NfsdCaches(local))
-    if not options["no-aio-fsync"]:
-        resources.append(NfsdRing(local, reactor, stack.reply_batcher))
+    if local is not None:
+        resources.append(NfsdCaches(local))
+        if not options["no-aio-fsync"]:
+            resources.append(NfsdRing(local, reactor, stack.reply_batcher))
     resources.append(NfsdThreads(workers))
     services: list = [TimerService(5.0, stack.exports.sweep)]
     if reloader is not None:
@@ -280,7 +318,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                **common))
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                                **common))
-    services.append(TimerService(1.0, local.files.sweep))
+    if local is not None:
+        services.append(TimerService(1.0, local.files.sweep))
     services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                                **common))
     return resources, services
