@@ -5,6 +5,7 @@ be loaded refused at start with one line."""
 import re
 import shutil
 import subprocess
+import time
 import zipfile
 
 import pytest
@@ -78,3 +79,29 @@ def test_a_backend_that_cannot_be_loaded_is_one_line(tmp_path):
     assert r.returncode != 0
     assert "--backend no_such_module:factory: No module named 'no_such_module'" in r.stdout + r.stderr, r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_the_readme_application_serves_the_example(tmp_path, monkeypatch):
+    """The README's embedding (a .tac built with nfsstack.tap's Options and makeService), run by ``twistd -ny``."""
+    readme = (REPO / "README.md").read_text()
+    tac = re.search(r"```python\n(from twisted\.application import service\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "app.tac").write_text(tac)
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as z:
+        z.writestr("hello.txt", "hello from a tac\n")
+    (tmp_path / "exports").write_text(f"{tmp_path}/export 127.0.0.1(ro,insecure)\n")
+    monkeypatch.setenv("NFSSTACK_ZIP", str(tmp_path / "export.zip"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "examples"))
+    with netns() as ns:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, twistd(), "-n", "--pidfile=", "--logfile=app.log",
+                                 "-y", "app.tac"], cwd=tmp_path, env=server_env())
+        try:
+            for _ in range(100):
+                r = in_netns(ns, "nfs-cat", f"nfs://127.0.0.1{tmp_path}/export/hello.txt")
+                if r.returncode == 0 or proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+            assert r.returncode == 0 and r.stdout == "hello from a tac\n", (r.stdout, r.stderr,
+                                                                            (tmp_path / "app.log").read_text())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
