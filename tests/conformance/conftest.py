@@ -20,10 +20,11 @@ from nfsstack.nfs3.client import PROC, Result, decode, encode
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
 
-#: The backends judged; the next ones (memory, unprivileged local) are added here and in :func:`serve`.
+#: The backends judged; the next ones (unprivileged local) are added here and in :func:`serve`.
 #: ``local-deferred`` and ``local-coroutine`` are the local backend answering all its work with Deferreds, or as
 #: coroutines (:class:`Answering`): what a backend that talks to the network does, which nfsd must serve alike.
-BACKENDS = ["local", "local-deferred", "local-coroutine"]
+#: ``memory`` is the memory backend (nfs3/memory/), held to what the kernel does for the local one.
+BACKENDS = ["local", "local-deferred", "local-coroutine", "memory"]
 
 #: What each backend can do, among what a backend may legitimately not: a check needing a capability is marked
 #: ``@pytest.mark.needs("name")`` and is skipped on the backends without it.
@@ -36,7 +37,7 @@ BACKENDS = ["local", "local-deferred", "local-coroutine"]
 CAPS: dict[str, frozenset[str]] = {
     "local": frozenset({"permissions", "symlinks", "hard_links", "special_files", "mknod_device"}),
 }
-CAPS["local-deferred"] = CAPS["local-coroutine"] = CAPS["local"]
+CAPS["local-deferred"] = CAPS["local-coroutine"] = CAPS["memory"] = CAPS["local"]
 
 #: The methods of IFilesystem that do work, and may answer with a Deferred or as a coroutine.
 WORK = ("setattr", "access", "lookup", "readlink", "read", "write", "commit", "create", "mkdir", "symlink", "mknod",
@@ -153,6 +154,21 @@ def serve(backend: str, tmp_path) -> Served:
                 table.close()
 
         return Served(Client(Dispatcher([nfsd.program])), root, close, fs)
+    if backend == "memory":
+        from nfsstack.exports import parse_exports
+        from nfsstack.exports.handles import HandleCodec
+        from nfsstack.exports.table import ExportTable
+        from nfsstack.nfs3.memory import MemoryFilesystem
+        from nfsstack.nfs3.program import Nfsd
+
+        exports = parse_exports(f"{tmp_path / 'export'} 127.0.0.1(rw,no_root_squash)\n")
+        # For the admission only (options_for, needs_names, names): an ExportTable opens an export's root only
+        # when asked for handles, which nfsd never does with another backend.
+        table = ExportTable(exports, HandleCodec(os.urandom(32)))
+        fs = MemoryFilesystem(exports)
+        nfsd = Nfsd(table, fs, in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+        root = fs.root_handle(next(iter(exports)))
+        return Served(Client(Dispatcher([nfsd.program])), root, table.close, fs)
     raise ValueError(f"no such backend: {backend}")
 
 
