@@ -296,6 +296,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     factory = getattr(options, "backend_factory", None)
     local = LocalFilesystem(stack.exports, workers) if factory is None else None
     fs = IFilesystem(local if factory is None else factory(stack.exports, options))
+    if factory is not None and callable(getattr(fs, "reload", None)):
+        stack.exports.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
     log.info("storage: {backend}", backend=options["backend"] if factory is not None else "local directories")
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)

@@ -2,6 +2,7 @@
 one's own (examples/zipexport.py, a zip archive read only) read by libnfs's tools, and a backend module that cannot
 be loaded refused at start with one line."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -105,3 +106,26 @@ def test_the_readme_application_serves_the_example(tmp_path, monkeypatch):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_the_memory_backend_is_served_by_the_stack(tmp_path):
+    """``--backend memory``: a tree per export, written and read by libnfs, nothing of it on the server's disk."""
+    (tmp_path / "exports").write_text("/scratch 127.0.0.1(rw,insecure,no_root_squash)\n")
+    with netns() as ns:
+        stack = Stack("--exports", str(tmp_path / "exports"), "--state-dir", str(tmp_path / "state"),
+                      "--backend", "memory", "--memory-limit", "8", netns=ns).start()
+        try:
+            (tmp_path / "note.txt").write_text("kept in memory\n")
+            r = in_netns(ns, "nfs-cp", str(tmp_path / "note.txt"), "nfs://127.0.0.1/scratch/note.txt")
+            assert r.returncode == 0, r.stdout + r.stderr
+            r = in_netns(ns, "nfs-cat", "nfs://127.0.0.1/scratch/note.txt")
+            assert r.returncode == 0 and r.stdout == "kept in memory\n", r.stdout + r.stderr
+            r = in_netns(ns, "nfs-ls", "nfs://127.0.0.1/scratch")
+            assert re.search(r"^-\S+\s+1\s+\d+\s+\d+\s+15 note\.txt$", r.stdout, re.M), r.stdout
+            (tmp_path / "big").write_bytes(b"x" * (9 << 20))  # more than the 8 MiB limit
+            r = in_netns(ns, "nfs-cp", str(tmp_path / "big"), "nfs://127.0.0.1/scratch/big", timeout=60)
+            assert r.returncode != 0
+            assert not os.path.exists("/scratch")
+        finally:
+            stack.stop()
+    assert "storage: memory" in stack.log_text() and "Traceback" not in stack.log_text(), stack.log_text()

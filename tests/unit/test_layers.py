@@ -286,3 +286,13 @@ def test_nfs_procedures_reach_storage_only_through_the_interface(name):
     wrong = [f"src/nfsstack/nfs3/{name}.py:{line}: imports {module}" for module, line in found
              if any(module == m or module.startswith(m + ".") for m in STORAGE_MODULES)]
     assert not wrong, "a procedure module reaching storage by itself:\n" + "\n".join(wrong)
+
+
+def test_every_package_is_installed():
+    """pyproject.toml names the packages one by one (the plugin directory needs it): a new package must be there,
+    or a non-editable install would lack it."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(SRC).parts) for p in (SRC / "nfsstack").rglob("__init__.py")}
+    assert packages <= listed, f"not in pyproject.toml's packages: {sorted(packages - listed)}"

@@ -62,6 +62,8 @@ class ExportTable:
     def __init__(self, exports: Exports, codec: HandleCodec, names: Optional[HostNames] = None,
                  cache_size: int = 1024, recheck: float = 2.0) -> None:
         self.codec = codec
+        #: Called with the exports after every :meth:`reload`.
+        self.reloaded: list = []
         self.names = names or HostNames()
         self.cache_size = cache_size
         self.recheck = recheck
@@ -89,10 +91,13 @@ class ExportTable:
         self.exports = exports
 
     def reload(self, exports: Exports) -> None:
-        """Serve ``exports`` from now on; roots are opened again on use (a path may have changed)."""
+        """Serve ``exports`` from now on; roots are opened again on use (a path may have changed).  Then each of
+        :attr:`reloaded` is called with them (a storage backend that keeps its own trees per export)."""
         with self._lock:
             self._close()
             self.exports = exports
+        for listener in self.reloaded:
+            listener(exports)
 
     def close(self) -> None:
         with self._lock:

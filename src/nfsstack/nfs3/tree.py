@@ -102,8 +102,9 @@ class ReadOnlyTree:
         coroutine)."""
         raise NotImplementedError
 
-    def reload(self) -> None:
-        """Read :meth:`nodes` again at the next call (handles of paths still there stay valid)."""
+    def reload(self, exports=None) -> None:
+        """Read :meth:`nodes` again at the next call (handles of paths still there stay valid); the stack calls
+        it after a reload of the exports file too."""
         self._objects = None
 
     # -- the index -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ inodes per export, every call answered at once on the reactor."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -82,6 +83,30 @@ class MemoryFilesystem:
     def root_handle(self, export: Export) -> bytes:
         """The handle of ``export``'s root (what MNT answers)."""
         return self._handle(export.export_id, self.trees[export.export_id].root)
+
+    # -- mountd and nlockmgr -------------------------------------------------------------
+
+    #: Nothing of this storage is a file of this machine: nlockmgr's locks live in its table alone.
+    lock_opener = None
+
+    def mount(self, export: Export, path: str, options, address: str) -> bytes:
+        """MNT of the export's path, or of a directory below it (every component searched as root)."""
+        inode = self.trees[export.export_id].root
+        for name in path[len(export.path):].strip("/").split("/"):
+            if not name:
+                continue
+            if inode.entries is None:
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            inode = inode.entries.get(name.encode())
+            if inode is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if inode.entries is None:
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return self._handle(export.export_id, inode)
+
+    def lock_key(self, handle: bytes):
+        export, inode, _ = self.resolve(None, handle)
+        return export, (export.export_id, inode.fileid, inode.generation)
 
     def _handle(self, export_id: int, inode: Inode) -> bytes:
         """export id, fileid and generation, MAC'd (:class:`~nfsstack.exports.handles.HandleCodec`)."""
