@@ -41,6 +41,7 @@ from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
 from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsdCaches, NfsdRing,
                               NfsdThreads, NfsStackService, check_default_export, default_export_list)
+from nfsstack.startup import UnavailableServices
 
 log = logger("nfsstack")
 
@@ -81,6 +82,8 @@ class Options(usage.Options):
             "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
         ],
         ["no-aio-fsync", None, "Hand COMMIT's fsync to the thread pool instead of the kernel's asynchronous fsync."],
+        ["partial", None, ("Keep running when a service cannot start (it is logged; /healthz then answers 503 "
+                           "naming it, and nfsstack status exits non-zero). Without it the process exits 1.")],
     ]
 
     optParameters = [
@@ -181,6 +184,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         from twisted.internet import reactor
     set_level(options["log-level"])
     stack = NfsStackService()
+    stack.partial = bool(options["partial"])
     common = dict(
         interface=options["bind"],
         reactor=reactor,
@@ -217,22 +221,22 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar,
             unix_socket=rpcbind_socket or None, **common
         )
-        portmap.listen_hint = (
-            " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
-        )
-    # Which services exist is decided here, by read-only probes: both look, neither changes anything.
-    serve_files = False
+    # Which services exist is decided here, by read-only probes: both look, neither changes anything.  The
+    # services that cannot exist stand where they would start (startup.UnavailableServices): the stack stops
+    # there with the reason, or with --partial says it and serves the rest.
+    unavailable = None
     if not kernel_handles_work(os.getcwd()):
-        log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
-                  "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
+        unavailable = ("file handles need root (CAP_DAC_READ_SEARCH for open_by_handle_at): run it as root, or "
+                       "give it CAP_DAC_READ_SEARCH, CAP_SETUID and CAP_SETGID")
     elif (cannot_switch := can_switch()) is not None:
         # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
-        log.error("mountd, nfsd, nlockmgr and status not started: this process cannot act as its clients "
-                  "({why}); run it as root, or give it CAP_SETUID and CAP_SETGID", why=cannot_switch)
-    else:
-        serve_files = True
+        unavailable = (f"this process cannot act as its clients ({cannot_switch}): run it as root, or give it "
+                       "CAP_SETUID and CAP_SETGID")
     # The services that own resources start first and stop last (NfsStackService.stopService).
-    resources, services = _file_services(stack, options, common, reactor) if serve_files else ([], [])
+    if unavailable is None:
+        resources, services = _file_services(stack, options, common, reactor)
+    else:
+        resources, services = [], [UnavailableServices(["mountd", "nfsd", "nlockmgr", "status"], unavailable)]
     for child in resources:
         child.setServiceParent(stack)
     if portmap is not None:
