@@ -173,6 +173,20 @@ SABOTAGES = (
         ("tests/integration/test_privileges.py::test_plain_user_with_read_search_never_serves_as_itself",),
     ),
     Sabotage(
+        "start-failure-kept-running", "a service that cannot start stops the process, unless --partial",
+        "src/nfsstack/startup.py",
+        (("            if partial and all(name in SERVICES for name in names):\n",
+          "            if all(name in SERVICES for name in names):\n"),),
+        ("tests/integration/test_health.py::test_a_port_in_use_stops_the_start_or_with_partial_is_reported",
+         "tests/unit/test_lifecycle.py"),
+    ),
+    Sabotage(
+        "partial-stack-healthy", "/healthz names every configured service that is not serving",
+        "src/nfsstack/startup.py",
+        (("            out.update((name, False) for name in child.names)\n", "            pass\n"),),
+        ("tests/integration/test_health.py::test_a_partial_stack_started_on_purpose_says_what_is_not_serving",),
+    ),
+    Sabotage(
         "default-export-to-everyone", "without --exports, ./export is for this machine only", "src/nfsstack/service.py",
         (('DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")\n', 'DEFAULT_CLIENTS = ("*",)\n'),),
         ("tests/integration/test_startup.py::test_the_default_export_admits_this_machine_only",),

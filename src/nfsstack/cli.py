@@ -5,7 +5,8 @@
     nfsstack exports reload [--json]        read the exports file again (exportfs -r)
     nfsstack stat [--json]                  calls per procedure and per client, errors (nfsstat -s)
     nfsstack clients [--json]               mounted clients and keepalive members
-    nfsstack status [HOST] [--json]         the status of a running server, from its port 1110
+    nfsstack status [HOST] [--json]         the status of a running server, from its port 1110 (exits 1 if a
+                                            configured service is not serving)
     nfsstack keepalive SERVER [--interval S] send keepalives to a server (run on NFS clients); say when it restarts
 
 The commands that talk to a running server use its port 1110 (``--host``, ``--port``; 127.0.0.1:1110 by
@@ -157,14 +158,41 @@ def clients(report: dict) -> None:
     _members(report)
 
 
-@_shown("/status")
-def status(report: dict) -> None:
+def not_serving(report: dict) -> list[dict]:
+    """The configured services a server reports not serving (a partial stack), each with why: from its
+    ``not_serving`` list, or from the services it lists as not listening."""
+    if "not_serving" in report:
+        return report["not_serving"]
+    return [{"service": s["service"], "reason": "not listening"} for s in report["services"] if not s["listening"]]
+
+
+def status(host: str, port: int, as_json: bool) -> int:
+    """Everything the server reports (:func:`show_status`); exits 1 when it cannot be reached, and when a
+    configured service is not serving (said on stderr, one line per service)."""
+    report = _asked(host, port, "/status")
+    if report is None:
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        show_status(report)
+    down = not_serving(report)
+    for service in down:
+        print(f"not serving: {service['service']}: {service['reason']}", file=sys.stderr)
+    return 1 if down else 0
+
+
+def show_status(report: dict) -> None:
     """Everything the server reports: services and ports, exports, mounts, locks, keepalive members."""
+    down = not_serving(report)
+    if down:
+        print("NOT SERVING: " + ", ".join(s["service"] for s in down) + "\n")
     print(f"node {report['node']}  up since {report['boot_time']}  boot verifier {report['boot_verifier']}  "
           f"NSM state {report['nsm_state']}")
     print("\nSERVICES")
     rows = [(s.get("name") or s["service"], str(s.get("program", "-")),
-             "/".join(map(str, s.get("versions", []))) or "-", ",".join(s["protocols"]), str(s["port"]),
+             "/".join(map(str, s.get("versions", []))) or "-", ",".join(s["protocols"]),
+             "-" if s["port"] is None else str(s["port"]),
              "listening" if s["listening"] else "DOWN") for s in report["services"]]
     _table(("service", "program", "versions", "proto", "port", "state"), rows)
     print("\nEXPORTS")

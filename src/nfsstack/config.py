@@ -45,7 +45,8 @@ from twisted.python import reflect, usage
 #: ``[statd]``), with a section for each service nfs.conf does not configure.
 SECTIONS: dict[str, tuple[str, ...]] = {
     # The stack as a whole, and the RPC core every service shares.
-    "nfsstack": ("exports", "state-dir", "bind", "max-record", "idle-timeout", "max-connections", "log-level"),
+    "nfsstack": ("exports", "state-dir", "bind", "max-record", "idle-timeout", "max-connections", "log-level",
+                 "partial"),
     # The portmapper (rpcbind) on port 111, or the system's rpcbind it registers with.
     "portmap": ("portmap-port", "system-rpcbind", "remote-calls", "rpcbind-socket"),
     "nfsd": ("nfs-port", "threads", "grace-time", "no-aio-fsync", "backend", "memory-limit"),

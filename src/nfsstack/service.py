@@ -39,6 +39,7 @@ from nfsstack.portmap.program import Portmapper
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import ReplyBatcher
 from nfsstack.rpc.service import RPCService
+from nfsstack.startup import serving, start_in_order
 from nfsstack.statefile import make_private
 
 log = logger("nfsstack")
@@ -62,14 +63,22 @@ class NfsStackService(service.MultiService):
         #: (tap.py) and to nfsd's syncer (NfsdRing).
         self.reply_batcher = ReplyBatcher()
         self.started_at = time.time()
+        #: ``--partial``: a configured service that cannot start is reported, and the others start anyway.
+        self.partial = False
+        #: The configured services that did not start in a partial stack: name -> the line saying why.
+        self.not_serving: dict[str, str] = {}
 
     def privilegedStartService(self) -> None:
         _raise_fd_limit()  # before any port is bound: the sockets count too
         super().privilegedStartService()
 
     def startService(self) -> None:
+        """Children start in order; a configured service that cannot start stops the start with one line
+        (:class:`nfsstack.startup.StartupError`: twistd exits 1), or with ``--partial`` is reported and the
+        others start (:func:`nfsstack.startup.start_in_order`)."""
         _raise_fd_limit()
-        super().startService()
+        service.Service.startService(self)
+        start_in_order(self, self.partial, self.not_serving)
 
     def stopService(self) -> defer.Deferred:
         """Children stop in reverse order, as in any MultiService; a :class:`Resource` stops only once every
@@ -89,13 +98,13 @@ class NfsStackService(service.MultiService):
     def rpc_services(self) -> list[RPCService]:
         return [child for child in self if isinstance(child, RPCService)]
 
+    def serving(self) -> dict[str, bool]:
+        """Every configured service and whether it serves (:func:`nfsstack.startup.serving`)."""
+        return serving(self)
+
     def down(self) -> list[str]:
-        """The services that are not listening (for /healthz)."""
-        out = [s.name for s in self.rpc_services() if s.tcp is None or s.udp is None]
-        cluster = self.getServiceNamed("cluster") if "cluster" in self.namedServices else None
-        if cluster is None or not cluster.listening:
-            out.append("nfsd-status")
-        return out
+        """The configured services that are not serving (for /healthz)."""
+        return [name for name, up in self.serving().items() if not up]
 
     def report(self) -> dict:
         """What ``GET /status`` answers (the keepalive key never appears)."""
@@ -105,6 +114,9 @@ class NfsStackService(service.MultiService):
                 services.append({"service": s.name, "program": program.number, "name": program.name,
                                  "versions": sorted(program.versions), "protocols": ["tcp", "udp"],
                                  "port": s.port, "listening": s.tcp is not None})
+        unavailable = self.namedServices.get("unavailable")
+        for name in unavailable.names if unavailable is not None else ():
+            services.append({"service": name, "protocols": ["tcp", "udp"], "port": None, "listening": False})
         cluster = self.getServiceNamed("cluster") if "cluster" in self.namedServices else None
         if cluster is not None:
             services.append({"service": "nfsd-status", "protocols": ["tcp"], "port": cluster.port,
@@ -124,6 +136,9 @@ class NfsStackService(service.MultiService):
             "nsm_state": self.nsm.state.state if self.nsm else None,
             "write_verifier": self.nfsd.write_verifier.hex() if self.nfsd else None,
             "services": services,
+            # The configured services not serving (a partial stack, --partial), each with why when known.
+            "not_serving": [{"service": name, "reason": self.not_serving.get(name, "not listening")}
+                            for name in self.down()],
             "exports": exports,
             "mounts": [{"host": h, "path": d} for h, d in (self.mounts.entries if self.mounts else [])],
             "locks": self.nlm.status() if self.nlm else {},
@@ -170,6 +185,7 @@ class NfsStackService(service.MultiService):
             "connections": {s.name: len(s.stream_factory.connections) for s in self.rpc_services()
                             if s.stream_factory is not None},
             "locks": self.nlm.table.counts() if self.nlm else {},
+            "services": self.serving(),
         }
         if self.node is not None:
             out.update(self.node.counts())

@@ -42,6 +42,7 @@ from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
 from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsdCaches, NfsdRing,
                               NfsdThreads, NfsStackService, check_default_export, default_export_list)
+from nfsstack.startup import UnavailableServices
 
 log = logger("nfsstack")
 
@@ -82,6 +83,8 @@ class Options(usage.Options):
             "Enable portmapper CALLIT/BCAST/INDIRECT (off by default, as in rpcbind: they amplify UDP floods).",
         ],
         ["no-aio-fsync", None, "Hand COMMIT's fsync to the thread pool instead of the kernel's asynchronous fsync."],
+        ["partial", None, ("Keep running when a service cannot start (it is logged; /healthz then answers 503 "
+                           "naming it, and nfsstack status exits non-zero). Without it the process exits 1.")],
     ]
 
     optParameters = [
@@ -212,6 +215,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         from twisted.internet import reactor
     set_level(options["log-level"])
     stack = NfsStackService()
+    stack.partial = bool(options["partial"])
     common = dict(
         interface=options["bind"],
         reactor=reactor,
@@ -248,25 +252,23 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
             "portmapper", [stack.portmapper.program], options["portmap-port"], registrar=stack.registrar,
             unix_socket=rpcbind_socket or None, **common
         )
-        portmap.listen_hint = (
-            " (is the system's rpcbind running? Then start with --system-rpcbind to register with it instead.)"
-        )
     # Which services exist is decided here, by read-only probes: both look, neither changes anything.  Only the
-    # local backend needs them: another backend's storage is its own, and so are its permissions.
-    serve_files = False
-    if getattr(options, "backend_factory", None) is not None:
-        serve_files = True
-    elif not kernel_handles_work(os.getcwd()):
-        log.error("mountd, nfsd, nlockmgr and status not started: file handles need root "
-                  "(CAP_DAC_READ_SEARCH for open_by_handle_at)")
-    elif (cannot_switch := can_switch()) is not None:
+    # local backend needs them: another backend's storage is its own, and so are its permissions.  The services
+    # that cannot exist stand where they would start (startup.UnavailableServices): the stack stops there with the
+    # reason, or with --partial says it and serves the rest.
+    unavailable = None
+    if getattr(options, "backend_factory", None) is None and not kernel_handles_work(os.getcwd()):
+        unavailable = ("file handles need root (CAP_DAC_READ_SEARCH for open_by_handle_at): run it as root, or "
+                       "give it CAP_DAC_READ_SEARCH, CAP_SETUID and CAP_SETGID")
+    elif getattr(options, "backend_factory", None) is None and (cannot_switch := can_switch()) is not None:
         # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
-        log.error("mountd, nfsd, nlockmgr and status not started: this process cannot act as its clients "
-                  "({why}); run it as root, or give it CAP_SETUID and CAP_SETGID", why=cannot_switch)
-    else:
-        serve_files = True
+        unavailable = (f"this process cannot act as its clients ({cannot_switch}): run it as root, or give it "
+                       "CAP_SETUID and CAP_SETGID")
     # The services that own resources start first and stop last (NfsStackService.stopService).
-    resources, services = _file_services(stack, options, common, reactor) if serve_files else ([], [])
+    if unavailable is None:
+        resources, services = _file_services(stack, options, common, reactor)
+    else:
+        resources, services = [], [UnavailableServices(["mountd", "nfsd", "nlockmgr", "status"], unavailable)]
     for child in resources:
         child.setServiceParent(stack)
     if portmap is not None:

@@ -173,3 +173,16 @@ def test_metrics_text_parses():
     assert [s.value for s in families["nfsstack_rpc_calls"].samples if s.name.endswith("_total")] == [4]
     assert families["nfsstack_keepalive_datagrams"].samples[0].labels == {"result": "malformed"}
     assert "nfsstack_up 1.0" in text
+
+
+def test_metrics_say_which_service_is_not_serving():
+    """A gauge per configured service, and nfsstack_up 0 when any is down (a partial stack)."""
+    from prometheus_client import generate_latest
+
+    def text(services):
+        return generate_latest(registry(StackCollector(CallStats(), lambda: {"services": services}))).decode()
+
+    partial = text({"portmapper": True, "nfsd": False, "nfsd-status": True})
+    assert 'nfsstack_service_up{service="nfsd"} 0.0' in partial
+    assert 'nfsstack_service_up{service="portmapper"} 1.0' in partial and "nfsstack_up 0.0" in partial
+    assert "nfsstack_up 1.0" in text({"portmapper": True, "nfsd": True, "nfsd-status": True})

@@ -8,7 +8,7 @@ Bottom to top::
                      policy                                             (imports rpc and leaves: no program)
     3  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
                      nfsstack.refusals, .config
-    4  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli
+    4  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli, nfsstack.startup
     5  the plugin    twisted/plugins/nfsstack_plugin.py
 
 Every import of every module is read with :mod:`ast` (module level and inside functions, ``import X``
@@ -54,6 +54,7 @@ UNITS = {
     "nfsstack.service": ASSEMBLY,
     "nfsstack.tap": ASSEMBLY,
     "nfsstack.cli": ASSEMBLY,
+    "nfsstack.startup": ASSEMBLY,
     "twisted.plugins.nfsstack_plugin": PLUGIN_LAYER,
 }
 

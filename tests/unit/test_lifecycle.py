@@ -3,15 +3,19 @@ stop, after every service started after them has stopped."""
 
 from __future__ import annotations
 
+import errno
 import os
 
+import pytest
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 
 from nfsstack.exports.handles import kernel_handles_work
 from nfsstack.exports.identity import can_switch
 from nfsstack.service import NfsStackService, Resource
+from nfsstack.startup import StartupError, UnavailableServices
 from nfsstack.tap import Options, makeService
 
 
@@ -76,3 +80,60 @@ def test_a_resource_closes_only_after_the_services_started_after_it_stopped():
     assert log == ["cluster", "nfsd", "portmapper"] and not done.called
     later.callback(None)
     assert log == ["cluster", "nfsd", "portmapper", "threads"] and done.called
+
+
+class _Failing(service.Service):
+    def __init__(self, name: str, error: Exception) -> None:
+        self.name, self.error = name, error
+
+    def startService(self):
+        raise self.error
+
+
+def _stack(partial: bool, *children) -> NfsStackService:
+    stack = NfsStackService()
+    stack.partial = partial
+    for child in children:
+        child.setServiceParent(stack)
+    return stack
+
+
+IN_USE = CannotListenError("", 2049, OSError(errno.EADDRINUSE, "Address already in use"))
+
+
+def test_a_service_that_cannot_start_stops_the_start_with_one_line():
+    """The line names the service, the port and who may hold it; nothing after it starts; twistd exits 1
+    (a SystemExit with code 1, that its daemonizing parent also sees as an Exception)."""
+    later = _Recorder("cluster", [])
+    stack = _stack(False, _Recorder("portmapper", []), _Failing("nfsd", IN_USE), later)
+    with pytest.raises(StartupError) as e:
+        stack.startService()
+    assert str(e.value) == ("nfsd cannot listen on port 2049 (Address already in use): port 2049 is in use (is knfsd "
+                            "(the kernel's nfs-server) running? stop it, or move nfsd with --nfs-port)")
+    assert e.value.code == 1 and isinstance(e.value, SystemExit) and isinstance(e.value, Exception)
+    assert not later.running
+
+
+def test_a_partial_stack_starts_the_others_and_names_the_ones_not_serving():
+    later = _Recorder("locking", [])
+    unavailable = UnavailableServices(["mountd", "nfsd"], "no handles")
+    stack = _stack(True, _Failing("nlockmgr", IN_USE), unavailable, later)
+    stack.startService()
+    assert later.running
+    assert stack.not_serving == {"nlockmgr": "nlockmgr cannot listen on port 2049 (Address already in use): port "
+                                             "2049 is in use (move nlockmgr with --nlm-port)",
+                                 "mountd": "mountd and nfsd cannot run: no handles",
+                                 "nfsd": "mountd and nfsd cannot run: no handles"}
+    assert stack.down() == ["mountd", "nfsd", "nfsd-status"]  # nlockmgr is a stand-in here, no RPCService
+
+
+def test_partial_covers_services_only_a_resource_that_cannot_open_stops_the_start():
+    stack = _stack(True, _Failing("state", PermissionError(errno.EACCES, "Permission denied", "var")))
+    with pytest.raises(StartupError, match=r"^state cannot start: \[Errno 13\] Permission denied: 'var'$"):
+        stack.startService()
+
+
+def test_a_bug_keeps_its_traceback():
+    stack = _stack(True, _Failing("nfsd", ZeroDivisionError()))
+    with pytest.raises(ZeroDivisionError):
+        stack.startService()

@@ -65,9 +65,15 @@ class StackCollector(Collector):
 
     def collect(self) -> Iterable:
         s = self.source()
-        up = GaugeMetricFamily("nfsstack_up", "1 while the stack runs.")
-        up.add_metric([], 1)
+        services = s.get("services", {})
+        up = GaugeMetricFamily("nfsstack_up", "1 while every configured service serves, 0 in a partial stack.")
+        up.add_metric([], int(all(services.values())))
         yield up
+        service_up = GaugeMetricFamily("nfsstack_service_up", "1 while the configured service serves, else 0.",
+                                       labels=["service"])
+        for service, serving in services.items():
+            service_up.add_metric([service], int(serving))
+        yield service_up
         count = CounterMetricFamily("nfsstack_rpc_calls", "RPC calls answered, by program and procedure.",
                                     labels=["program", "procedure"])
         latency = HistogramMetricFamily("nfsstack_rpc_call_seconds", "Time from call to reply, by procedure.",

@@ -1,8 +1,8 @@
 """Port 1110: nfsd-status (TCP, HTTP/1.1) and nfsd-keepalive (UDP), the stack's health and membership channel.
 
 ``GET /status`` answers the stack's status as JSON, ``GET /metrics`` the
-Prometheus text format, ``GET /healthz`` 200 while every service listens
-(503 and the ones that do not, else), ``GET /stat`` the call counters as
+Prometheus text format, ``GET /healthz`` 200 while every configured service
+serves (503 and the ones that do not, else: a partial stack), ``GET /stat`` the call counters as
 ``nfsstack stat`` shows them; ``POST /exports/reload`` reads the exports file
 again (``nfsstack exports reload``, as ``exportfs -r``), for callers on this
 machine only.  Keepalives (:mod:`nfsstack.cluster.
@@ -251,7 +251,7 @@ class _Health(resource.Resource):
         down = self.down()
         if down:
             request.setResponseCode(503)
-            return ("not listening: " + ", ".join(down) + "\n").encode()
+            return ("not serving: " + ", ".join(down) + "\n").encode()
         return b"ok\n"
 
 
@@ -312,13 +312,20 @@ class ClusterService(service.Service):
         self._loop: Optional[task.LoopingCall] = None
 
     def startService(self) -> None:
+        try:
+            for bind in self.binds:
+                self.listening.append(self.reactor.listenTCP(self.port, self.site, interface=bind))
+            for bind in self.binds:
+                keepalive = KeepaliveProtocol(self.node)
+                self.listening.append(self.reactor.listenUDP(self.port, keepalive, interface=bind))
+                self.keepalives.append(keepalive)
+        except Exception:
+            # Not half-listening: the stack reports this service down (or stops), not up on some addresses.
+            for port in self.listening:
+                port.stopListening()
+            self.listening, self.keepalives = [], []
+            raise
         super().startService()
-        for bind in self.binds:
-            self.listening.append(self.reactor.listenTCP(self.port, self.site, interface=bind))
-        for bind in self.binds:
-            keepalive = KeepaliveProtocol(self.node)
-            self.listening.append(self.reactor.listenUDP(self.port, keepalive, interface=bind))
-            self.keepalives.append(keepalive)
         log.info("nfsd-status (TCP) and nfsd-keepalive (UDP) on port {port} at {binds}", port=self.port,
                  binds=", ".join(self.binds))
         self._loop = task.LoopingCall(self._tick)

@@ -233,8 +233,6 @@ class RPCService(service.Service):
         self.unix = None
         self.stream_factory: Optional[RPCStreamFactory] = None
         self._registered: list[tuple[int, int, str]] = []
-        #: Added to the error logged when the port is taken.
-        self.listen_hint = ""
         #: Fires when every registration has been attempted.
         self.registered: defer.Deferred = defer.Deferred()
 
@@ -316,12 +314,7 @@ class RPCService(service.Service):
         os.chmod(path, 0o666)  # every user's daemons register here, as with rpcbind
 
     def startService(self) -> None:
-        try:
-            self._listen()
-        except CannotListenError as e:
-            log.error("{name}: cannot listen on port {port}: {error}{hint}", name=self.name, port=self.requested_port,
-                      error=e.socketError, hint=self.listen_hint)
-            raise
+        self._listen()  # CannotListenError: whoever starts the service says it (nfsstack.startup)
         self._listen_unix()
         super().startService()
         names = ", ".join(f"{p.name} {p.number} v{'/'.join(map(str, sorted(p.versions)))}" for p in self.programs)
