@@ -30,6 +30,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from nfsstack.rpc.address import netid_for, uaddr
+from nfsstack.rpc.ports import PortUnavailable, listen_failure
 from nfsstack.rpc.program import Program
 from nfsstack.rpc.server import (
     DEFAULT_MAX_RECORD,
@@ -233,8 +234,11 @@ class RPCService(service.Service):
         self.unix = None
         self.stream_factory: Optional[RPCStreamFactory] = None
         self._registered: list[tuple[int, int, str]] = []
-        #: Added to the error logged when the port is taken.
-        self.listen_hint = ""
+        #: For the one line said when the port cannot be had (:func:`nfsstack.rpc.ports.listen_failure`): the
+        #: option that sets it, the port a plain user gets with that option unset, what probably holds it.
+        self.port_option = ""
+        self.unprivileged_port: Optional[int] = None
+        self.in_use_hint = ""
         #: Fires when every registration has been attempted.
         self.registered: defer.Deferred = defer.Deferred()
 
@@ -319,9 +323,10 @@ class RPCService(service.Service):
         try:
             self._listen()
         except CannotListenError as e:
-            log.error("{name}: cannot listen on port {port}: {error}{hint}", name=self.name, port=self.requested_port,
-                      error=e.socketError, hint=self.listen_hint)
-            raise
+            line = listen_failure(self.name, self.requested_port, e.socketError, self.port_option,
+                                  self.unprivileged_port, self.in_use_hint)
+            log.error("{line}", line=line)
+            raise PortUnavailable(line, e.interface, self.requested_port, e.socketError) from None
         self._listen_unix()
         super().startService()
         names = ", ".join(f"{p.name} {p.number} v{'/'.join(map(str, sorted(p.versions)))}" for p in self.programs)
