@@ -130,8 +130,10 @@ class Stack:
 
     def _answers(self, port: int) -> bool:
         if self.netns:
-            r = subprocess.run(["ip", "netns", "exec", self.netns, "rpcinfo", "-T", "tcp", "127.0.0.1", "100000", "2"],
-                               capture_output=True, timeout=10)
+            cmd = ["rpcinfo", "-T", "tcp", "127.0.0.1", "100000", "2"]
+            if port != 111:  # rpcinfo asks the portmapper on 111 where 100000 is, unless given its address (-a)
+                cmd = ["rpcinfo", "-a", f"127.0.0.1.{port >> 8}.{port & 0xFF}", "-T", "tcp", "100000", "2"]
+            r = subprocess.run(["ip", "netns", "exec", self.netns, *cmd], capture_output=True, timeout=10)
             return r.returncode == 0
         try:
             return decode_reply(tcp_call(port, 100000, 2, 0, timeout=1)).error is None

@@ -16,7 +16,6 @@ with ``--partial``, logs it and starts the rest; ``/healthz``, ``/metrics``,
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterable
 
@@ -24,6 +23,7 @@ from twisted.application import service
 from twisted.internet.error import CannotListenError
 
 from nfsstack.logs import logger
+from nfsstack.rpc.ports import PortUnavailable, listen_failure
 from nfsstack.rpc.service import RPCService
 
 log = logger("nfsstack")
@@ -41,13 +41,10 @@ PORT_OPTIONS = {
     "nfsd-status": "--status-port",
 }
 
-#: What a plain user does about a privileged port (below 1024, or below net.ipv4.ip_unprivileged_port_start).
-PRIVILEGED_PORT_HINT = "needs root or CAP_NET_BIND_SERVICE: use --nfs-port/--mountd-port/--portmap-port above 1023"
-
-#: Who may be on a well-known port already, and what to do about it.
+#: Who may be on a well-known port already, and what to do about it (for services that are not RPC services;
+#: an RPCService says its own, nfsstack.tap gives it).
 IN_USE_HINTS = {
-    "portmapper": "is rpcbind running? start with --system-rpcbind to register with it instead",
-    "nfsd": "is knfsd (the kernel's nfs-server) running? stop it, or move nfsd with --nfs-port",
+    "nfsd-status": "another nfsstack? move it with --status-port",
 }
 
 
@@ -71,32 +68,18 @@ def health_name(child: service.IService) -> str:
     return "nfsd-status" if child.name == "cluster" else child.name
 
 
-def listen_failure(name: str, failure: CannotListenError) -> str:
-    """One line: ``name`` cannot listen on its port, why, and what to do about it."""
-    port = failure.port
-    error = failure.socketError
-    code = getattr(error, "errno", None)
-    why = getattr(error, "strerror", None) or str(error)
-    line = f"{name} cannot listen on port {port} ({why})"
-    if code in (errno.EACCES, errno.EPERM) and 0 < port < 1024:
-        return f"{line}: {PRIVILEGED_PORT_HINT}"
-    if code == errno.EADDRINUSE:
-        hint = IN_USE_HINTS.get(name) or f"move {name} with {PORT_OPTIONS.get(name, 'another port option')}"
-        return f"{line}: port {port} is in use ({hint})"
-    if code == errno.EADDRNOTAVAIL:
-        address = failure.interface or "the address"
-        return f"{line}: {address} is not an address of this host (check --bind / --status-bind)"
-    return line
-
-
 def failure_line(child: service.IService, failure: BaseException) -> str | None:
     """The one line for a service that failed to start with an expected failure; None for anything else
     (a bug, whose traceback is worth more than a line)."""
     name = health_name(child)
     if isinstance(failure, StartupError):
         return str(failure)
+    if isinstance(failure, PortUnavailable):
+        return str(failure)
     if isinstance(failure, CannotListenError):
-        return listen_failure(name, failure)
+        option = PORT_OPTIONS.get(name, "")
+        return listen_failure(name, failure.port, failure.socketError, option, None,
+                              IN_USE_HINTS.get(name) or f"move {name} with {option or 'another port option'}")
     if isinstance(failure, OSError):
         return f"{name} cannot start: {failure}"
     return None

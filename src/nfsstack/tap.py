@@ -37,6 +37,7 @@ from nfsstack.portmap.registrar import LocalRegistrar, RpcbindRegistrar
 from nfsstack.portmap.registry import Registry
 from nfsstack.portmap.types import PMAP_PORT
 from nfsstack.rpc.client import RPCDatagramClient
+from nfsstack.rpc.ports import may_bind
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
@@ -55,6 +56,27 @@ def _port(value: str) -> int:
 
 
 _port.coerceDoc = "A port number, 0..65535."  # type: ignore[attr-defined]
+
+
+#: The ports of a plain user's stack, one that may not listen below 1024 (neither root nor CAP_NET_BIND_SERVICE):
+#: fixed, so that the mount command (README "Running") is written once.  An option the command line or --config
+#: gives wins.
+UNPRIVILEGED_PORTS = {"portmap-port": 10111, "nfs-port": 12049, "mountd-port": 12050, "nlm-port": 12051,
+                      "statd-port": 12052}
+
+
+def pick_ports(options: Options) -> dict[str, int]:
+    """Give the port options left unset the plain user's ports of :data:`UNPRIVILEGED_PORTS`, if this process may
+    not listen on port 111; the options changed.  With --system-rpcbind the portmapper's port stays that of the
+    rpcbind already running."""
+    if may_bind(PMAP_PORT):
+        return {}
+    given = set(getattr(options, "command_line", ())) | set(getattr(options, "config_settings", {}))
+    picked = {}
+    for option, port in UNPRIVILEGED_PORTS.items():
+        if option not in given and not (option == "portmap-port" and options["system-rpcbind"]):
+            options[option] = picked[option] = port
+    return picked
 
 
 def _log_level(value: str) -> str:
@@ -94,11 +116,11 @@ class Options(usage.Options):
         ["state-dir", None, "var", "Directory for persistent state: handle key, mount list, NSM state."],
         ["bind", None, "", "Addresses (comma-separated, IPv4 and IPv6) the RPC services listen on "
          "(default: all IPv4 and, if the host has IPv6, all IPv6 addresses).", RPCService.check_bind],
-        ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP).", _port],
-        ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic.", _port],
-        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic.", _port],
-        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary).", _port],
-        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic.", _port],
+        ["portmap-port", None, PMAP_PORT, "Port of the portmapper (TCP and UDP); 10111 as a plain user.", _port],
+        ["nfs-port", None, 2049, "Port of nfsd, 0 = dynamic; 12049 as a plain user.", _port],
+        ["mountd-port", None, 0, "Port of mountd, 0 = dynamic; 12050 as a plain user.", _port],
+        ["nlm-port", None, 0, "Port of nlockmgr, 0 = dynamic (4045 is customary); 12051 as a plain user.", _port],
+        ["statd-port", None, 0, "Port of status (NSM), 0 = dynamic; 12052 as a plain user.", _port],
         ["grace-time", None, 90.0, "Seconds after start in which clients reclaim their locks.", float],
         ["status-port", None, 1110, "Port of nfsd-status (TCP) and nfsd-keepalive (UDP), 0 = dynamic.", _port],
         ["status-bind", None, "127.0.0.1", "Addresses (comma-separated) port 1110 listens on."],
@@ -140,6 +162,7 @@ class Options(usage.Options):
                 self.config_settings = apply_config(self, self["config"], getattr(self, "command_line", ()))
             except ConfigError as e:
                 raise usage.UsageError(str(e))
+        self.unprivileged_ports = pick_ports(self)
         if self["exports"] is not None:
             try:
                 self.exports = load_exports(self["exports"])
@@ -275,8 +298,52 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         portmap.setServiceParent(stack)
     for child in services:
         child.setServiceParent(stack)
+    for child in stack.rpc_services():
+        _explain_port(child, options)
+    if getattr(options, "unprivileged_ports", None):
+        _log_unprivileged_ports(options)
     _cluster_service(stack, options, reactor)
     return stack
+
+
+#: The option that sets each RPC service's port.
+PORT_OPTIONS = {"portmapper": "portmap-port", "nfsd": "nfs-port", "mountd": "mountd-port", "nlockmgr": "nlm-port",
+                "status": "statd-port"}
+
+
+def _explain_port(service: RPCService, options: Options) -> None:
+    """What ``service`` says when its port cannot be had: the option to change, and who may hold the port."""
+    option = PORT_OPTIONS.get(service.name)
+    if option is None:
+        return
+    service.port_option = f"--{option}"
+    service.unprivileged_port = UNPRIVILEGED_PORTS[option]
+    port = options[option]
+    if service.name == "portmapper":
+        holder = "is the system's rpcbind running?" if port == PMAP_PORT else "another nfsstack or portmapper?"
+        service.in_use_hint = f"{holder} Then start with --system-rpcbind to register with it instead"
+    elif service.name == "nfsd" and port == 2049:
+        service.in_use_hint = "is knfsd running? Stop nfs-server first, or choose another --nfs-port"
+
+
+def _log_unprivileged_ports(options: Options) -> None:
+    """The one line a plain user's stack starts with: its ports, and the kernel mount command that needs no
+    portmapper on port 111 (nfs(5): port=, mountport=)."""
+    exports = getattr(options, "exports", None)
+    if exports is None:  # the default export, which admits this machine only
+        export, host = os.path.abspath(DEFAULT_EXPORT), "127.0.0.1"
+    else:
+        export, host = next((e.path for e in exports), "/EXPORT"), "SERVER"
+    binds = [b for b in options["bind"].split(",") if b not in ("", "0.0.0.0", "::")]
+    if binds:
+        host = f"[{binds[0]}]" if ":" in binds[0] else binds[0]
+    log.info("no root or CAP_NET_BIND_SERVICE: listening on high ports (portmapper {pmap}, nfsd {nfs}, mountd "
+             "{mountd}, nlockmgr {nlm}, status {statd}); mount with: mount -t nfs -o vers=3,proto=tcp,port={nfs},"
+             "mountport={mountd},mountproto=tcp,nolock {host}:{export} DIR (nolock: the client's locks stay on "
+             "the client; locking through this server needs its portmapper on port 111, where the kernel's lock "
+             "manager looks)", pmap=options["portmap-port"], nfs=options["nfs-port"],
+             mountd=options["mountd-port"], nlm=options["nlm-port"], statd=options["statd-port"], host=host,
+             export=export)
 
 
 def _file_services(stack: NfsStackService, options: Options, common: dict, reactor) -> tuple[list, list]:

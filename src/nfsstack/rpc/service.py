@@ -16,7 +16,6 @@ also serve a local (AF_UNIX) stream socket, as rpcbind serves
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
@@ -30,6 +29,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from nfsstack.rpc.address import netid_for, uaddr
+from nfsstack.rpc.ports import PortUnavailable, listen_failure
 from nfsstack.rpc.program import Program
 from nfsstack.rpc.server import (
     DEFAULT_MAX_RECORD,
@@ -233,6 +233,11 @@ class RPCService(service.Service):
         self.unix = None
         self.stream_factory: Optional[RPCStreamFactory] = None
         self._registered: list[tuple[int, int, str]] = []
+        #: For the one line said when the port cannot be had (:func:`nfsstack.rpc.ports.listen_failure`): the
+        #: option that sets it, the port a plain user gets with that option unset, what probably holds it.
+        self.port_option = ""
+        self.unprivileged_port: Optional[int] = None
+        self.in_use_hint = ""
         #: Fires when every registration has been attempted.
         self.registered: defer.Deferred = defer.Deferred()
 
@@ -314,7 +319,13 @@ class RPCService(service.Service):
         os.chmod(path, 0o666)  # every user's daemons register here, as with rpcbind
 
     def startService(self) -> None:
-        self._listen()  # CannotListenError: whoever starts the service says it (nfsstack.startup)
+        try:
+            self._listen()
+        except CannotListenError as e:
+            # One line, said once by whoever starts the service (nfsstack.startup).
+            line = listen_failure(self.name, self.requested_port, e.socketError, self.port_option,
+                                  self.unprivileged_port, self.in_use_hint)
+            raise PortUnavailable(line, e.interface, self.requested_port, e.socketError) from None
         self._listen_unix()
         super().startService()
         names = ", ".join(f"{p.name} {p.number} v{'/'.join(map(str, sorted(p.versions)))}" for p in self.programs)
