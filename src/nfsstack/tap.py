@@ -138,7 +138,8 @@ class Options(usage.Options):
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
         ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
         ["backend", None, "local", "What the exports serve: local (this machine's directories), memory (a tree in "
-                                   "memory per export, empty at start), or module:factory (your own: "
+                                   "memory per export, empty at start, its root mode 1777), or module:factory "
+                                   "(your own: "
                                    "factory(export_table) returns an IFilesystem, docs/architecture.md)."],
         ["memory-limit", None, 1024, "With --backend memory: MiB of file data it holds at most (then NOSPC).", int],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
@@ -205,7 +206,8 @@ def _backend_factory(name: str):
         def memory(table, options):
             from nfsstack.nfs3.memory import MemoryFilesystem
 
-            return MemoryFilesystem(table.exports, limit_bytes=options["memory-limit"] << 20)
+            # Each export's root is everyone's, sticky, as /tmp: squashed root and every user may make things there.
+            return MemoryFilesystem(table.exports, limit_bytes=options["memory-limit"] << 20, root_mode=0o1777)
 
         return memory
     module, _, attribute = name.partition(":")

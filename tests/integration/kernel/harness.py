@@ -86,7 +86,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
             prepare(export)
         if disk is not None:
             disk.command("checkpoint")  # the prepared tree is on the disk, as if made before
-        server = SERVERS[server_name](ns, export, options.get(server_name, "").split())
+        server = SERVERS[server_name](ns, export, options.get(SERVERS[server_name].name, "").split())
         server.start()
 
         def on_request(request: str) -> str | None:
@@ -130,7 +130,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
             return None
 
         try:
-            env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server_name,
+            env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server.name,
+                   "SERVER_DISK": "yes" if server.on_disk else "no",
                    "NFS_SERVER6": vm.HOST6, "GUEST6": vm.GUEST6,
                    "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash"}
             result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout,

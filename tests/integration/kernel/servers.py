@@ -102,6 +102,7 @@ class Ganesha:
     """nfs-ganesha exporting ``export_dir`` as itself (NFSv3 mounts name the real path)."""
 
     name = "ganesha"
+    on_disk = True
 
     def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
         self.netns = netns
@@ -171,6 +172,8 @@ class NfsStack:
     """``twistd -n nfsstack`` exporting ``export_dir`` (as /export) with the options the guest needs."""
 
     name = "nfsstack"
+    #: The exported files are the host's (host_request sees them).
+    on_disk = True
 
     def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
         self.netns = netns
@@ -218,4 +221,13 @@ class NfsStack:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-SERVERS = {"nfsstack": NfsStack, "ganesha": Ganesha}
+class NfsStackMemory(NfsStack):
+    """nfsstack with ``--backend memory``: the same exports, each a tree in memory, empty at start."""
+
+    on_disk = False
+
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
+        super().__init__(netns, export_dir, ["--backend", "memory", *extra_args])
+
+
+SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "ganesha": Ganesha}

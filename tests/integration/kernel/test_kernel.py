@@ -63,6 +63,19 @@ def test_nfsstack(scenario):
     assert "Traceback" not in log, log
 
 
+#: The scenarios the memory backend runs (``--backend memory``); restart is not one: a restart there is a new tree.
+MEMORY_SCENARIOS = ["basic", "files", "bigdir", "access"]
+
+
+@pytest.mark.parametrize("scenario", MEMORY_SCENARIOS)
+def test_nfsstack_memory(scenario):
+    """The same scenarios with nfsd's exports in memory: the kernel client sees a filesystem like the local one
+    (the checks of the server's disk are skipped: there is none)."""
+    result, log = run_once("nfsstack-memory", scenario)
+    assert result.status == 0 and not result.failures and result.checks, describe(result, log)
+    assert "Traceback" not in log and "storage: memory" in log, log
+
+
 def verdicts(result) -> dict[str, str]:
     return {text.split(":")[0]: verdict for verdict, text in result.checks}
 

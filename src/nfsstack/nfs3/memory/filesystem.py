@@ -38,8 +38,8 @@ _KIND_OF = {Ftype.CHR: stat.S_IFCHR, Ftype.BLK: stat.S_IFBLK, Ftype.SOCK: stat.S
 @implementer(IFilesystem)
 class MemoryFilesystem:
     """A POSIX-like tree in memory for each export of ``exports`` (the export's path only names it), whose root
-    belongs to root, mode 0755.  Everything it holds takes at most ``limit_bytes`` (file data, symlink targets,
-    names, and a little per object): beyond, NFS3ERR_NOSPC.  ``clock`` gives the times (ns); ``key`` signs the
+    belongs to root, mode ``root_mode`` (0755; the stack gives 1777).  Everything it holds takes at most
+    ``limit_bytes`` (file data, symlink targets, names, and a little per object): beyond, NFS3ERR_NOSPC.  ``clock`` gives the times (ns); ``key`` signs the
     handles (random: handles die with the process, as the trees do).  ``initial``: what each tree starts with
     (:data:`Content`, or a function of the export giving it or None)."""
 
@@ -47,7 +47,8 @@ class MemoryFilesystem:
 
     def __init__(self, exports: Iterable[Export], limit_bytes: int = DEFAULT_LIMIT,
                  clock: Callable[[], int] = time.time_ns, key: Optional[bytes] = None,
-                 initial: Union[Content, Callable[[Export], Optional[Content]], None] = None) -> None:
+                 initial: Union[Content, Callable[[Export], Optional[Content]], None] = None,
+                 root_mode: int = 0o755) -> None:
         self.codec = HandleCodec(key or secrets.token_bytes(32))
         self.space = Space(limit_bytes)
         self.clock = clock
@@ -55,6 +56,8 @@ class MemoryFilesystem:
         #: The data lives as long as the process: it changes with every start.
         self.write_verifier = secrets.token_bytes(8)
         self.initial = initial
+        #: The mode of each export's root (owned by root).
+        self.root_mode = root_mode
         #: export id -> the export in force; a tree outlives its export's removal (a reload may bring it back).
         self.exports: dict[int, Export] = {}
         self.trees: dict[int, Tree] = {}
@@ -65,7 +68,7 @@ class MemoryFilesystem:
         self.exports = {export.export_id: export for export in exports}
         for export_id, export in self.exports.items():
             if export_id not in self.trees:
-                tree = self.trees[export_id] = Tree(export_id, self.space, self.now())
+                tree = self.trees[export_id] = Tree(export_id, self.space, self.now(), self.root_mode)
                 content = self.initial(export) if callable(self.initial) else self.initial
                 if content:
                     tree.fill(tree.root, content, self.now())

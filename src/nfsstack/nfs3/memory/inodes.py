@@ -138,7 +138,7 @@ class Inode:
 class Tree:
     """One export's objects: its root, every object by fileid, and the fileids free to be used again."""
 
-    def __init__(self, dev: int, space: Space, now: int) -> None:
+    def __init__(self, dev: int, space: Space, now: int, root_mode: int = 0o755) -> None:
         self.dev = dev
         self.space = space
         self.inodes: dict[int, Inode] = {}
@@ -146,7 +146,7 @@ class Tree:
         self.free_ids: list[int] = []
         self._next_id = 1
         self._generation = 0
-        self.root = self._new(stat.S_IFDIR | 0o755, 0, 0, now)
+        self.root = self._new(stat.S_IFDIR | root_mode, 0, 0, now)
         self.root.nlink = 2
         self.root.parent = self.root  # ".." of the root is the root: a client never climbs out of an export
 

@@ -18,12 +18,16 @@ check "truncate up" sh -c 'truncate -s 100000 c/f3 && test "$(stat -c %s c/f3)" 
 check "truncate down" sh -c 'truncate -s 3 c/f3 && test "$(cat c/f3)" = two'
 check "remove a symlink, not its target" sh -c 'rm a/sym && test -e c/f3'
 check "chown -h changes the symlink, not its target" sh -c 'ln -s nowhere a/owned && chown -h 1000:1000 a/owned && test "$(stat -c %u:%g a/owned)" = 1000:1000'
-seen=$(host_request stat a/owned)
-expect_eq "the server's symlink is owned as chown -h set it" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' a/owned)"
-expect_eq "and the guest sees the owner it set" "${seen%%:0o*}" "1000:1000"
+if server_disk; then
+    seen=$(host_request stat a/owned)
+    expect_eq "the server's symlink is owned as chown -h set it" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' a/owned)"
+    expect_eq "and the guest sees the owner it set" "${seen%%:0o*}" "1000:1000"
+fi
 check "rmdir of a non-empty directory fails" sh -c '! rmdir c 2>/dev/null && test -d c'
-seen=$(host_request stat c/f3)
-expect_eq "server and client agree on owner, mode, size and links" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' c/f3)"
+if server_disk; then
+    seen=$(host_request stat c/f3)
+    expect_eq "server and client agree on owner, mode, size and links" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' c/f3)"
+fi
 cd /
 check "umount" umount /mnt
 exit $FAILED

@@ -11,6 +11,11 @@ check() {
         return 1
     fi
 }
+# server_disk: whether the server's files are on the host's disk, where host_request sha256/stat/append see them
+# (not with nfsstack's memory backend).
+server_disk() {
+    [ "${SERVER_DISK:-yes}" = yes ]
+}
 # host_request WORDS: ask the harness to do something (e.g. restart the server) and wait for its "ok".
 host_request() {
     echo "@@HOST $*" >/dev/console
