@@ -105,8 +105,9 @@ class Stack:
     """``twistd -n nfsstack`` in a subprocess (optionally inside a network namespace)."""
 
     def __init__(self, *args: str, netns: str | None = None, workdir: str | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:
+                 prefix: tuple[str, ...] = (), env: dict | None = None) -> None:
         self.args = list(args)
+        self.env = dict(env or {})  # besides server_env()
         self.netns = netns
         self.prefix = list(prefix)  # a command twistd runs under, e.g. setpriv with fewer privileges
         self.workdir = workdir or tempfile.mkdtemp(prefix="nfsstack-test-")
@@ -117,7 +118,8 @@ class Stack:
         cmd = [*self.prefix, twistd(), "-n", "--pidfile=", f"--logfile={self.log}", "nfsstack", *self.args]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env={**server_env(), **self.env}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

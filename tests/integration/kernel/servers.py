@@ -15,9 +15,10 @@ import subprocess
 import tempfile
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
-from tests.support import Stack, in_netns
+from tests.support import REPO, Stack, in_netns, server_env
 
 GANESHA_CONF = """\
 NFS_CORE_PARAM {{
@@ -194,9 +195,12 @@ class NfsStack:
     def mount_path(self) -> str:
         return str(self.export_dir)
 
+    #: Environment of the server besides the test's (a backend of one's own reads its settings there).
+    env: dict = {}
+
     def start(self) -> "NfsStack":
         self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),
-                           *self.extra_args, netns=self.netns, workdir=str(self.workdir)).start()
+                           *self.extra_args, netns=self.netns, workdir=str(self.workdir), env=self.env).start()
         return self
 
     def stop(self) -> None:
@@ -230,4 +234,24 @@ class NfsStackMemory(NfsStack):
         super().__init__(netns, export_dir, ["--backend", "memory", *extra_args])
 
 
-SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "ganesha": Ganesha}
+class NfsStackZip(NfsStack):
+    """nfsstack serving the README's example backend (examples/zipexport.py): every export is :data:`ZIP_TREE`,
+    read only, from a zip archive made here."""
+
+    on_disk = False
+
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
+        super().__init__(netns, export_dir, ["--backend", "zipexport:factory", *extra_args])
+        archive = self.workdir / "export.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            for name, data in ZIP_TREE.items():
+                z.writestr(name, data)
+        python_path = server_env()["PYTHONPATH"]
+        self.env = {"NFSSTACK_ZIP": str(archive), "PYTHONPATH": f"{python_path}{os.pathsep}{REPO / 'examples'}"}
+
+
+#: The zip archive NfsStackZip serves: a file, a directory only its entries name, 200 KB of data.
+ZIP_TREE = {"hello.txt": "hello from a zip\n", "photos/": "", "photos/2026/beach.raw": bytes(range(256)) * 800}
+
+
+SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}

@@ -76,6 +76,36 @@ def test_nfsstack_memory(scenario):
     assert "Traceback" not in log and "storage: memory" in log, log
 
 
+#: The README's example backend (a zip archive, read only) under the kernel client: ls -lR and cat.
+ZIP_SCENARIO = r"""
+check "mount vers=3" mount_export || exit 1
+listing=$(ls -lR /mnt)
+echo "$listing"
+expect_eq "ls -lR shows the file" "$(echo "$listing" | grep -c ' hello.txt$')" 1
+expect_eq "and the directory only its entries name" "$(ls -ld /mnt/photos | cut -c1-10)" "dr-xr-xr-x"
+expect_eq "and the data file's size" "$(stat -c %s /mnt/photos/2026/beach.raw)" 204800
+expect_eq "cat reads the file" "$(cat /mnt/hello.txt)" "hello from a zip"
+echo 3 > /proc/sys/vm/drop_caches
+expect_eq "the 200 KB file, read whole" "$(od -An -tu1 -j 204799 -N1 /mnt/photos/2026/beach.raw | tr -d ' ')" 255
+expect_eq "and its checksum" "$(md5sum < /mnt/photos/2026/beach.raw | cut -d' ' -f1)" "$ZIP_MD5"
+expect_fail "a change is refused with EROFS" "read-only" touch /mnt/new
+check "umount" umount /mnt
+exit $FAILED
+"""
+
+
+def test_the_readme_example_backend():
+    import hashlib
+
+    from tests.integration.kernel.harness import run_script
+    from tests.integration.kernel.servers import ZIP_TREE
+
+    md5 = hashlib.md5(ZIP_TREE["photos/2026/beach.raw"]).hexdigest()
+    result, log = run_script("nfsstack-zip", f"ZIP_MD5={md5}\n" + ZIP_SCENARIO)
+    assert result.status == 0 and not result.failures and len(result.checks) >= 8, describe(result, log)
+    assert "Traceback" not in log and "storage: zipexport:factory" in log, log
+
+
 def verdicts(result) -> dict[str, str]:
     return {text.split(":")[0]: verdict for verdict, text in result.checks}
 
