@@ -248,6 +248,21 @@ ACCESS_EXTEND = 0x08
 ACCESS_DELETE = 0x10
 ACCESS_EXECUTE = 0x20
 
+
+
+def access_bits(read: bool, write: bool, execute: bool, is_dir: bool) -> int:
+    """The ACCESS bits (RFC 1813 section 3.3.4) of read, write and execute (search) permission on an object:
+    DELETE only on a directory one may write and search."""
+    granted = ACCESS_READ if read else 0
+    if write:
+        granted |= ACCESS_MODIFY | ACCESS_EXTEND
+        if is_dir and execute:
+            granted |= ACCESS_DELETE
+    if execute:
+        granted |= ACCESS_LOOKUP if is_dir else ACCESS_EXECUTE
+    return granted
+
+
 # stable_how
 UNSTABLE, DATA_SYNC, FILE_SYNC = 0, 1, 2
 # createmode3

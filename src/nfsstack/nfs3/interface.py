@@ -234,3 +234,17 @@ class IFilesystem(Interface):
 
     def release(call) -> None:
         """The reply is made: let go of what the call held (``call.held``).  Answers at once, never raises."""
+
+
+class HoldsNothing:
+    """For a backend that holds nothing for a call and hands no WRITE to the kernel: the frame's hooks of
+    :class:`IFilesystem` (``writes_inline``, ``end``, ``release``) as what they then are, nothing."""
+
+    def writes_inline(self) -> bool:
+        return False
+
+    def end(self, call, changed: bool) -> None:
+        pass
+
+    def release(self, call) -> None:
+        pass

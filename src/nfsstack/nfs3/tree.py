@@ -29,7 +29,7 @@ from nfsstack.nfs3.codec import (
     ACCESS_EXECUTE, ACCESS_LOOKUP, ACCESS_READ, NAME_MAX, NFSError, Stat,
 )
 from nfsstack.nfs3.entries import listing
-from nfsstack.nfs3.interface import Found, IFilesystem, Limits, Sizes
+from nfsstack.nfs3.interface import Found, HoldsNothing, IFilesystem, Limits, Sizes
 
 #: The handle type of a tree's handles (beside the kernel's types in the local backend's).
 TREE_HANDLE = 0x7472
@@ -79,7 +79,7 @@ def _fileid(path: str) -> int:
 
 
 @implementer(IFilesystem)
-class ReadOnlyTree:
+class ReadOnlyTree(HoldsNothing):
     """Serves the tree :meth:`nodes` describes under every export of ``table`` (read only)."""
 
     blocking = False
@@ -156,15 +156,6 @@ class ReadOnlyTree:
 
     def attributes(self, call, obj: _Object):
         return obj.attributes
-
-    def writes_inline(self) -> bool:
-        return False
-
-    def end(self, call, changed: bool) -> None:
-        pass
-
-    def release(self, call) -> None:
-        pass
 
     def access(self, call, obj: _Object, attributes) -> int:
         mode = attributes.st_mode

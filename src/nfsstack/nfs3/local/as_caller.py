@@ -17,7 +17,7 @@ from typing import Optional
 
 from nfsstack.exports.identity import ROOT, Identity, Switcher
 from nfsstack.nfs3.codec import (
-    ACCESS_DELETE, ACCESS_EXECUTE, ACCESS_EXTEND, ACCESS_LOOKUP, ACCESS_MODIFY, ACCESS_READ, NFSError, Sattr, Stat,
+    ACCESS_EXECUTE, ACCESS_READ, NFSError, Sattr, Stat, access_bits,
 )
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -131,14 +131,7 @@ class LocalFS:
             r, w, x = True, not read_only, is_dir or bool(st.st_mode & 0o111)
         else:
             r, w, x = self._kernel_access(who, path, read_only)
-        granted = ACCESS_READ if r else 0
-        if w:
-            granted |= ACCESS_MODIFY | ACCESS_EXTEND
-            if is_dir and x:
-                granted |= ACCESS_DELETE
-        if x:
-            granted |= ACCESS_LOOKUP if is_dir else ACCESS_EXECUTE
-        return granted
+        return access_bits(r, w, x, is_dir)
 
     def _kernel_access(self, who: Identity, path: str, read_only: bool) -> tuple[bool, bool, bool]:
         with self.ids.acting_as(who):

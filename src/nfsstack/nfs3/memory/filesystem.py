@@ -17,7 +17,7 @@ from nfsstack.exports.file import Export
 from nfsstack.exports.handles import BadHandle, HandleCodec, StaleHandle
 from nfsstack.exports.table import ExportGone
 from nfsstack.nfs3.codec import EXCLUSIVE, GUARDED, NAME_MAX, Ftype, NFSError, Sattr, Stat
-from nfsstack.nfs3.interface import Found, IFilesystem, Limits, Listing, Made, Sizes
+from nfsstack.nfs3.interface import Found, HoldsNothing, IFilesystem, Limits, Listing, Made, Sizes
 from nfsstack.nfs3.memory import permissions
 from nfsstack.nfs3.memory.inodes import INODE_COST, LINK_MAX, Content, Inode, Space, Tree, entry_cost
 from nfsstack.nfs3.memory.listing import listing
@@ -36,7 +36,7 @@ _KIND_OF = {Ftype.CHR: stat.S_IFCHR, Ftype.BLK: stat.S_IFBLK, Ftype.SOCK: stat.S
 
 
 @implementer(IFilesystem)
-class MemoryFilesystem:
+class MemoryFilesystem(HoldsNothing):
     """A POSIX-like tree in memory for each export of ``exports`` (the export's path only names it), whose root
     belongs to root, mode ``root_mode`` (0755; the stack gives 1777).  Everything it holds takes at most
     ``limit_bytes`` (file data, symlink targets, names, and a little per object): beyond, NFS3ERR_NOSPC.  ``clock`` gives the times (ns); ``key`` signs the
@@ -134,15 +134,6 @@ class MemoryFilesystem:
 
     def attributes(self, call, inode: Inode):
         return inode.attributes(call.fsid)
-
-    def writes_inline(self) -> bool:
-        return False
-
-    def end(self, call, changed: bool) -> None:
-        pass
-
-    def release(self, call) -> None:
-        pass
 
     # -- attributes ----------------------------------------------------------------------
 

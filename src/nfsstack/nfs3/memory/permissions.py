@@ -21,7 +21,7 @@ import stat
 
 from nfsstack.exports.identity import Identity
 from nfsstack.nfs3.codec import (
-    ACCESS_DELETE, ACCESS_EXECUTE, ACCESS_EXTEND, ACCESS_LOOKUP, ACCESS_MODIFY, ACCESS_READ, NFSError, Sattr, Stat,
+    ACCESS_EXECUTE, ACCESS_READ, NFSError, Sattr, Stat, access_bits,
 )
 from nfsstack.nfs3.memory.inodes import S_IFMT, Inode
 
@@ -79,14 +79,7 @@ def access(who: Identity, inode: Inode, read_only: bool) -> int:
     is_dir = kind == stat.S_IFDIR
     r, x = may(who, inode, R), may(who, inode, X)
     w = not read_only and may(who, inode, W)
-    granted = ACCESS_READ if r else 0
-    if w:
-        granted |= ACCESS_MODIFY | ACCESS_EXTEND
-        if is_dir and x:
-            granted |= ACCESS_DELETE
-    if x:
-        granted |= ACCESS_LOOKUP if is_dir else ACCESS_EXECUTE
-    return granted
+    return access_bits(r, w, x, is_dir)
 
 
 def new_owner(who: Identity, directory: Inode, mode: int) -> tuple[int, int, int]:
