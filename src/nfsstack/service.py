@@ -260,7 +260,7 @@ class ExportsReloader(service.Service):
             return {"ok": False, "file": self.path, "errors": errors}
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_exports,
-                                         self.path).addCallbacks(loaded, failed)
+                                         self.path).addCallback(loaded).addErrback(failed)
 
 
 class LockingStart(service.Service):

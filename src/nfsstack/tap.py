@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Optional
 
 from twisted.application.internet import TimerService
 from twisted.python import usage
@@ -137,10 +138,15 @@ class Options(usage.Options):
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
         ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
-        ["backend", None, "local", "What the exports serve: local (this machine's directories), memory (a tree in "
-                                   "memory per export, empty at start, its root mode 1777), or module:factory "
-                                   "(your own: "
+        ["backend", None, "local", "What the exports serve: local (this machine's directories; without "
+                                   "CAP_DAC_READ_SEARCH it is local-unprivileged), local-unprivileged (handles "
+                                   "found through a map of paths in --state-dir), memory (a tree in memory per "
+                                   "export, empty at start, its root mode 1777), or module:factory (your own: "
                                    "factory(export_table) returns an IFilesystem, docs/architecture.md)."],
+        ["search-entries", None, 100_000, "local-unprivileged: directory entries a search for a handle's lost "
+                                          "object looks at, at most.", int],
+        ["search-seconds", None, 1.0, "local-unprivileged: seconds a search for a handle's object takes at "
+                                      "most.", float],
         ["memory-limit", None, 1024, "With --backend memory: MiB of file data it holds at most (then NOSPC).", int],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
                                     "critical.", _log_level],
@@ -199,8 +205,9 @@ class Options(usage.Options):
 
 
 def _backend_factory(name: str):
-    """``--backend``: None for the local backend, else ``factory(export_table, options)`` making the backend."""
-    if name == "local":
+    """``--backend``: None for the local backend (either kind), else ``factory(export_table, options)`` making the
+    backend."""
+    if name in ("local", "local-unprivileged"):
         return None
     if name == "memory":
         def memory(table, options):
@@ -212,7 +219,7 @@ def _backend_factory(name: str):
         return memory
     module, _, attribute = name.partition(":")
     if not module or not attribute:
-        raise usage.UsageError(f"--backend {name}: local, memory, or module:factory")
+        raise usage.UsageError(f"--backend {name}: local, local-unprivileged, memory, or module:factory")
     import importlib
 
     try:
@@ -282,16 +289,20 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     # that cannot exist stand where they would start (startup.UnavailableServices): the stack stops there with the
     # reason, or with --partial says it and serves the rest.
     unavailable = None
-    if getattr(options, "backend_factory", None) is None and not kernel_handles_work(os.getcwd()):
-        unavailable = ("file handles need root (CAP_DAC_READ_SEARCH for open_by_handle_at): run it as root, or "
-                       "give it CAP_DAC_READ_SEARCH, CAP_SETUID and CAP_SETGID")
-    elif getattr(options, "backend_factory", None) is None and (cannot_switch := can_switch()) is not None:
+    #: The local backend without open_by_handle_at: None (kernel handles), "switching" (acts as its clients, as
+    #: root in a container does), or "plain user" (every client acts as this process's user).
+    unprivileged = None
+    if getattr(options, "backend_factory", None) is not None:
+        pass
+    elif options["backend"] == "local-unprivileged" or not kernel_handles_work(os.getcwd()):
+        unprivileged, unavailable = _unprivileged(options)
+    elif (cannot_switch := can_switch()) is not None:
         # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
         unavailable = (f"this process cannot act as its clients ({cannot_switch}): run it as root, or give it "
                        "CAP_SETUID and CAP_SETGID")
     # The services that own resources start first and stop last (NfsStackService.stopService).
     if unavailable is None:
-        resources, services = _file_services(stack, options, common, reactor)
+        resources, services = _file_services(stack, options, common, reactor, unprivileged)
     else:
         resources, services = [], [UnavailableServices(["mountd", "nfsd", "nlockmgr", "status"], unavailable)]
     for child in resources:
@@ -348,7 +359,32 @@ def _log_unprivileged_ports(options: Options) -> None:
              export=export)
 
 
-def _file_services(stack: NfsStackService, options: Options, common: dict, reactor) -> tuple[list, list]:
+def _unprivileged(options: Options) -> tuple[Optional[str], Optional[str]]:
+    """Choose the unprivileged local backend (exports/paths.py) and say so: ("switching" or "plain user", None),
+    or (None, why not) if the exports ask for what it cannot serve (naming the file and line)."""
+    from nfsstack.exports.paths import refuse_unservable
+
+    exports = getattr(options, "exports", None)
+    if exports is None:
+        exports = default_export_list()
+    cannot_switch = can_switch()
+    try:
+        refuse_unservable(exports, (os.getuid(), os.getgid()) if cannot_switch is not None else None)
+    except ExportsError as e:
+        return None, "; ".join(str(error) for error in e.errors)
+    why = "--backend local-unprivileged" if options["backend"] == "local-unprivileged" else \
+        "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
+    log.info("local backend without open_by_handle_at ({why}): handles are found through the map of places in "
+             "{state}/handles.sqlite", why=why, state=os.path.abspath(options["state-dir"]))
+    if cannot_switch is not None:
+        log.warn("this process cannot act as its clients ({why}): every client acts as uid {uid} gid {gid}, "
+                 "whoever it says it is", why=cannot_switch, uid=os.getuid(), gid=os.getgid())
+        return "plain user", None
+    return "switching", None
+
+
+def _file_services(stack: NfsStackService, options: Options, common: dict, reactor,
+                   unprivileged: Optional[str] = None) -> tuple[list, list]:
     """(the services owning the state and nfsd's resources, then status, nlockmgr, mountd and nfsd, in that
     order, on the exports): built, not started."""
     state_dir = os.path.abspath(options["state-dir"])
@@ -357,7 +393,14 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     if default_export:
         exports = default_export_list()
     # The codec (the handle key) is loaded by FileState at start.
-    stack.exports = ExportTable(exports, None)
+    if unprivileged is None:
+        stack.exports = ExportTable(exports, None)
+    else:
+        from nfsstack.exports.paths import PathHandles
+
+        stack.exports = PathHandles(exports, None, state_dir, search_entries=options["search-entries"],
+                                    search_seconds=options["search-seconds"],
+                                    plain_user=(os.getuid(), os.getgid()) if unprivileged == "plain user" else None)
     reloader = None
     if options["exports"] is not None:
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
@@ -365,11 +408,18 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
     workers = Workers(reactor, max(1, options["threads"]))
     factory = getattr(options, "backend_factory", None)
-    local = LocalFilesystem(stack.exports, workers) if factory is None else None
+    caller = None
+    if unprivileged == "plain user":
+        from nfsstack.exports.identity import NoSwitching
+        from nfsstack.nfs3.local.as_caller import LocalFS
+
+        caller = LocalFS(NoSwitching())
+    local = LocalFilesystem(stack.exports, workers, caller) if factory is None else None
     fs = IFilesystem(local if factory is None else factory(stack.exports, options))
     if factory is not None and callable(getattr(fs, "reload", None)):
         stack.exports.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
-    log.info("storage: {backend}", backend=options["backend"] if factory is not None else "local directories")
+    log.info("storage: {backend}", backend=options["backend"] if factory is not None else
+             "local directories" + (" (unprivileged: handles through a map of places)" if unprivileged else ""))
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
     stack.mountd = Mountd(stack.exports, None, fs.mount)

@@ -20,11 +20,13 @@ from nfsstack.nfs3.client import PROC, Result, decode, encode
 from nfsstack.rpc.message import Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
 
-#: The backends judged; the next ones (unprivileged local) are added here and in :func:`serve`.
+#: The backends judged; a new one is added here and in :func:`serve`.
 #: ``local-deferred`` and ``local-coroutine`` are the local backend answering all its work with Deferreds, or as
 #: coroutines (:class:`Answering`): what a backend that talks to the network does, which nfsd must serve alike.
+#: ``local-unprivileged`` is the local backend resolving handles through its map of places (exports/paths.py), as
+#: without CAP_DAC_READ_SEARCH, but run as root so that the permission checks are the same.
 #: ``memory`` is the memory backend (nfs3/memory/), held to what the kernel does for the local one.
-BACKENDS = ["local", "local-deferred", "local-coroutine", "memory"]
+BACKENDS = ["local", "local-deferred", "local-coroutine", "local-unprivileged", "memory"]
 
 #: What each backend can do, among what a backend may legitimately not: a check needing a capability is marked
 #: ``@pytest.mark.needs("name")`` and is skipped on the backends without it.
@@ -37,7 +39,7 @@ BACKENDS = ["local", "local-deferred", "local-coroutine", "memory"]
 CAPS: dict[str, frozenset[str]] = {
     "local": frozenset({"permissions", "symlinks", "hard_links", "special_files", "mknod_device"}),
 }
-CAPS["local-deferred"] = CAPS["local-coroutine"] = CAPS["memory"] = CAPS["local"]
+CAPS["local-deferred"] = CAPS["local-coroutine"] = CAPS["local-unprivileged"] = CAPS["memory"] = CAPS["local"]
 
 #: The methods of IFilesystem that do work, and may answer with a Deferred or as a coroutine.
 WORK = ("setattr", "access", "lookup", "readlink", "read", "write", "commit", "create", "mkdir", "symlink", "mknod",
@@ -124,17 +126,23 @@ def serve(backend: str, tmp_path) -> Served:
         from nfsstack.nfs3.local.filesystem import LocalFilesystem
         from nfsstack.nfs3.program import Nfsd
 
-        if not kernel_handles_work("/"):
+        if backend != "local-unprivileged" and not kernel_handles_work("/"):
             pytest.skip("the local backend needs root (open_by_handle_at)")
         top = tmp_path / "export"
         top.mkdir()
         top.chmod(0o755)
         exports = parse_exports(f"{top} 127.0.0.1(rw,no_root_squash)\n")
-        table = ExportTable(exports, HandleCodec(os.urandom(32)))
+        if backend == "local-unprivileged":
+            from nfsstack.exports.paths import PathHandles
+
+            # No descriptor cache: every handle of every call is found through the map.
+            table = PathHandles(exports, HandleCodec(os.urandom(32)), str(tmp_path / "state"), cache_size=0)
+        else:
+            table = ExportTable(exports, HandleCodec(os.urandom(32)))
         in_thread = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
         local = LocalFilesystem(table, in_thread)
         fs = local
-        if backend != "local":
+        if backend in ("local-deferred", "local-coroutine"):
             from nfsstack.nfs3.interface import IFilesystem
 
             fs = Answering(local, backend.partition("-")[2])
@@ -149,6 +157,8 @@ def serve(backend: str, tmp_path) -> Served:
         def close() -> None:
             try:
                 assert local.caller.ids.current == ROOT, "every call ends as root"
+                # Nothing is renamed behind the server's back here: the map alone must find every object.
+                assert getattr(table, "searches", 0) == 0, "a handle was found by a search, not by the map"
             finally:
                 local.close()
                 table.close()

@@ -9,8 +9,10 @@ A handle is ``version | export id | kernel handle type and bytes | MAC``:
   8 bytes, so a forged or altered handle is refused (NFS3ERR_BADHANDLE);
 * a resolved object must still lie inside its export (else NFS3ERR_STALE).
 
-Both system calls need CAP_DAC_READ_SEARCH (root); :func:`kernel_handles_work`
-tells whether this process has it.
+``open_by_handle_at`` needs CAP_DAC_READ_SEARCH (``name_to_handle_at`` needs
+nothing); :func:`kernel_handles_work` tells whether this process has it.
+Without it, :mod:`nfsstack.exports.paths` finds the same handles' objects
+through a map of where they were last seen.
 """
 
 from __future__ import annotations

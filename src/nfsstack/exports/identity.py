@@ -25,7 +25,7 @@ import platform
 import threading
 from typing import NamedTuple, Optional
 
-from nfsstack.exports.file import ExportOptions
+from nfsstack.exports.file import ANON_ID, ExportOptions
 from nfsstack.rpc.message import Credential
 
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}
@@ -153,6 +153,33 @@ class Switcher:
     def acting_as(self, who: Identity) -> "_Acting":
         """A context manager: the block's filesystem calls run as ``who``, then back to root."""
         return _Acting(self, who)
+
+
+class NoSwitching(Switcher):
+    """The identity "switcher" of a plain user's server, which cannot act as anyone else: every call runs as the
+    server's own user, whoever the client says it is (logged at start, and in the README).  Exports asking
+    for another identity are refused at start (:func:`unhonoured_as_plain_user`)."""
+
+    def become(self, who: Identity) -> None:
+        self._state.who = who
+
+
+def unhonoured_as_plain_user(exports, uid: int, gid: int) -> list[str]:
+    """The options of ``exports`` a server running as ``uid``/``gid`` without CAP_SETUID cannot honour, as
+    "FILE:LINE: ..." errors: ``no_root_squash`` (root would be the server's user, not root), and an
+    ``anonuid``/``anongid`` other than the server's own (the default, nobody, is taken to mean "anyone": every
+    client is the server's user anyway)."""
+    errors = []
+    for export in exports:
+        for spec, options in export.clients:
+            where = f"{exports.source}:{export.line}: {export.path} {spec.text}"
+            if not options.root_squash and not options.all_squash:
+                errors.append(f"{where}: no_root_squash cannot be honoured by a server running as uid {uid}: "
+                              "every client acts as the server's user (run as root, or remove it)")
+            if options.anonuid not in (ANON_ID, uid) or options.anongid not in (ANON_ID, gid):
+                errors.append(f"{where}: anonuid={options.anonuid}/anongid={options.anongid} cannot be honoured "
+                              f"by a server running as uid {uid} gid {gid}: every client acts as the server's user")
+    return errors
 
 
 def can_switch() -> Optional[str]:

@@ -90,6 +90,15 @@ class ExportTable:
         self._clones: dict[int, tuple[int, int]] = {}
         self.exports = exports
 
+    #: Writes a subclass keeps until :meth:`flush` (PathHandles' map of places): none here.
+    pending: tuple = ()
+
+    def flush(self) -> None:
+        """Write what handles made since the last flush need kept (nothing: kernel handles need no map)."""
+
+    def renamed(self, export: Export, dirfd: int, name: bytes) -> None:
+        """RENAME through NFS moved an object to ``name`` in ``dirfd`` (kernel handles do not care)."""
+
     def reload(self, exports: Exports) -> None:
         """Serve ``exports`` from now on; roots are opened again on use (a path may have changed).  Then each of
         :attr:`reloaded` is called with them (a storage backend that keeps its own trees per export)."""

@@ -89,6 +89,8 @@ class LocalFilesystem:
         who = call.who
         if call.threaded or (who is not ROOT and who is not None):  # root's calls never switch identity
             self.caller.reset()
+        if self.table.pending:  # as the server again: the unprivileged backend's new places are written
+            self.table.flush()
         if changed and call.watched:
             self.lister.touched(call)
 
@@ -134,7 +136,9 @@ class LocalFilesystem:
             if not self.table.inside(export, fd):
                 raise MountRefused("the path leaves the export")
             try:
-                return self.table.handle(export, fd)
+                handle = self.table.handle(export, fd)
+                self.table.flush()
+                return handle
             except OSError as e:
                 if e.errno != errno.EXDEV:
                     raise
@@ -393,6 +397,7 @@ class LocalFilesystem:
             replaced = None
         with self.caller.run_as(call.who):
             os.rename(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd)
+        self.table.renamed(call.export, to_fd, to_name)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             self._forget(call, replaced)
 

@@ -1,0 +1,144 @@
+"""The whole stack as root with Docker's default capabilities (no CAP_DAC_READ_SEARCH): the local backend without
+open_by_handle_at (exports/paths.py) is chosen by itself, clients act as themselves, and handles outlive a
+SIGKILL, a restart and a rename done on the server's disk while it was down."""
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nfsstack.nfs3.client import Sattr3
+from nfsstack.nfs3.codec import Stat
+from tests.support import NfsClient, Stack, free_port
+
+#: Docker's default capability set (moby's oci/caps/defaults.go).
+DOCKER_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+               "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write", "setfcap")
+USER = 1000
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                                reason="needs root and setpriv to start a server with fewer capabilities")
+
+
+def docker_root(state: Path, exports: Path, work: Path, port: int) -> Stack:
+    caps = ",".join(f"+{cap}" for cap in DOCKER_CAPS)
+    return Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                 "--exports", str(exports), "--state-dir", str(state), "--grace-time", "0", workdir=str(work),
+                 prefix=("setpriv", "--inh-caps=-all", f"--bounding-set=-all,{caps}"))
+
+
+def test_root_without_dac_read_search_serves_with_lasting_handles():
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-unprivileged-"))
+    export, work, state = top / "export", top / "work", top / "work" / "state"
+    export.mkdir()
+    export.chmod(0o777)
+    work.mkdir()
+    (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure)\n")
+    port = free_port()
+    stack = docker_root(state, top / "exports", work, port)
+    stack.start(port, timeout=30)
+    try:
+        status = Path(f"/proc/{stack.proc.pid}/status").read_text()
+        effective = int([line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")][0], 16)
+        assert not effective & (1 << 2), "the server still has CAP_DAC_READ_SEARCH"
+        log = stack.log_text()
+        assert "without open_by_handle_at" in log and "CAP_DAC_READ_SEARCH" in log, log
+        c = NfsClient(str(export), port, uid=USER)
+        try:
+            made = c("CREATE", c.root, b"file", 0, Sattr3(mode=0o644))
+            assert made.ok, made.status
+            f = made.obj
+            assert c("WRITE", f, 0, b"before", 2).ok
+            assert c("READ", f, 0, 100).data == b"before"
+            d = c("MKDIR", c.root, b"dir", Sattr3(mode=0o755)).obj
+            assert c("RENAME", c.root, b"file", d, b"renamed").ok
+            assert c("LOOKUP", d, b"renamed").object == f
+            assert c("READ", f, 0, 100).data == b"before"
+            gone = c("CREATE", c.root, b"gone", 0, Sattr3(mode=0o644)).obj
+            assert c("REMOVE", c.root, b"gone").ok
+        finally:
+            c.close()
+        # The kernel decided as the client: the files are the client's.
+        assert (export / "dir" / "renamed").stat().st_uid == USER
+    finally:
+        assert stack.stop(signal.SIGKILL) == -signal.SIGKILL
+    # While the server is down, its directory is reorganised on its own disk.
+    (export / "elsewhere").mkdir()
+    os.rename(export / "dir", export / "elsewhere" / "moved")
+    os.rename(export / "elsewhere" / "moved" / "renamed", export / "elsewhere" / "moved" / "again")
+    stack = docker_root(state, top / "exports", work, port)
+    stack.start(port, timeout=30)
+    try:
+        c = NfsClient(str(export), port, uid=USER)
+        try:
+            r = c("READ", f, 0, 100)
+            assert r.ok and r.data == b"before", r.status
+            assert c("WRITE", f, 0, b"after!", 2).ok
+            assert c("GETATTR", d).ok
+            assert c("GETATTR", gone).status == Stat.STALE
+            forged = bytearray(f)
+            forged[-1] ^= 1
+            assert c("GETATTR", bytes(forged)).status == Stat.BADHANDLE
+        finally:
+            c.close()
+        assert (export / "elsewhere" / "moved" / "again").read_bytes() == b"after!"
+    finally:
+        stack.stop()
+        shutil.rmtree(top, ignore_errors=True)
+    log = stack.log_text()
+    assert "Traceback" not in log, log
+    assert "not started" not in log, log
+
+
+def plain_user(exports: Path, work: Path, port: int) -> Stack:
+    """User 1000 with no capability but CAP_DAC_OVERRIDE, ambient: this machine's Python lives under /root, which
+    the user could not read otherwise (it is no CAP_DAC_READ_SEARCH for open_by_handle_at, nor CAP_SETUID)."""
+    return Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                 "--exports", str(exports), "--state-dir", str(work / "state"), "--grace-time", "0",
+                 workdir=str(work), prefix=("setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups",
+                                            "--inh-caps=-all,+dac_override", "--ambient-caps=+dac_override"))
+
+
+def test_a_plain_user_serves_every_client_as_itself_and_refuses_what_it_cannot_honour():
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-plain-user-"))
+    top.chmod(0o755)
+    export, work = top / "export", top / "work"
+    for d in (export, work):
+        d.mkdir()
+        os.chown(d, USER, USER)
+    port = free_port()
+    try:
+        (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure)\n{top} 127.0.0.1(rw,insecure,no_root_squash)\n")
+        stack = plain_user(top / "exports", work, port)
+        try:
+            stack.start(port, timeout=30)  # the portmapper alone, or an exit: an error either way
+        except RuntimeError:
+            pass
+        stack.stop()
+        log = stack.log_text()
+        assert f"{top / 'exports'}:2: {top} 127.0.0.1: no_root_squash cannot be honoured" in log, log
+        assert "nfs 100003" not in log, log  # nfsd was not started
+
+        (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure)\n")
+        stack = plain_user(top / "exports", work, port)
+        stack.start(port, timeout=30)
+        try:
+            log = stack.log_text()
+            assert f"every client acts as uid {USER}" in log, log
+            for uid in (0, 4242):
+                c = NfsClient(str(export), port, uid=uid)
+                try:
+                    name = f"by{uid}".encode()
+                    r = c("CREATE", c.root, name, 0, Sattr3(mode=0o644))
+                    assert r.ok, r.status
+                    assert (export / name.decode()).stat().st_uid == USER
+                finally:
+                    c.close()
+        finally:
+            stack.stop()
+        assert "Traceback" not in stack.log_text(), stack.log_text()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -1,0 +1,285 @@
+"""The unprivileged local backend's handles (exports/paths.py, exports/pathmap.py), on real directories.
+
+Handles are made and resolved through nfsd's dispatcher, as a client sees them; a "restart" is a new
+:class:`PathHandles` on the same state directory and handle key, whose memory knows nothing.  These run as root
+(the test suite does) but never call open_by_handle_at: the table cannot.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from nfsstack.exports import ExportsError, parse_exports
+from nfsstack.exports.handles import HandleCodec
+from nfsstack.exports.identity import ROOT, Identity, NoSwitching, unhonoured_as_plain_user
+from nfsstack.exports.pathmap import Place, map_key, open_beneath
+from nfsstack.exports.paths import PathHandles, refuse_crossing
+from nfsstack.nfs3.client import Sattr3
+from nfsstack.nfs3.codec import Stat
+from nfsstack.rpc.server import Dispatcher
+from tests.unit.test_nfs3 import Client, create, local_nfsd, lookup
+
+KEY = b"k" * 32
+
+
+class Server:
+    """nfsd over PathHandles exporting ``top/data``; :meth:`restart` makes a new one on the same state."""
+
+    def __init__(self, top, **table_options):
+        self.top, self.options = top, table_options
+        self.exports = parse_exports(f"{top / 'data'} 127.0.0.1(rw,no_root_squash)\n", "exports")
+        self.start()
+
+    def start(self):
+        self.table = PathHandles(self.exports, HandleCodec(KEY), str(self.top / "state"), **self.options)
+        self.nfsd = local_nfsd(self.table)
+        self.nfs = Client(Dispatcher([self.nfsd.program]))
+        # MNT's handle, as mountd gets it from the backend
+        self.root = self.nfsd.fs.mount(self.export, str(self.top / "data"), self.export.clients[0][1], "127.0.0.1")
+
+    @property
+    def export(self):
+        return next(iter(self.exports))
+
+    def stop(self):
+        assert self.nfsd.fs.caller.ids.current == ROOT
+        self.nfsd.fs.close()
+        self.table.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("secret\n")
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+def test_handles_survive_a_restart_found_by_the_map(server):
+    nfs = server.nfs
+    d = nfs("MKDIR", server.root, b"dir", Sattr3(mode=0o755)).obj
+    f = create(nfs, d, b"file")
+    assert nfs("WRITE", f, 0, b"hi", 2).ok
+    server.restart()
+    nfs = server.nfs
+    assert nfs("READ", f, 0, 10).data == b"hi"
+    assert nfs("GETATTR", d).ok
+    assert server.table.searches == 0, "found by a search: the map did not know them"
+
+
+def test_a_rename_through_nfs_moves_the_subtree_in_the_map(server):
+    nfs = server.nfs
+    d = nfs("MKDIR", server.root, b"d1", Sattr3(mode=0o755)).obj
+    sub = nfs("MKDIR", d, b"sub", Sattr3(mode=0o755)).obj
+    f = create(nfs, sub, b"f")
+    assert nfs("RENAME", server.root, b"d1", server.root, b"d2").ok
+    g = create(nfs, server.root, b"g")
+    assert nfs("RENAME", server.root, b"g", d, b"g2").ok
+    server.restart()
+    nfs = server.nfs
+    assert nfs("GETATTR", f).ok and nfs("GETATTR", g).ok and nfs("LOOKUP", sub, b"f").object == f
+    assert server.table.searches == 0
+
+
+def test_a_rename_on_the_server_while_it_is_down_is_found_by_a_search(server):
+    nfs = server.nfs
+    d = nfs("MKDIR", server.root, b"a", Sattr3(mode=0o755)).obj
+    deep = nfs("MKDIR", d, b"b", Sattr3(mode=0o755)).obj
+    f = create(nfs, deep, b"f")
+    assert nfs("WRITE", f, 0, b"bytes", 2).ok
+    server.stop()
+    data = server.top / "data"
+    (data / "elsewhere").mkdir()
+    os.rename(data / "a", data / "elsewhere" / "moved")
+    os.rename(data / "elsewhere" / "moved" / "b" / "f", data / "elsewhere" / "moved" / "b" / "f2")
+    server.start()
+    nfs = server.nfs
+    assert nfs("READ", f, 0, 10).data == b"bytes"
+    assert nfs("GETATTR", deep).ok
+    assert server.table.searches >= 1 and server.table.found == server.table.searches
+    server.restart()  # the map was corrected: no search is needed again
+    assert server.nfs("READ", f, 0, 10).data == b"bytes" and server.table.searches == 0
+
+
+def test_the_search_is_bounded(tmp_path):
+    (tmp_path / "data").mkdir()
+    s = Server(tmp_path, search_entries=3)
+    try:
+        f = create(s.nfs, s.root, b"f")
+        for i in range(10):
+            (tmp_path / "data" / f"other{i}").mkdir()
+        os.rename(tmp_path / "data" / "f", tmp_path / "data" / "other9" / "f")
+        s.restart()
+        assert s.nfs("GETATTR", f).status == Stat.STALE  # more than 3 entries to look at
+        assert s.nfs("GETATTR", f).status == Stat.STALE and s.table.searches == 1  # not searched again at once
+        s.stop()
+        s.options = {}
+        s.start()
+        assert s.nfs("GETATTR", f).ok
+    finally:
+        s.stop()
+
+
+def test_a_reused_inode_number_is_stale(server):
+    data = server.top / "data"
+    f = create(server.nfs, server.root, b"victim")
+    ino = (data / "victim").stat().st_ino
+    server.stop()
+    os.unlink(data / "victim")  # on the server: nfsd is not told
+    os.sync()  # ext4 gives an inode number again once the deletion is committed
+    reused = None
+    for i in range(5000):
+        path = data / f"new{i}"
+        path.write_text("another file\n")
+        if path.stat().st_ino == ino:
+            reused = path
+            break
+    if reused is None:
+        pytest.skip("this filesystem did not give the inode number again")
+    os.rename(reused, data / "victim")  # same name, same inode number, another generation
+    server.start()
+    assert server.nfs("GETATTR", f).status == Stat.STALE
+    assert server.nfs("READ", f, 0, 10).status == Stat.STALE
+
+
+def test_a_file_removed_through_nfs_is_stale_without_a_search(server):
+    nfs = server.nfs
+    f = create(nfs, server.root, b"gone")
+    assert nfs("REMOVE", server.root, b"gone").ok
+    server.restart()
+    assert server.nfs("GETATTR", f).status == Stat.STALE
+    assert server.table.searches == 0
+
+
+def test_a_forged_handle_is_badhandle(server):
+    f = bytearray(create(server.nfs, server.root, b"f"))
+    f[10] ^= 1
+    assert server.nfs("GETATTR", bytes(f)).status == Stat.BADHANDLE
+
+
+def test_no_place_in_the_map_leads_outside_the_export(server):
+    """A row naming a symlink to outside, or ``..``, or a path, never opens what lies there."""
+    top = server.top
+    os.symlink(top / "outside", top / "data" / "escape")
+    os.symlink(top / "outside" / "secret", top / "data" / "secretlink")
+    export = server.export
+    fd = os.open(top / "outside", os.O_RDONLY)
+    try:
+        outside = server.table.handle(export, fd, "secret")  # this export's id and a good MAC, outside it
+    finally:
+        os.close(fd)
+    decoded = server.table.codec.decode(outside)
+    key = map_key(decoded.export_id, decoded.handle_type, decoded.data)
+    root_key = server.table._root_key(export)
+    ino = (top / "outside" / "secret").stat().st_ino
+    for name in (b"escape/secret", b"../outside/secret", b"secretlink", b".."):
+        server.table.places.put(key, Place(root_key, name, ino))
+        server.table.flush()
+        server.table._missed.clear()
+        r = server.nfs("READ", outside, 0, 100)
+        assert r.status == Stat.STALE, (name, r.status)
+    assert server.nfs("LOOKUP", server.root, b"escape").ok  # a symlink is served as a symlink
+
+
+def test_a_sigkilled_server_keeps_what_it_wrote(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d").mkdir()
+    (tmp_path / "data" / "d" / "f").write_text("x")
+    script = (
+        "import os, signal, sys\n"
+        "from nfsstack.exports import parse_exports\n"
+        "from nfsstack.exports.handles import HandleCodec\n"
+        "from nfsstack.exports.paths import PathHandles\n"
+        f"exports = parse_exports({str(tmp_path / 'data')!r} + ' 127.0.0.1(rw)\\n')\n"
+        f"table = PathHandles(exports, HandleCodec({KEY!r}), {str(tmp_path / 'state')!r})\n"
+        f"fd = os.open({str(tmp_path / 'data' / 'd')!r}, os.O_RDONLY)\n"
+        "export = next(iter(exports))\n"
+        "sys.stdout.write(table.handle(export, fd).hex() + ' ' + table.handle(export, fd, 'f').hex() + '\\n')\n"
+        "sys.stdout.flush()\n"
+        "table.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    handles = [bytes.fromhex(h) for h in done.stdout.split()]
+    s = Server(tmp_path)
+    try:
+        for handle in handles:
+            assert s.nfs("GETATTR", handle).ok
+        assert s.table.searches == 0, "the rows written before the SIGKILL were lost"
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_open_beneath_refuses_symlinks_dotdot_and_escapes(tmp_path, monkeypatch, openat2):
+    from nfsstack.exports import pathmap
+
+    monkeypatch.setattr(pathmap, "_openat2_works", openat2 and pathmap._openat2_works)
+    (tmp_path / "top" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path, tmp_path / "top" / "link")
+    root = os.open(tmp_path / "top", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.close(open_beneath(root, b"sub", os.O_RDONLY | os.O_DIRECTORY))
+        for path in (b"link", b"link/top", b"..", b"sub/../..", b"/etc"):
+            with pytest.raises(OSError):
+                os.close(open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        os.close(root)
+
+
+def test_exports_it_cannot_serve_are_errors_with_file_and_line():
+    exports = parse_exports("/srv/a 127.0.0.1(rw)\n/srv/b 127.0.0.1(rw,crossmnt)\n/srv/c *(ro,nohide)\n",
+                            "/etc/exports")
+    with pytest.raises(ExportsError) as e:
+        refuse_crossing(exports)
+    assert [error.split(": ")[0] for error in e.value.errors] == ["/etc/exports:2", "/etc/exports:3"]
+    assert "crossmnt" in e.value.errors[0] and "nohide" in e.value.errors[1]
+
+
+def test_a_plain_user_refuses_what_it_cannot_honour():
+    exports = parse_exports("/srv/a 127.0.0.1(rw)\n/srv/b 127.0.0.1(rw,no_root_squash)\n"
+                            "/srv/c 127.0.0.1(rw,anonuid=1000,anongid=1000)\n/srv/d *(rw,all_squash,anonuid=5)\n",
+                            "/etc/exports")
+    errors = unhonoured_as_plain_user(exports, 1000, 1000)
+    assert [error.split(": ")[0] for error in errors] == ["/etc/exports:2", "/etc/exports:4"]
+    assert "no_root_squash" in errors[0] and "anonuid=5" in errors[1]
+
+
+def test_a_plain_users_switcher_switches_nothing():
+    ids = NoSwitching()
+    before = (os.getuid(), os.getgid())
+    with ids.acting_as(Identity(1234, 1234, (1234,))):
+        assert ids.current == Identity(1234, 1234, (1234,))
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+        try:
+            status = os.read(fd, 4096).decode()
+        finally:
+            os.close(fd)
+    fsuid = [line.split()[4] for line in status.splitlines() if line.startswith("Uid:")][0]
+    assert int(fsuid) == before[0]
+    assert ids.current == ROOT
+
+
+def test_a_reload_it_cannot_serve_keeps_the_old_exports(tmp_path):
+    (tmp_path / "data").mkdir()
+    exports = parse_exports(f"{tmp_path / 'data'} 127.0.0.1(rw)\n", "exports")
+    table = PathHandles(exports, HandleCodec(KEY), str(tmp_path / "state"), plain_user=(1000, 1000))
+    try:
+        for text in (f"{tmp_path / 'data'} 127.0.0.1(rw,no_root_squash)\n", f"{tmp_path} 127.0.0.1(rw,crossmnt)\n"):
+            with pytest.raises(ExportsError) as e:
+                table.reload(parse_exports(text, "exports"))
+            assert e.value.errors[0].startswith("exports:1: ")
+            assert table.exports is exports
+    finally:
+        table.close()
