@@ -166,9 +166,7 @@ class PathHandles(ExportTable):
             handle = self.codec.encode(export.export_id, htype, data)
         finally:
             os.close(fd)
-        if len(self._handles) >= 65536:
-            self._handles.clear()
-        self._handles[(export.export_id, st.st_dev, st.st_ino)] = (st.st_ctime_ns, handle)
+        self._known(export, st, handle)
         return st, handle
 
     def _note_at(self, export: Export, key: bytes, dirfd: int, name: bytes, ino: int) -> None:
@@ -238,10 +236,7 @@ class PathHandles(ExportTable):
             fd = self._open(export, map_key(export.export_id, decoded.handle_type, decoded.data))
         except OSError as e:
             raise StaleHandle(str(e)) from None
-        st = os.fstat(fd)
-        if not self.inside(export, fd) or st.st_nlink == 0:
-            os.close(fd)
-            raise StaleHandle("object is outside its export")
+        st = self._served(export, fd)
         if flags != os.O_PATH:
             try:
                 opened = os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)

@@ -245,10 +245,14 @@ class ExportTable:
             handle = self.handle(export, fd)
         finally:
             os.close(fd)
+        self._known(export, st, handle)
+        return st, handle
+
+    def _known(self, export: Export, st: os.stat_result, handle: bytes) -> None:
+        """Keep ``handle`` of the object ``st`` for READDIRPLUS (:meth:`known_handle`), at most 65,536."""
         if len(self._handles) >= 65536:
             self._handles.clear()
         self._handles[(export.export_id, st.st_dev, st.st_ino)] = (st.st_ctime_ns, handle)
-        return st, handle
 
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
         """(export, fd) of a handle, the fd the caller's to close; BadHandle or StaleHandle if it names nothing
@@ -346,12 +350,18 @@ class ExportTable:
             fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
         except OSError as e:
             raise StaleHandle(str(e)) from None
+        st = self._served(export, fd)
+        return export, fd, st
+
+
+    def _served(self, export: Export, fd: int) -> os.stat_result:
+        """The fstat of a handle's object, which must be inside ``export`` and not removed (else StaleHandle, and
+        ``fd`` closed)."""
         st = os.fstat(fd)
         if not self.inside(export, fd) or st.st_nlink == 0:
             os.close(fd)
             raise StaleHandle("object is outside its export")
-        return export, fd, st
-
+        return st
 
     # -- filesystems mounted below an export (crossmnt, nohide, hide) ----------------------------------------
 
