@@ -90,7 +90,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         server.start()
 
         def on_request(request: str) -> str | None:
-            """restart | kill (SIGKILL, then start) | powercut (SIGKILL, the disk loses what was not synced, then
+            """restart | kill (SIGKILL, then start) | restart-renaming OLD NEW (stop, rename on the server's disk,
+            start) | powercut (SIGKILL, the disk loses what was not synced, then
             start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT | hold-ofd NAME SECONDS (a
             server-side lock) | log PATTERN (how many server log lines match)"""
             verb, _, arg = request.partition(" ")
@@ -102,6 +103,11 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 server.start()
             elif verb == "kill":
                 server.kill()
+                server.start()
+            elif verb == "restart-renaming":  # the server down, a file renamed on its disk meanwhile, then up
+                old, _, new = arg.partition(" ")
+                server.stop()
+                os.rename(export / old, export / new)
                 server.start()
             elif verb == "sha256":
                 try:

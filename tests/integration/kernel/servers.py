@@ -197,10 +197,13 @@ class NfsStack:
 
     #: Environment of the server besides the test's (a backend of one's own reads its settings there).
     env: dict = {}
+    #: A command twistd runs under (setpriv: fewer privileges).
+    prefix: tuple = ()
 
     def start(self) -> "NfsStack":
         self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),
-                           *self.extra_args, netns=self.netns, workdir=str(self.workdir), env=self.env).start()
+                           *self.extra_args, netns=self.netns, workdir=str(self.workdir), env=self.env,
+                           prefix=self.prefix).start()
         return self
 
     def stop(self) -> None:
@@ -234,6 +237,18 @@ class NfsStackMemory(NfsStack):
         super().__init__(netns, export_dir, ["--backend", "memory", *extra_args])
 
 
+#: Docker's default capability set (moby's oci/caps/defaults.go): no CAP_DAC_READ_SEARCH.
+DOCKER_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+               "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write", "setfcap")
+
+
+class NfsStackContainer(NfsStack):
+    """nfsstack as root in a container with Docker's default capabilities: no open_by_handle_at, so the local
+    backend finds its handles through its map of places (exports/paths.py), acting as its clients as ever."""
+
+    prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-all," + ",".join(f"+{cap}" for cap in DOCKER_CAPS))
+
+
 class NfsStackZip(NfsStack):
     """nfsstack serving the README's example backend (examples/zipexport.py): every export is :data:`ZIP_TREE`,
     read only, from a zip archive made here."""
@@ -254,4 +269,5 @@ class NfsStackZip(NfsStack):
 ZIP_TREE = {"hello.txt": "hello from a zip\n", "photos/": "", "photos/2026/beach.raw": bytes(range(256)) * 800}
 
 
-SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}
+SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "nfsstack-container": NfsStackContainer,
+           "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}

@@ -76,6 +76,19 @@ def test_nfsstack_memory(scenario):
     assert "Traceback" not in log and "storage: memory" in log, log
 
 
+#: The scenarios run as root in a container with Docker's default capabilities (no CAP_DAC_READ_SEARCH).
+CONTAINER_SCENARIOS = ["basic", "files", "bigdir", "access", "restart"]
+
+
+@pytest.mark.parametrize("scenario", CONTAINER_SCENARIOS)
+def test_nfsstack_in_a_container(scenario):
+    """Without open_by_handle_at the local backend finds its handles through its map of places: the kernel client
+    sees no difference, a restart included (and a file renamed on the server while it was down)."""
+    result, log = run_once("nfsstack-container", scenario)
+    assert result.status == 0 and not result.failures and result.checks, describe(result, log)
+    assert "Traceback" not in log and "without open_by_handle_at" in log, log
+
+
 #: The README's example backend (a zip archive, read only) under the kernel client: ls -lR and cat.
 ZIP_SCENARIO = r"""
 check "mount vers=3" mount_export || exit 1

@@ -13,5 +13,14 @@ check "the server's copy holds both lines" sh -c \
 expect_eq "and so does the server's disk" "$(host_request stat kept.txt | cut -d: -f4)" 18
 check "write by name after the restart" sh -c 'echo after >> /mnt/kept.txt && test "$(tail -n 1 /mnt/kept.txt)" = after'
 check "ls after the restart" sh -c 'ls /mnt | grep -qx dir'
+# A file renamed on the server's own disk while the server was down: its handle still leads to it.
+check "create another file" sh -c 'echo old-name > /mnt/dir/moved.txt && sync'
+exec 4<>/mnt/dir/moved.txt
+host_request restart-renaming dir/moved.txt renamed.txt >/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+check "read a file renamed on the server while it was down" sh -c 'read -r line <&4 && test "$line" = old-name'
+check "and write it" sh -c 'echo written >&4'
+exec 4>&-
+check "the new name has both lines" sh -c 'test "$(cat /mnt/renamed.txt | tr "\n" " ")" = "old-name written "'
 check "umount" umount /mnt
 exit $FAILED
