@@ -101,6 +101,22 @@ def null_ok(port: int) -> bool:
     return reply.error is None and udp.error is None
 
 
+def reachable(path: str) -> tuple[str, ...]:
+    """A Stack prefix that lets a plain user run the interpreter at ``path``: when a directory above it may not
+    be searched by others (a pyenv under /root, mode 0700), a private mount namespace puts a tmpfs (0755) over
+    that directory, with only the interpreter's subtree bound into it; nothing outside the server's namespace
+    changes."""
+    parts = Path(path).parts
+    for depth in range(1, len(parts) - 1):
+        closed = Path(*parts[:depth + 1])
+        if not os.stat(closed).st_mode & 0o001:
+            inner = closed / parts[depth + 1]
+            script = (f'd=$(mktemp -d) && mount --bind {inner} "$d" && mount -t tmpfs -o mode=0755 tmpfs {closed} '
+                      f'&& mkdir {inner} && mount --move "$d" {inner} && rmdir "$d" && exec "$0" "$@"')
+            return ("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+    return ()
+
+
 class Stack:
     """``twistd -n nfsstack`` in a subprocess (optionally inside a network namespace)."""
 

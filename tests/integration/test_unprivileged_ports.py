@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, Stack, can_make_netns, in_netns, netns, server_env, twistd
+from tests.support import REPO, Stack, can_make_netns, in_netns, netns, reachable, server_env, twistd
 
 pytestmark = [
     pytest.mark.netns,
@@ -34,22 +34,6 @@ NOBODY = 65534
 #: The documented ports (README "Running", nfsstack.tap.UNPRIVILEGED_PORTS).
 PORTMAP, NFS, MOUNTD, NLM, STATD = 10111, 12049, 12050, 12051, 12052
 FILE_CAPS = "+dac_read_search,+setuid,+setgid"
-
-
-def reachable(path: str) -> tuple[str, ...]:
-    """A Stack prefix that lets a plain user run the interpreter at ``path``: when a directory above it may not
-    be searched by others (a pyenv under /root, mode 0700), a private mount namespace puts a tmpfs (0755) over
-    that directory, with only the interpreter's subtree bound into it; nothing outside the server's namespace
-    changes."""
-    parts = Path(path).parts
-    for depth in range(1, len(parts) - 1):
-        closed = Path(*parts[:depth + 1])
-        if not os.stat(closed).st_mode & 0o001:
-            inner = closed / parts[depth + 1]
-            script = (f'd=$(mktemp -d) && mount --bind {inner} "$d" && mount -t tmpfs -o mode=0755 tmpfs {closed} '
-                      f'&& mkdir {inner} && mount --move "$d" {inner} && rmdir "$d" && exec "$0" "$@"')
-            return ("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-    return ()
 
 
 def plain_user(caps: str = "") -> tuple[str, ...]:

@@ -138,6 +138,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         try:
             env = {"NFS_SERVER": "10.0.2.2", "NFS_EXPORT": server.mount_path, "SERVER": server.name,
                    "SERVER_DISK": "yes" if server.on_disk else "no",
+                   "SERVER_IDENTITIES": "yes" if server.acts_as_clients else "no",
+                   "SERVER_UID": str(server.uid), "MOUNT_OPTIONS": server.mount_options,
                    "NFS_SERVER6": vm.HOST6, "GUEST6": vm.GUEST6,
                    "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash"}
             result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout,

@@ -18,7 +18,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from tests.support import REPO, Stack, in_netns, server_env
+from tests.support import REPO, Stack, in_netns, reachable, server_env, twistd
 
 GANESHA_CONF = """\
 NFS_CORE_PARAM {{
@@ -104,6 +104,9 @@ class Ganesha:
 
     name = "ganesha"
     on_disk = True
+    acts_as_clients = True
+    uid = 0
+    mount_options = ""
 
     def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
         self.netns = netns
@@ -199,11 +202,17 @@ class NfsStack:
     env: dict = {}
     #: A command twistd runs under (setpriv: fewer privileges).
     prefix: tuple = ()
+    #: Each call runs as its client; the server's uid; what the guest adds to its mount options; where the
+    #: server is ready.
+    acts_as_clients = True
+    uid = 0
+    mount_options = ""
+    ready_port = 111
 
     def start(self) -> "NfsStack":
         self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),
                            *self.extra_args, netns=self.netns, workdir=str(self.workdir), env=self.env,
-                           prefix=self.prefix).start()
+                           prefix=self.prefix).start(self.ready_port)
         return self
 
     def stop(self) -> None:
@@ -249,6 +258,27 @@ class NfsStackContainer(NfsStack):
     prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-all," + ",".join(f"+{cap}" for cap in DOCKER_CAPS))
 
 
+class NfsStackUser(NfsStack):
+    """nfsstack as a plain user (uid 65534, no capabilities): high ports, mounted with port= and mountport=,
+    the local backend without open_by_handle_at, every client acting as the server's user."""
+
+    acts_as_clients = False
+    uid = NOBODY = 65534
+    mount_options = "port=12049,mountport=12050,mountproto=tcp,nolock"
+    ready_port = 10111
+
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
+        super().__init__(netns, export_dir, extra_args)
+        # root_squash's anonuid is this user: nothing the exports ask for is another identity.
+        self.exports.write_text(
+            f"{export_dir} *(rw,insecure)\n{export_dir}-ro *(ro,insecure)\n{export_dir}-squash *(rw,insecure)\n")
+        for path in (self.workdir, self.exports):
+            os.chown(path, self.uid, self.uid)
+        self.workdir.chmod(0o755)
+        self.prefix = (*reachable(twistd()), "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}",
+                       "--clear-groups", "--inh-caps=-all", "--bounding-set=-all")
+
+
 class NfsStackZip(NfsStack):
     """nfsstack serving the README's example backend (examples/zipexport.py): every export is :data:`ZIP_TREE`,
     read only, from a zip archive made here."""
@@ -270,4 +300,4 @@ ZIP_TREE = {"hello.txt": "hello from a zip\n", "photos/": "", "photos/2026/beach
 
 
 SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "nfsstack-container": NfsStackContainer,
-           "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}
+           "nfsstack-user": NfsStackUser, "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}

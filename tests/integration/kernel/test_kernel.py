@@ -89,6 +89,15 @@ def test_nfsstack_in_a_container(scenario):
     assert "Traceback" not in log and "without open_by_handle_at" in log, log
 
 
+@pytest.mark.parametrize("scenario", CONTAINER_SCENARIOS)
+def test_nfsstack_as_a_plain_user(scenario):
+    """A plain user's nfsstack (no capabilities): high ports, mounted with port= and mountport=, and every client
+    acting as the server's user (access checks that instead; the checks of identities are skipped)."""
+    result, log = run_once("nfsstack-user", scenario)
+    assert result.status == 0 and not result.failures and result.checks, describe(result, log)
+    assert "Traceback" not in log and "every client acts as uid 65534" in log, log
+
+
 #: The README's example backend (a zip archive, read only) under the kernel client: ls -lR and cat.
 ZIP_SCENARIO = r"""
 check "mount vers=3" mount_export || exit 1

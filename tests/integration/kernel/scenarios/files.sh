@@ -12,13 +12,17 @@ check "symlink" sh -c 'ln -s ../c/f3 a/sym && test -L a/sym && test "$(readlink 
 check "dangling symlink" sh -c 'ln -s nowhere a/dangle && test -L a/dangle && ! test -e a/dangle'
 check "mkfifo" sh -c 'mkfifo a/fifo && test -p a/fifo'
 check "chmod" sh -c 'chmod 640 c/f3 && test "$(stat -c %a c/f3)" = 640 && chmod 4755 c/f3 && test "$(stat -c %a c/f3)" = 4755'
-check "chown (no_root_squash)" sh -c 'chown 1000:1000 c/f3 && test "$(stat -c %u:%g c/f3)" = 1000:1000'
+if server_identities; then
+    check "chown (no_root_squash)" sh -c 'chown 1000:1000 c/f3 && test "$(stat -c %u:%g c/f3)" = 1000:1000'
+fi
 check "touch -d" sh -c 'touch -d "2001-02-03 04:05:06" c/f3 && test "$(date -r c/f3 +%Y-%m-%dT%H:%M:%S)" = 2001-02-03T04:05:06'
 check "truncate up" sh -c 'truncate -s 100000 c/f3 && test "$(stat -c %s c/f3)" = 100000 && test "$(tail -c 10 c/f3 | od -An -tx1 | tr -d " ")" = 00000000000000000000'
 check "truncate down" sh -c 'truncate -s 3 c/f3 && test "$(cat c/f3)" = two'
 check "remove a symlink, not its target" sh -c 'rm a/sym && test -e c/f3'
-check "chown -h changes the symlink, not its target" sh -c 'ln -s nowhere a/owned && chown -h 1000:1000 a/owned && test "$(stat -c %u:%g a/owned)" = 1000:1000'
-if server_disk; then
+if server_identities; then
+    check "chown -h changes the symlink, not its target" sh -c 'ln -s nowhere a/owned && chown -h 1000:1000 a/owned && test "$(stat -c %u:%g a/owned)" = 1000:1000'
+fi
+if server_disk && server_identities; then
     seen=$(host_request stat a/owned)
     expect_eq "the server's symlink is owned as chown -h set it" "$seen" "$(stat -c '%u:%g:0o%a:%s:%h' a/owned)"
     expect_eq "and the guest sees the owner it set" "${seen%%:0o*}" "1000:1000"

@@ -16,6 +16,11 @@ check() {
 server_disk() {
     [ "${SERVER_DISK:-yes}" = yes ]
 }
+# server_identities: whether the server acts as each client (not a plain user's nfsstack, which acts as itself for
+# every client).
+server_identities() {
+    [ "${SERVER_IDENTITIES:-yes}" = yes ]
+}
 # host_request WORDS: ask the harness to do something (e.g. restart the server) and wait for its "ok".
 host_request() {
     echo "@@HOST $*" >/dev/console
@@ -24,11 +29,11 @@ host_request() {
 }
 # mount_export [OPTIONS]: mount $NFS_SERVER:$NFS_EXPORT on /mnt the way a user would.
 mount_export() {
-    mount -t nfs -o "vers=3${1:+,$1}" "$NFS_SERVER:$NFS_EXPORT" /mnt
+    mount -t nfs -o "vers=3${MOUNT_OPTIONS:+,$MOUNT_OPTIONS}${1:+,$1}" "$NFS_SERVER:$NFS_EXPORT" /mnt
 }
 # mount_at EXPORT DIR: mount another export of the server.
 mount_at() {
-    mkdir -p "$2" && mount -t nfs -o vers=3 "$NFS_SERVER:$1" "$2"
+    mkdir -p "$2" && mount -t nfs -o "vers=3${MOUNT_OPTIONS:+,$MOUNT_OPTIONS}" "$NFS_SERVER:$1" "$2"
 }
 # expect_fail NAME PATTERN COMMAND...: the command must fail with a message matching PATTERN.
 expect_fail() {
