@@ -14,6 +14,7 @@ guest) runs dd and a tar extract against each.  Everything is written to bench/r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,11 +32,13 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from tests.integration.kernel.servers import Ganesha, NfsStack  # noqa: E402
+from tests.integration.kernel.servers import SERVERS as SERVER_CLASSES  # noqa: E402
 from tests.support import netns  # noqa: E402
 
 LOAD = BENCH / "nfs_load.py"
 RESULTS = BENCH / "results"
+#: The servers compared: the first two are the table's (nfsstack against nfs-ganesha); any other nfsstack variant
+#: (``--servers nfsstack nfsstack-container ganesha``: without open_by_handle_at) gets a table against nfsstack.
 SERVERS = ("nfsstack", "ganesha")
 # (workload, in flight, what the figure is)
 WORKLOADS = [
@@ -111,19 +114,19 @@ class Bench:
 
     def run(self) -> None:
         a = self.args
-        with netns() as ns_ours, netns() as ns_theirs:
+        with contextlib.ExitStack() as namespaces:
             servers = {}
-            for name, ns in (("nfsstack", ns_ours), ("ganesha", ns_theirs)):
+            for name in a.servers:
+                ns = namespaces.enter_context(netns())
                 export = self.scratch / name
                 self.prepare_export(export)
-                server = (NfsStack if name == "nfsstack" else Ganesha)(ns, export, [])
-                servers[name] = (server, ns, export)
+                servers[name] = (SERVER_CLASSES[name](ns, export, []), ns, export)
             try:
                 for server, _, _ in servers.values():
                     server.start()
                 pids = {name: self.pid(name, server) for name, (server, _, _) in servers.items()}
                 for rnd in range(a.rounds):
-                    order = SERVERS if rnd % 2 == 0 else SERVERS[::-1]
+                    order = a.servers if rnd % 2 == 0 else a.servers[::-1]
                     for workload, inflight, unit in WORKLOADS:
                         if a.only and workload not in a.only:
                             continue
@@ -148,7 +151,7 @@ class Bench:
 
     @staticmethod
     def pid(name: str, server) -> int:
-        proc = server.stack.proc if name == "nfsstack" else server.proc
+        proc = server.stack.proc if hasattr(server, "stack") else server.proc
         return proc.pid  # `ip netns exec`, `unshare` and `sh -c exec` all exec: this is the server itself
 
     def one(self, rnd, name, ns, export, workload, inflight, unit, pid) -> None:
@@ -184,7 +187,7 @@ class Bench:
         tar = make_tree(tree_dir)
         script = KERNEL_SCRIPT.replace("__MIB__", str(self.args.kernel_mib))
         for rnd in range(self.args.rounds):
-            for name in SERVERS if rnd % 2 == 0 else SERVERS[::-1]:
+            for name in self.args.servers if rnd % 2 == 0 else self.args.servers[::-1]:
                 result, _ = run_script(name, script, timeout=900,
                                        prepare=lambda export: shutil.copy(tar, export / "tree.tar"))
                 figures = {}
@@ -230,7 +233,21 @@ class Bench:
                             f"{med['ganesha'] / med['nfsstack']:.2f} (time, inverted) | - |")
         rss = self.results.get("peak_rss_mib", {})
         if rss:
-            rows.append(f"\npeak RSS: nfsstack {rss.get('nfsstack')} MiB, ganesha {rss.get('ganesha')} MiB")
+            rows.append("\npeak RSS: " + ", ".join(f"{name} {mib} MiB" for name, mib in rss.items()))
+        for variant in (n for n in self.args.servers if n not in SERVERS):
+            rows += [f"\n| workload | nfsstack | {variant} | {variant} / nfsstack | server CPU s (nfsstack / {variant}) |",
+                     "|---|---|---|---|---|"]
+            for workload, _, unit in WORKLOADS:
+                med, cpu = {}, {}
+                for name in ("nfsstack", variant):
+                    runs = [r for r in self.results["runs"] if r["server"] == name and r["workload"] == workload
+                            and r.get("figure") is not None]
+                    if runs:
+                        med[name] = statistics.median(r["figure"] for r in runs)
+                        cpu[name] = statistics.median(r.get("server_cpu_s", 0) for r in runs)
+                if len(med) == 2 and med["nfsstack"]:
+                    rows.append(f"| {workload} ({unit}) | {med['nfsstack']:,.0f} | {med[variant]:,.0f} | "
+                                f"{med[variant] / med['nfsstack']:.2f} | {cpu['nfsstack']:.2f} / {cpu[variant]:.2f} |")
         return "\n".join(rows)
 
 
@@ -244,6 +261,9 @@ def main(argv=None) -> int:
                    help="also run the kernel client in qemu (dd and a tar extract)")
     p.add_argument("--kernel-mib", type=int, default=256, help="size of the kernel client's dd")
     p.add_argument("--only", nargs="*", help="run only these workloads")
+    p.add_argument("--servers", nargs="+", default=list(SERVERS), choices=sorted(SERVER_CLASSES),
+                   help="servers to run (nfsstack and ganesha make the main table; another nfsstack variant, e.g. "
+                        "nfsstack-container, gets a table against nfsstack)")
     p.add_argument("--scratch", default=None, help="directory for the exports (default: the system's temp dir)")
     p.add_argument("--output", default=str(RESULTS / "nfs.json"))
     a = p.parse_args(argv)
