@@ -137,6 +137,23 @@ def test_a_plain_user_serves_every_client_as_itself_and_refuses_what_it_cannot_h
                     assert (export / name.decode()).stat().st_uid == USER
                 finally:
                     c.close()
+            # Forged and replayed-after-delete handles, and a symlink out of the export, as the plain user serves.
+            os.symlink("/etc/passwd", export / "out")
+            c = NfsClient(str(export), port, uid=0)
+            try:
+                out = c("LOOKUP", c.root, b"out").object
+                assert c("READ", out, 0, 100).status == Stat.INVAL  # the link itself, never what it names
+                assert c("READLINK", out).data == b"/etc/passwd"
+                gone = c("CREATE", c.root, b"gone", 0, Sattr3(mode=0o644)).obj
+                assert c("REMOVE", c.root, b"gone").ok
+                assert c("GETATTR", gone).status == Stat.STALE
+                assert c("CREATE", c.root, b"gone", 0, Sattr3(mode=0o644)).ok  # the name again, a new object
+                assert c("GETATTR", gone).status == Stat.STALE
+                forged = bytearray(c.root)
+                forged[-1] ^= 1
+                assert c("GETATTR", bytes(forged)).status == Stat.BADHANDLE
+            finally:
+                c.close()
         finally:
             stack.stop()
         assert "Traceback" not in stack.log_text(), stack.log_text()
