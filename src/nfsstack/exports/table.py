@@ -96,6 +96,9 @@ class ExportTable:
     def flush(self) -> None:
         """Write what handles made since the last flush need kept (nothing: kernel handles need no map)."""
 
+    def flush_due(self) -> None:
+        """:meth:`flush`, when it is time to (PathHandles writes the rows of many calls at once)."""
+
     def renamed(self, export: Export, dirfd: int, name: bytes) -> None:
         """RENAME through NFS moved an object to ``name`` in ``dirfd`` (kernel handles do not care)."""
 

@@ -90,7 +90,7 @@ class LocalFilesystem:
         if call.threaded or (who is not ROOT and who is not None):  # root's calls never switch identity
             self.caller.reset()
         if self.table.pending:  # as the server again: the unprivileged backend's new places are written
-            self.table.flush()
+            self.table.flush_due()
         if changed and call.watched:
             self.lister.touched(call)
 
