@@ -168,19 +168,21 @@ class PathMap:
 
     def gone_inode(self, ino: int, keys_of: "set[bytes] | None" = None) -> None:
         """An object with inode number ``ino`` was removed through NFS: its rows (of the exports ``keys_of``
-        prefixes allow, the exports on its device) are marked gone.  Written at once, under the caller's flush."""
+        prefixes allow, the exports on its device) are marked gone, written at the next :meth:`flush`."""
         with self._lock:
-            self._flush()
-            db = self._open()
-            rows = db.execute("SELECT key, parent, name FROM places WHERE ino = ? AND gone = 0", (ino,)).fetchall()
+            found = {key: place for key, place in self.pending.items()
+                     if place is not None and place.ino == ino and not place.gone}
+            rows = self._open().execute("SELECT key, parent, name FROM places WHERE ino = ? AND gone = 0",
+                                        (ino,)).fetchall()
             for key, parent, name in rows:
-                key = bytes(key)
+                if bytes(key) not in self.pending:  # a pending row is newer than the written one
+                    found[bytes(key)] = Place(bytes(parent), bytes(name), ino)
+            for key, place in found.items():
                 if keys_of is not None and key[:4] not in keys_of:
                     continue
-                place = Place(bytes(parent), bytes(name), ino, True)
-                self.pending[key] = place
-                self._cached(key, place)
-            self._flush()
+                gone = Place(place.parent, place.name, ino, True)
+                self.pending[key] = gone
+                self._cached(key, gone)
 
     def _cached(self, key: bytes, place: Place) -> None:
         if len(self._cache) >= self.cache_size:

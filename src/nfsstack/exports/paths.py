@@ -222,7 +222,7 @@ class PathHandles(ExportTable):
 
     def remember(self, handle: bytes, export: Export, fd: int, st: os.stat_result) -> None:
         super().remember(handle, export, fd, st)
-        self.flush()  # LocalFilesystem calls this as the server, after making an object
+        self.flush_due()  # LocalFilesystem calls this as the server, after making an object
 
     def forget(self, st: os.stat_result) -> None:
         super().forget(st)
