@@ -283,3 +283,22 @@ def test_a_reload_it_cannot_serve_keeps_the_old_exports(tmp_path):
             assert table.exports is exports
     finally:
         table.close()
+
+
+def test_the_rows_of_many_calls_are_written_together(server, monkeypatch):
+    """CREATE and REMOVE do not each commit a transaction: their rows wait (and serve) until the next batched
+    write, which the periodic sweep makes for an idle server."""
+    from nfsstack.exports import paths
+
+    monkeypatch.setattr(paths, "FLUSH_EVERY", 3600.0)
+    server.table.flush()
+    made = [create(server.nfs, server.root, f"f{i}".encode()) for i in range(20)]
+    assert server.nfs("REMOVE", server.root, b"f0").ok
+    assert len(server.table.pending) >= 20  # nothing written yet
+    assert server.nfs("GETATTR", made[0]).status == Stat.STALE  # the pending gone mark already counts
+    assert all(server.nfs("GETATTR", fh).ok for fh in made[1:])
+    server.table.sweep()
+    assert not server.table.pending
+    server.restart()  # what was written serves after a restart, without a search
+    assert server.nfs("GETATTR", made[0]).status == Stat.STALE
+    assert all(server.nfs("GETATTR", fh).ok for fh in made[1:]) and server.table.searches == 0
