@@ -76,6 +76,15 @@ def run_to_exit(prefix: tuple[str, ...], args: list[str], workdir: Path, timeout
     return out.returncode, time.monotonic() - started, log.read_text() if log.exists() else "", out.stdout + out.stderr
 
 
+def the_one_line(status: int, seconds: float, log: str, said: str) -> str:
+    """A start that failed as it should: exit 1 within seconds, no traceback, and its one error line."""
+    assert status == 1, (status, log, said)
+    assert seconds < 20, seconds
+    assert "Traceback" not in log + said, log + said
+    (line,) = error_lines(log)
+    return line
+
+
 def error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "#error]" in line or "#critical]" in line]
 
@@ -115,10 +124,7 @@ def test_a_plain_user_asking_for_a_privileged_port_exits_with_one_line_naming_th
                        "--inh-caps=-all"), ["--portmap-port", "111"], work)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)
-    assert status == 1, (status, log, said)
-    assert seconds < 20, seconds
-    assert "Traceback" not in log + said, log + said
-    (line,) = error_lines(log)
+    line = the_one_line(status, seconds, log, said)
     assert "portmapper: port 111 needs root or CAP_NET_BIND_SERVICE; leave --portmap-port unset for 10111" in line, line
     assert "rpcbind running" not in line, line  # EACCES is not "is rpcbind running?"
 
@@ -145,10 +151,7 @@ def test_a_start_where_nfsd_cannot_run_exits_with_one_line():
         status, seconds, log, said = run_to_exit(stack.prefix, stack.args, work)
     finally:
         shutil.rmtree(work.parent, ignore_errors=True)
-    assert status == 1, (status, log, said)
-    assert seconds < 20, seconds
-    assert "Traceback" not in log + said, log + said
-    (line,) = error_lines(log)
+    line = the_one_line(status, seconds, log, said)
     assert "mountd, nfsd, nlockmgr and status cannot run" in line, line
     assert "cannot act as its clients" in line and "CAP_SETUID and CAP_SETGID" in line, line
 
@@ -203,9 +206,7 @@ def test_a_port_in_use_stops_the_start_or_with_partial_is_reported(tmp_path):
         args = ["--bind", "127.0.0.1", "--portmap-port", str(pmap), "--nfs-port", str(nfs_port),
                 "--status-port", str(status_port), "--state-dir", str(tmp_path / "state")]
         status, seconds, log, said = run_to_exit((), args, tmp_path)
-        assert status == 1 and seconds < 20, (status, log, said)
-        assert "Traceback" not in log + said, log + said
-        (line,) = error_lines(log)
+        line = the_one_line(status, seconds, log, said)
         assert f"nfsd: port {nfs_port} is in use" in line, line
         stack = Stack(*args, "--partial", workdir=str(tmp_path))
         stack.start(pmap, timeout=30)

@@ -99,11 +99,11 @@ def started(ns: str, workdir: str, prefix: tuple[str, ...], *args: str) -> Stack
     return Stack(*args, netns=ns, workdir=workdir, prefix=prefix).start(PORTMAP, timeout=30)
 
 
-def test_a_plain_user_without_capabilities_serves_every_service_on_high_ports(workdir):
-    """Default options: every port the stack listens on and registers is a high one (the local backend runs
-    without open_by_handle_at, every client acting as this user)."""
+def surveyed(workdir: str, prefix: tuple[str, ...]) -> tuple[dict, set, str]:
+    """Start a stack under ``prefix``, take its portmapper's table and the ports it listens on, stop it: (table,
+    ports, log), the log checked for tracebacks."""
     with netns() as ns:
-        stack = started(ns, workdir, plain_user())
+        stack = started(ns, workdir, prefix)
         try:
             table = dump(ns, PORTMAP)
             ports = listening(ns)
@@ -111,6 +111,13 @@ def test_a_plain_user_without_capabilities_serves_every_service_on_high_ports(wo
             stack.stop()
     log = stack.log_text()
     assert "Traceback" not in log, log
+    return table, ports, log
+
+
+def test_a_plain_user_without_capabilities_serves_every_service_on_high_ports(workdir):
+    """Default options: every port the stack listens on and registers is a high one (the local backend runs
+    without open_by_handle_at, every client acting as this user)."""
+    table, ports, log = surveyed(workdir, plain_user())
     assert ports == {PORTMAP, NFS, MOUNTD, NLM, STATD, 1110}, ports
     # Its own registrations: v2 on tcp and udp, v3/v4 on every netid, all at 10111.
     assert {(prot, port) for prog, _, prot, port in table[2] if prog == 100000} == {(6, PORTMAP), (17, PORTMAP)}
@@ -118,7 +125,7 @@ def test_a_plain_user_without_capabilities_serves_every_service_on_high_ports(wo
     assert all(uaddr_port(r[3]) > 1023 for r in table[3] if r[2] != "local"), table
     assert {r[2] for r in table[3] if r[0] == 100000} >= {"tcp", "udp"}, table
     assert not any(r[2] == "local" for r in table[3]), "a plain user's stack must not serve /run/rpcbind.sock"
-    export = Path(stack.workdir) / "export"
+    export = Path(workdir) / "export"
     assert (f"listening on high ports (portmapper {PORTMAP}, nfsd {NFS}, mountd {MOUNTD}, nlockmgr {NLM}, "
             f"status {STATD})") in log, log
     assert (f"mount -t nfs -o vers=3,proto=tcp,port={NFS},mountport={MOUNTD},mountproto=tcp,nolock "
@@ -127,15 +134,7 @@ def test_a_plain_user_without_capabilities_serves_every_service_on_high_ports(wo
 
 
 def test_a_plain_user_without_net_bind_service_registers_every_service_on_its_high_port(workdir):
-    with netns() as ns:
-        stack = started(ns, workdir, plain_user(FILE_CAPS))
-        try:
-            table = dump(ns, PORTMAP)
-            ports = listening(ns)
-        finally:
-            stack.stop()
-    log = stack.log_text()
-    assert "Traceback" not in log, log
+    table, ports, log = surveyed(workdir, plain_user(FILE_CAPS))
     assert ports == {PORTMAP, NFS, MOUNTD, NLM, STATD, 1110}, ports
     registered = {(prog, prot): port for prog, _, prot, port in table[2]}
     expected = {100000: PORTMAP, 100003: NFS, 100005: MOUNTD, 100021: NLM, 100024: STATD}

@@ -174,8 +174,7 @@ def _resume(gen, value: Any, error: Optional[BaseException]) -> Any:
             got = gen.send(got)
     except StopIteration as stop:
         return stop.value
-    later = got if got.__class__ is defer.Deferred or isinstance(got, defer.Deferred) else \
-        defer.Deferred.fromCoroutine(got)
+    later = got if isinstance(got, defer.Deferred) else defer.Deferred.fromCoroutine(got)
     return later.addCallbacks(lambda value: _resume(gen, value, None),
                               lambda failure: _resume(gen, None, failure.value))
 
