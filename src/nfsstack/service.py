@@ -464,16 +464,30 @@ def default_exports() -> Exports:
 
 
 def _raise_fd_limit() -> None:
-    """Descriptors: cached file handles and connections need more than a shell's usual 1,024."""
+    """Descriptors: connections and the objects clients work on (the export table keeps one per object in use,
+    for working sets of 100,000 files) need more than a shell's usual 1,024.  The soft limit goes to the hard
+    one; a process that may (root: CAP_SYS_RESOURCE) raises the hard one to :data:`WANTED_FDS` first, within
+    the kernel's ``fs.nr_open``."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < WANTED_FDS:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                most = int(f.read())
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(WANTED_FDS, most),) * 2)
+            return
+        except (ValueError, OSError):
+            pass
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass
 
+
+#: Descriptors the process asks for: twice the export table's most (exports/table.py MAX_KEPT), with room.
+WANTED_FDS = 1 << 20
 
 
 def _forget_unexported_mounts(mounts: MountList, table: ExportTable) -> None:

@@ -8,6 +8,7 @@ the replies are decoded with the project's client codec.
 import errno
 import os
 import stat
+import time
 
 import pytest
 from hypothesis import given, strategies as st
@@ -1051,6 +1052,11 @@ def test_a_users_write_clears_set_id_bits_as_locally(env, size):
     assert r.ok and r.data == b"x" * size and r.eof
 
 
+def _kept(table) -> int:
+    """How many descriptors the inode index names (a handle, or a set of them, per inode)."""
+    return sum(1 if isinstance(h, bytes) else len(h) for h in table._inodes.values())
+
+
 def test_the_descriptor_cache_forgets_a_removed_object_by_its_inode(env):
     """REMOVE closes the cached descriptors of the object (found by inode, not by a scan), and the cache stays
     within its size; its inode index always matches it."""
@@ -1060,11 +1066,34 @@ def test_the_descriptor_cache_forgets_a_removed_object_by_its_inode(env):
     for h in handles[-10:]:
         assert nfs("GETATTR", h).ok
     assert len(table._fds) == 16
-    assert nfs("LINK", handles[-1], roots["data"], b"alias").ok
-    gone = os.stat(tmp / "data" / "f39")
-    assert handles[-1] in table._fds
-    assert nfs("REMOVE", roots["data"], b"f39").ok and nfs("REMOVE", roots["data"], b"alias").ok
-    assert handles[-1] not in table._fds and (gone.st_dev, gone.st_ino) not in table._inodes
+    assert nfs("LINK", handles[0], roots["data"], b"alias").ok
+    gone = os.stat(tmp / "data" / "f0")
+    assert handles[0] in table._fds
+    assert nfs("REMOVE", roots["data"], b"f0").ok and nfs("REMOVE", roots["data"], b"alias").ok
+    assert handles[0] not in table._fds and (gone.st_dev, gone.st_ino) not in table._inodes
     assert {e[3] for e in table._fds.values()} == set(table._inodes)
-    assert sum(map(len, table._inodes.values())) == len(table._fds)
-    assert nfs("GETATTR", handles[-1]).status == Stat.STALE
+    assert _kept(table) == len(table._fds)
+    assert nfs("GETATTR", handles[0]).status == Stat.STALE
+
+
+def test_a_working_set_larger_than_the_descriptor_cache_still_hits_it(env, monkeypatch):
+    """Going round more objects than the cache keeps (as a client listing or stat-ing a big tree does), the kept
+    ones keep hitting (an LRU would hit none), the others are opened by handle without computing their MAC
+    again, and an idle cache makes room (sweep)."""
+    tmp, table, _, nfs, roots = env
+    table.cache_size = 16
+    handles = [create(nfs, roots["data"], f"f{i}".encode()) for i in range(40)]
+    opened, macs = [], []
+    resolve, decode = table._resolve, table.codec.decode
+    monkeypatch.setattr(table, "_resolve", lambda *a: opened.append(a) or resolve(*a))
+    monkeypatch.setattr(table.codec, "decode", lambda *a: macs.append(1) or decode(*a))
+    for _ in range(3):
+        for h in handles:
+            assert nfs("GETATTR", h).ok
+    kept = sum(h in table._fds for h in handles)  # the export's directory holds one place
+    assert len(table._fds) == 16 and kept == 15
+    assert len(opened) == 3 * (40 - kept)
+    assert len(macs) == 40 - kept  # the first time each is opened only
+    later = time.monotonic() + 60
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert table.sweep(idle=30) == 16 and not table._fds and not table._inodes

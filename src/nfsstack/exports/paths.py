@@ -92,7 +92,7 @@ class PathHandles(ExportTable):
     """
 
     def __init__(self, exports: Exports, codec, state_dir: str, names: Optional[HostNames] = None,
-                 cache_size: int = 1024, recheck: float = 2.0, search_entries: int = SEARCH_ENTRIES,
+                 cache_size: Optional[int] = None, recheck: float = 2.0, search_entries: int = SEARCH_ENTRIES,
                  search_seconds: float = SEARCH_SECONDS, plain_user: Optional[tuple[int, int]] = None) -> None:
         refuse_unservable(exports, plain_user)
         super().__init__(exports, codec, names, cache_size, recheck)

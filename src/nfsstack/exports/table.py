@@ -31,18 +31,35 @@ the directory above it, in the export that serves it.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from typing import Optional
 
 from nfsstack.exports.file import WILDCARD, Export, ExportOptions, Exports, normalize
 from nfsstack.exports.handles import BadHandle, HandleCodec, StaleHandle, kernel_handle, open_kernel_handle
 from nfsstack.exports.mounts import mounts, open_tree
 from nfsstack.exports.names import HostNames
+
+
+#: Descriptors the table keeps at most, whatever the limit of the process.
+MAX_KEPT = 262144
+#: Handles of objects seen by LOOKUP and READDIRPLUS kept, each by (export, device, inode) and ctime.
+KNOWN_HANDLES = 262144
+
+
+def descriptor_budget() -> int:
+    """How many O_PATH descriptors the table may keep: half of what the process may open (connections, files
+    kept for writing and directories listed need the rest), at most :data:`MAX_KEPT`, at least 1,024."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_KEPT
+    return max(1024, min(MAX_KEPT, soft // 2))
 
 
 class ExportGone(StaleHandle):
@@ -53,24 +70,37 @@ class ExportTable:
     """Handles to descriptors, and which options a client gets.
 
     Resolving a handle costs an HMAC, ``open_by_handle_at`` and a look at
-    where the object lies; recently used handles keep an O_PATH descriptor
-    (LRU, ``cache_size``), so a call costs a ``dup`` and an ``fstat``.  A
-    cached object is looked at again (still inside its export?) after
-    ``recheck`` seconds, and one that was deleted is stale at once.
+    where the object lies; handles in use keep an O_PATH descriptor, so a call
+    costs a ``dup`` and an ``fstat`` (attributes are never cached: every call
+    sees the object as it is now).  The descriptors kept are sized for the
+    working sets clients have (:func:`descriptor_budget`: up to 262,144, half
+    the descriptors the process may open), not for a few hot files: a client
+    going round 100,000 files would miss every time in a small LRU.  A cached
+    object is looked at again (still inside its export?) ``recheck`` seconds
+    after its last look, and one that was deleted is stale at once; one unused
+    for ``idle`` seconds is closed by :meth:`sweep`.
     """
 
     def __init__(self, exports: Exports, codec: HandleCodec, names: Optional[HostNames] = None,
-                 cache_size: int = 1024, recheck: float = 2.0) -> None:
+                 cache_size: Optional[int] = None, recheck: float = 2.0) -> None:
         self.codec = codec
         #: Called with the exports after every :meth:`reload`.
         self.reloaded: list = []
         self.names = names or HostNames()
+        #: Descriptors kept at most; None: :func:`descriptor_budget` when the first is kept (after the service
+        #: raised the process's limit).
         self.cache_size = cache_size
         self.recheck = recheck
         #: handle -> (export, O_PATH fd, when last checked, (st_dev, st_ino))
-        self._fds: "OrderedDict[bytes, tuple[Export, int, float, tuple[int, int]]]" = OrderedDict()
-        #: (device, inode) -> the handles in ``_fds`` naming it: REMOVE forgets an object without a scan
-        self._inodes: dict[tuple[int, int], set[bytes]] = {}
+        self._fds: dict[bytes, tuple[Export, int, float, tuple[int, int]]] = {}
+        #: (device, inode) -> the handle in ``_fds`` naming it (a set in the rare case of several, e.g. one
+        #: object reached through two exports): REMOVE forgets an object without a scan.
+        self._inodes: dict[tuple[int, int], "bytes | set[bytes]"] = {}
+        #: handle -> (export, kernel handle type and bytes, when its object was last found inside the export):
+        #: handles whose MAC was checked, opened again without one (:meth:`_resolve`).
+        self._opened: dict[bytes, tuple[Export, int, bytes, float]] = {}
+        #: Where :meth:`sweep` goes on looking for deleted objects among the kept descriptors.
+        self._sweep_from = 0
         self._options: dict[tuple[int, str], Optional[ExportOptions]] = {}
         #: (export id, st_dev, st_ino) -> (st_ctime_ns, handle): an inode number used again by a new object
         #: (another ctime) is not taken for the old one; an object removed through NFS is dropped at once.
@@ -130,6 +160,7 @@ class ExportTable:
             os.close(entry[1])
         self._fds.clear()
         self._inodes.clear()
+        self._opened.clear()
         self._options.clear()
         self._handles.clear()
 
@@ -252,10 +283,14 @@ class ExportTable:
         return st, handle
 
     def _known(self, export: Export, st: os.stat_result, handle: bytes) -> None:
-        """Keep ``handle`` of the object ``st`` for READDIRPLUS (:meth:`known_handle`), at most 65,536."""
-        if len(self._handles) >= 65536:
-            self._handles.clear()
-        self._handles[(export.export_id, st.st_dev, st.st_ino)] = (st.st_ctime_ns, handle)
+        """Keep ``handle`` of the object ``st`` for LOOKUP and READDIRPLUS (:meth:`known_handle`), at most
+        :data:`KNOWN_HANDLES`; when full, the older half goes (not all: a directory of more names than that,
+        listed again and again, still finds half of them)."""
+        handles = self._handles
+        if len(handles) >= KNOWN_HANDLES:
+            for key in list(itertools.islice(handles, KNOWN_HANDLES // 2)):
+                del handles[key]
+        handles[(export.export_id, st.st_dev, st.st_ino)] = (st.st_ctime_ns, handle)
 
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
         """(export, fd) of a handle, the fd the caller's to close; BadHandle or StaleHandle if it names nothing
@@ -271,31 +306,46 @@ class ExportTable:
             return self._resolve_cached(handle)
 
     def _resolve_cached(self, handle: bytes) -> tuple[Export, int, os.stat_result]:
-        flags = os.O_PATH
         entry = self._fds.get(handle)
-        now = time.monotonic()
         if entry is not None:
             export, cached, checked, _ = entry
-            if now - checked < self.recheck:
-                st = os.fstat(cached)
-                if st.st_nlink == 0:
+            st = os.fstat(cached)
+            if st.st_nlink == 0:
+                self._evict(handle)
+                raise StaleHandle("object was deleted")
+            now = time.monotonic()
+            if now - checked >= self.recheck:
+                # Looked at again where it lies (a rename on the server may have taken it out of its export),
+                # through the descriptor kept: no need to open the handle again.
+                if not self.inside(export, cached):
                     self._evict(handle)
-                    raise StaleHandle("object was deleted")
-                self._fds.move_to_end(handle)
-                return export, os.dup(cached), st
-            self._evict(handle)
-        export, fd, st = self._resolve(handle, flags)
-        self._keep(handle, export, fd, (st.st_dev, st.st_ino), now)
+                    raise StaleHandle("object is outside its export")
+                self._fds[handle] = (export, cached, now, entry[3])
+            return export, os.dup(cached), st
+        export, fd, st = self._resolve(handle, os.O_PATH)
+        self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
         return export, fd, st
 
     def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float) -> None:
-        """Cache a copy of ``fd`` for ``handle`` (under the lock), dropping the least recently used."""
-        if not self.cache_size or handle in self._fds:
+        """Cache a copy of ``fd`` for ``handle`` (under the lock), if there is room.
+
+        When full, nothing is evicted to make room: a client going round more objects than there is room for
+        would evict each one before it came back (an LRU hits nothing under a cyclic pattern), while kept ones
+        keep hitting and the others are opened by handle (:meth:`_resolve`, without the MAC).  Room is made by
+        :meth:`sweep`, which closes what has not been used for a while."""
+        size = self.cache_size
+        if size is None:
+            size = self.cache_size = descriptor_budget()
+        if len(self._fds) >= size or handle in self._fds:
             return
         self._fds[handle] = (export, os.dup(fd), now, inode)
-        self._inodes.setdefault(inode, set()).add(handle)
-        while len(self._fds) > self.cache_size:
-            self._evict(next(iter(self._fds)))
+        others = self._inodes.get(inode)
+        if others is None:
+            self._inodes[inode] = handle
+        elif isinstance(others, set):
+            others.add(handle)
+        elif others != handle:
+            self._inodes[inode] = {others, handle}
 
     def remember(self, handle: bytes, export: Export, fd: int, st: os.stat_result) -> None:
         """Keep a descriptor of an object just made in ``export`` (a copy of the O_PATH ``fd``): the calls that
@@ -308,25 +358,35 @@ class ExportTable:
         forget its handle (its inode number may come back with a new object)."""
         inode = (st.st_dev, st.st_ino)
         with self._lock:
-            for handle in list(self._inodes.get(inode, ())):
+            handles = self._inodes.get(inode, ())
+            for handle in [handles] if isinstance(handles, bytes) else list(handles):
                 self._evict(handle)
             for export in self.exports:
                 self._handles.pop((export.export_id, st.st_dev, st.st_ino), None)
             for export_id in self._crossed:
                 self._handles.pop((export_id, st.st_dev, st.st_ino), None)
 
-    def sweep(self, idle: float = 30.0) -> int:
-        """Close the cached descriptors of deleted objects (a server-side ``rm`` must free space) and of ones
-        not used for ``idle`` seconds; how many were closed."""
+    def sweep(self, idle: float = 30.0, look: int = 8192) -> int:
+        """Close the cached descriptors of objects not used for ``idle`` seconds, and of deleted ones (a
+        server-side ``rm`` must free space: a kept descriptor holds the blocks); how many were closed.
+
+        Whether an object was deleted costs an ``fstat``: at most ``look`` of them are looked at per sweep, the
+        next ones the next time, so a sweep of a cache of 100,000 stays short on the reactor.  A deleted object
+        not used again is closed as idle in any case."""
         now = time.monotonic()
         closed = 0
         with self._lock:
-            for handle, (_, fd, checked, _) in list(self._fds.items()):
-                try:
-                    gone = os.fstat(fd).st_nlink == 0
-                except OSError:
-                    gone = True
-                if gone or now - checked > idle:
+            entries = list(self._fds.items())
+            start = self._sweep_from if self._sweep_from < len(entries) else 0
+            self._sweep_from = start + look
+            for i, (handle, (_, fd, checked, _)) in enumerate(entries):
+                gone = now - checked > idle
+                if not gone and start <= i < start + look:
+                    try:
+                        gone = os.fstat(fd).st_nlink == 0
+                    except OSError:
+                        gone = True
+                if gone:
                     self._evict(handle)
                     closed += 1
         return closed
@@ -335,27 +395,56 @@ class ExportTable:
         entry = self._fds.pop(handle, None)
         if entry is not None:
             os.close(entry[1])
-            handles = self._inodes.get(entry[3])
-            if handles is not None:
+            inode = entry[3]
+            handles = self._inodes.get(inode)
+            if handles == handle:
+                del self._inodes[inode]
+            elif isinstance(handles, set):
                 handles.discard(handle)
                 if not handles:
-                    del self._inodes[entry[3]]
+                    del self._inodes[inode]
 
     def _resolve(self, handle: bytes, flags: int) -> tuple[Export, int, os.stat_result]:
-        decoded = self.codec.decode(handle)
-        export = self.exports.by_id(decoded.export_id)
-        if export is None:
-            export = self._crossed.get(decoded.export_id) or self._find_crossed(decoded.export_id)
-            if export is None:
-                raise ExportGone("export no longer exported")
-        try:
-            mount_fd = self.root(export)[0]
-            fd = open_kernel_handle(mount_fd, decoded.handle_type, decoded.data, flags)
-        except OSError as e:
-            raise StaleHandle(str(e)) from None
-        st = self._served(export, fd)
-        return export, fd, st
+        """Open a handle: a descriptor of its object, the caller's to close.
 
+        A handle opened before skips its MAC and the look at where its object lies (for ``recheck`` seconds):
+        a working set larger than the descriptors kept costs ``open_by_handle_at``, ``fstat`` and ``close``."""
+        now = time.monotonic()
+        known = self._opened.get(handle)
+        if known is not None:
+            export, handle_type, data, checked = known
+            try:
+                fd = open_kernel_handle(self.root(export)[0], handle_type, data, flags)
+            except OSError as e:
+                del self._opened[handle]
+                raise StaleHandle(str(e)) from None
+            if now - checked < self.recheck:
+                st = os.fstat(fd)
+                if st.st_nlink == 0:
+                    os.close(fd)
+                    raise StaleHandle("object was deleted")
+                return export, fd, st
+            del self._opened[handle]
+            st = self._served(export, fd)
+        else:
+            decoded = self.codec.decode(handle)
+            export = self.exports.by_id(decoded.export_id)
+            if export is None:
+                export = self._crossed.get(decoded.export_id) or self._find_crossed(decoded.export_id)
+                if export is None:
+                    raise ExportGone("export no longer exported")
+            handle_type, data = decoded.handle_type, decoded.data
+            try:
+                fd = open_kernel_handle(self.root(export)[0], handle_type, data, flags)
+            except OSError as e:
+                raise StaleHandle(str(e)) from None
+            st = self._served(export, fd)
+        opened = self._opened
+        if len(opened) >= KNOWN_HANDLES:
+            for key in list(itertools.islice(opened, KNOWN_HANDLES // 2)):
+                del opened[key]
+        opened[handle] = (export, handle_type, data, now)
+        return export, fd, st
 
     def _served(self, export: Export, fd: int) -> os.stat_result:
         """The fstat of a handle's object, which must be inside ``export`` and not removed (else StaleHandle, and
