@@ -205,7 +205,7 @@ class Dispatcher:
         except Exception:
             reply = self._failure_reply(Failure(), xid, procedure.name)
         else:
-            if isinstance(result, defer.Deferred):
+            if result.__class__ is not list and isinstance(result, defer.Deferred):
                 # One callback pair does all that follows a late result (each one more costs a COMMIT: bench/README.md).
                 late = (xid, procedure, key, observer, program.name, started, peer[0])
                 return result.addCallbacks(self._late_result, self._late_failure, callbackArgs=late,
