@@ -331,12 +331,19 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         (two epoll_ctl calls and a loop iteration per batch); an eager
         ``sendmsg`` halves the cost of a lone call.  Whatever the socket does
         not take, and every error, goes through the transport as usual.
+        File data (:class:`FileSlice`) is found by ``sendmsg`` refusing it
+        (TypeError, before it sends anything) rather than by looking at every
+        part of every send first.
         """
-        if FileSlice in map(type, parts):
+        fast = self._fast
+        try:
+            sent = fast.send_now(parts) if fast is not None else None
+        except TypeError:  # a part is file data (FileSlice, no buffer): sendmsg took nothing
             self._send_files(parts)
             return
-        fast = self._fast
-        sent = fast.send_now(parts) if fast is not None else None
+        if sent is None and FileSlice in map(type, parts):
+            self._send_files(parts)
+            return
         if sent is None:  # not plain TCP, or Twisted has bytes queued that must go first
             try:
                 self.transport.writeSequence(parts)
