@@ -75,7 +75,10 @@ DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
 #: Largest UDP payload over IPv4.
 MAX_UDP_PAYLOAD = 65507
 #: Twisted's read size on a TCP connection; the rest of a large record is received in place (RecordReader.window).
-SMALL_READ = 1 << 16
+#: 256 KiB rather than 64 KiB: a 64 KiB WRITE's record is a little larger than 64 KiB, so each one took two reads
+#: (two reactor turns) and a join; four to a read took the server's CPU per 64 KiB WRITE down by about a third
+#: (bench/README.md, "Small I/O").
+SMALL_READ = 1 << 18
 #: The replies to the records one read brought leave in groups of this many, so a pipelining client works on the
 #: first ones while the server makes the rest, instead of both taking turns (bench/README.md, "Reply groups").
 FLUSH_EVERY = 8
