@@ -158,7 +158,8 @@ class Bench:
         a = self.args
         cmd = ["ip", "netns", "exec", ns, sys.executable, str(LOAD), "127.0.0.1", str(export), workload,
                "--inflight", str(inflight), "--seconds", str(a.seconds), "--size", str(a.size_mib << 20),
-               "--entries", str(a.entries)]
+               "--entries", str(a.entries), *(["--block", str(a.block)] if a.block else []),
+               *(["--random"] if a.random else [])]
         os.sync()  # the other server's dirty pages go to disk now, not during this run
         cpu0 = cpu_seconds(pid)
         own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -257,6 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="length of each timed workload")
     p.add_argument("--size-mib", type=int, default=1024, help="size of the sequential write and read")
     p.add_argument("--entries", type=int, default=10000, help="names in the READDIRPLUS directory")
+    p.add_argument("--block", type=int, default=None, help="bytes per WRITE and READ (the load's default: 1 MiB)")
+    p.add_argument("--random", action="store_true", help="write and read the blocks in a random order")
     p.add_argument("--kernel", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the kernel client in qemu (dd and a tar extract)")
     p.add_argument("--kernel-mib", type=int, default=256, help="size of the kernel client's dd")

@@ -6,6 +6,7 @@ the portmapper on HOST, mounts EXPORT with MNT v3 (AUTH_SYS, root), and runs one
 
     write       sequential WRITEs (UNSTABLE) of --size bytes in --block requests, then COMMIT: MB/s
     read        sequential READs of the file the write workload made: MB/s
+                (with --random, both move every block once in a random order, the same on every run)
     getattr, lookup, access
                 the same call again and again with --inflight in flight: calls/s
     smallfiles  CREATE + WRITE 4 KiB + COMMIT, --inflight files at a time, for --seconds: files/s
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import selectors
 import socket
 import struct
@@ -213,7 +215,9 @@ class Run:
         prefix = Packer()
         prefix.pack_opaque(fh)
         fh_part = prefix.getvalue()
-        offsets = deque(range(0, total, block))
+        offsets = range(0, total, block)
+        # --random: every block once, in an order fixed by the seed (the same for both servers)
+        offsets = deque(random.Random(0).sample(offsets, len(offsets)) if a.random else offsets)
         moved = [0]
 
         def one_more():
@@ -412,6 +416,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--size", type=int, default=1 << 30, help="bytes written or read")
     p.add_argument("--block", type=int, default=1 << 20, help="bytes per WRITE or READ")
+    p.add_argument("--random", action="store_true", help="write and read the blocks in a random order")
     p.add_argument("--entries", type=int, default=10000)
     a = p.parse_args(argv)
     run = Run(a)

@@ -111,3 +111,17 @@ def test_keeping_a_second_descriptor_of_an_inode_closes_the_first(cache, tmp_pat
     second = kept(cache, tmp_path / "f", BOB)
     assert not is_open(first) and is_open(second)
     assert cache.writer(BOB, os.stat(tmp_path / "f")).fd == second
+
+
+def test_reading_and_writing_descriptors_are_kept_apart(cache, tmp_path):
+    """A read-only descriptor never serves a WRITE, nor a writable one a READ; removing the file closes both."""
+    w = kept(cache, tmp_path / "f")
+    r = os.open(tmp_path / "f", os.O_RDONLY)
+    cache.keep(r, ALICE, os.fstat(r), reading=True)
+    st = os.stat(tmp_path / "f")
+    writer, reader = cache.writer(ALICE, st), cache.reader(ALICE, st)
+    assert (writer.fd, reader.fd) == (w, r)
+    writer.release()
+    reader.release()
+    cache.forget(st)
+    assert not is_open(w) and not is_open(r) and len(cache) == 0

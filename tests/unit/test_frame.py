@@ -110,3 +110,24 @@ def test_a_late_failure_carries_the_failure_arms_attributes(served):
     assert removed.status == Stat.NOENT
     assert removed.dir_wcc[1] is not None and removed.dir_wcc[1].fileid == os.stat(top).st_ino
     assert not slow.waiting
+
+
+def test_a_write_answered_by_a_coroutine_is_awaited(served):
+    """A backend may answer with a coroutine (nfs3/interface.py); WRITE, a plain function rather than a
+    generator (frame.then), waits for it as for a Deferred."""
+    call, result, slow, handles, top = served
+    gate = defer.Deferred()
+
+    async def write(*args):
+        await gate
+        return slow.inner.write(*args)
+
+    slow.write = write
+    pending = call("WRITE", handles["a"], 0, b"omega", 0)  # UNSTABLE: the inner backend answers at once
+    assert isinstance(pending, defer.Deferred) and not pending.called
+    replies = []
+    pending.addCallback(replies.append)
+    gate.callback(None)
+    written = result("WRITE", replies[0])
+    assert written.ok and written.count == 5 and written.file_wcc[1].size == 5
+    assert (top / "a").read_bytes() == b"omega"

@@ -428,6 +428,30 @@ def test_a_permission_change_retires_a_kept_descriptor(env):
     assert (tmp / "data" / "shared").read_bytes() == b"onetwo"
 
 
+def test_the_reads_of_a_file_go_through_one_descriptor_kept_for_their_caller(env):
+    """The first READ opens the file as its caller and keeps the descriptor; the next READs of that caller use
+    it, another caller does not (the kernel decides for it), and a permission change retires it."""
+    tmp, _, nfsd, nfs, roots = env
+    (tmp / "data" / "mine").write_bytes(b"0123456789")
+    os.chown(tmp / "data" / "mine", 1000, 1000)
+    os.chmod(tmp / "data" / "mine", 0o600)
+    f = lookup(nfs, roots["data"], b"mine")
+    assert nfs("READ", f, 0, 4, cred=USER).data == b"0123"
+    assert len(nfsd.fs.files) == 1 and _open_on("mine")
+    hits = nfsd.fs.files.hits
+    assert nfs("READ", f, 4, 4, cred=USER).data == b"4567"
+    assert nfs("READ", f, 8, 4, cred=USER).data == b"89"
+    assert nfsd.fs.files.hits == hits + 2
+    other = Credential(1001, 1001, (1001,), "test")
+    assert nfs("READ", f, 0, 4, cred=other).status == Stat.ACCES  # 0600: not through 1000's descriptor
+    assert nfs("READ", f, 0, 4, cred=USER).data == b"0123"
+    os.chmod(tmp / "data" / "mine", 0o000)  # on the server: only the owner override lets 1000 read now
+    assert nfs("READ", f, 0, 4, cred=other).status == Stat.ACCES
+    assert nfs("READ", f, 0, 4, cred=USER).data == b"0123"
+    assert nfs("REMOVE", roots["data"], b"mine").ok
+    assert _open_on("mine") == [] and len(nfsd.fs.files) == 0
+
+
 def test_remove_closes_the_kept_descriptor(env):
     tmp, _, nfsd, nfs, roots = env
     f = create(nfs, roots["data"], b"doomed-file")

@@ -286,13 +286,20 @@ def unpack_fh_uint(u: Unpacker):
     return unpack_fh(u), u.unpack_uint()
 
 
+#: offset and count of READ3args and COMMIT3args; offset, count and stable of WRITE3args: each in one unpack.
+_RANGE = struct.Struct(">QI")
+_WRITE_HEAD = struct.Struct(">QII")
+
+
 def unpack_range(u: Unpacker):
-    return unpack_fh(u), u.unpack_uhyper(), u.unpack_uint()
+    handle = u.unpack_opaque(FHSIZE3)
+    offset, count = u.unpack_struct(_RANGE)
+    return handle, offset, count
 
 
 def unpack_write(u: Unpacker):
-    handle = unpack_fh(u)
-    offset, count, stable = u.unpack_uhyper(), u.unpack_uint(), u.unpack_uint()
+    handle = u.unpack_opaque(FHSIZE3)
+    offset, count, stable = u.unpack_struct(_WRITE_HEAD)
     if stable not in (UNSTABLE, DATA_SYNC, FILE_SYNC):
         raise XDRError(f"stable_how {stable}")
     data = u.unpack_opaque_view(WTMAX)

@@ -75,7 +75,10 @@ DEFAULT_MAX_RECORD = (1 << 20) + 64 * 1024
 #: Largest UDP payload over IPv4.
 MAX_UDP_PAYLOAD = 65507
 #: Twisted's read size on a TCP connection; the rest of a large record is received in place (RecordReader.window).
-SMALL_READ = 1 << 16
+#: 256 KiB rather than 64 KiB: a 64 KiB WRITE's record is a little larger than 64 KiB, so each one took two reads
+#: (two reactor turns) and a join; four to a read took the server's CPU per 64 KiB WRITE down by about a third
+#: (bench/README.md, "Small I/O").
+SMALL_READ = 1 << 18
 #: The replies to the records one read brought leave in groups of this many, so a pipelining client works on the
 #: first ones while the server makes the rest, instead of both taking turns (bench/README.md, "Reply groups").
 FLUSH_EVERY = 8
@@ -205,7 +208,7 @@ class Dispatcher:
         except Exception:
             reply = self._failure_reply(Failure(), xid, procedure.name)
         else:
-            if isinstance(result, defer.Deferred):
+            if result.__class__ is not list and isinstance(result, defer.Deferred):
                 # One callback pair does all that follows a late result (each one more costs a COMMIT: bench/README.md).
                 late = (xid, procedure, key, observer, program.name, started, peer[0])
                 return result.addCallbacks(self._late_result, self._late_failure, callbackArgs=late,
@@ -331,12 +334,19 @@ class RPCStreamProtocol(protocol.Protocol, TimeoutMixin):
         (two epoll_ctl calls and a loop iteration per batch); an eager
         ``sendmsg`` halves the cost of a lone call.  Whatever the socket does
         not take, and every error, goes through the transport as usual.
+        File data (:class:`FileSlice`) is found by ``sendmsg`` refusing it
+        (TypeError, before it sends anything) rather than by looking at every
+        part of every send first.
         """
-        if FileSlice in map(type, parts):
+        fast = self._fast
+        try:
+            sent = fast.send_now(parts) if fast is not None else None
+        except TypeError:  # a part is file data (FileSlice, no buffer): sendmsg took nothing
             self._send_files(parts)
             return
-        fast = self._fast
-        sent = fast.send_now(parts) if fast is not None else None
+        if sent is None and FileSlice in map(type, parts):
+            self._send_files(parts)
+            return
         if sent is None:  # not plain TCP, or Twisted has bytes queued that must go first
             try:
                 self.transport.writeSequence(parts)

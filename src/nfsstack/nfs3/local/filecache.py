@@ -1,10 +1,12 @@
-"""Files kept open for writing between calls, as knfsd's file cache (fs/nfsd/filecache.c).
+"""Files kept open for writing and for reading between calls, as knfsd's file cache (fs/nfsd/filecache.c).
 
-NFSv3 is stateless: every WRITE names its file by handle, and a WRITE or a
-COMMIT would reopen it (an ``open`` of ``/proc/self/fd/N`` as the caller, and
-a ``close``).  A client writing a file sends CREATE, WRITE, COMMIT or many
-WRITEs in a row, so the descriptor a CREATE or a WRITE opened is kept, for
-the same caller, while nothing that decides permissions may have changed:
+NFSv3 is stateless: every READ and WRITE names its file by handle, and a READ,
+a WRITE or a COMMIT would reopen it (an ``open`` of ``/proc/self/fd/N`` as the
+caller, and a ``close``).  A client writing a file sends CREATE, WRITE, COMMIT
+or many WRITEs in a row, and one reading it many READs, so the descriptor a
+CREATE, a WRITE or a READ opened is kept (one for writing and one for reading
+per file), for the same caller, while nothing that decides permissions may
+have changed:
 
 - the same identity (uid, gid, groups) as the one the kernel let open it;
 - the same mode, owner, group and ctime as the entry last saw.  Every change
@@ -18,7 +20,7 @@ open for writing cannot be executed, ETXTBSY), when the file is removed
 through NFS, and when deleted on the server (:meth:`FileCache.sweep`).
 
 Used on the reactor thread only.  A descriptor lent to a call (:meth:`writer`,
-:meth:`syncer`) is closed only after the call gives it back (:meth:`OpenFile.release`):
+:meth:`reader`, :meth:`syncer`) is closed only after the call gives it back (:meth:`OpenFile.release`):
 io_uring may still be writing through it.
 """
 
@@ -33,6 +35,8 @@ from typing import Callable, Optional
 SIZE = 256
 #: Seconds a kept file stays open unused.
 IDLE = 2.0
+#: The last part of a reading descriptor's key, ``(st_dev, st_ino, READING)``; a writing one's is ``(st_dev, st_ino)``.
+READING = "r"
 
 
 class OpenFile:
@@ -60,14 +64,15 @@ def _permission_key(st: os.stat_result) -> tuple:
 
 
 class FileCache:
-    """Writable descriptors by inode (``(st_dev, st_ino)``); see the module's docstring for when one is used."""
+    """Writable descriptors by inode (``(st_dev, st_ino)``), readable ones beside them (``(st_dev, st_ino,
+    READING)``); see the module's docstring for when one is used."""
 
     def __init__(self, size: int = SIZE, idle: float = IDLE, clock: Callable[[], float] = time.monotonic) -> None:
         self.size = size
         self.idle = idle
         self.clock = clock
-        self._files: OrderedDict[tuple[int, int], OpenFile] = OrderedDict()
-        #: WRITEs served by a kept descriptor, and by a fresh open.
+        self._files: OrderedDict[tuple, OpenFile] = OrderedDict()
+        #: WRITEs and READs served by a kept descriptor, and by a fresh open.
         self.hits = 0
         self.misses = 0
 
@@ -77,7 +82,13 @@ class FileCache:
     def writer(self, who, st: os.stat_result) -> Optional[OpenFile]:
         """A kept writable descriptor of the inode ``st`` (a fresh fstat) that ``who`` may use, lent until
         :meth:`OpenFile.release`; None if there is none (a stale entry is dropped)."""
-        key = (st.st_dev, st.st_ino)
+        return self._usable((st.st_dev, st.st_ino), who, st)
+
+    def reader(self, who, st: os.stat_result) -> Optional[OpenFile]:
+        """A kept read-only descriptor of the inode ``st`` that ``who`` may use, as :meth:`writer`."""
+        return self._usable((st.st_dev, st.st_ino, READING), who, st)
+
+    def _usable(self, key: tuple, who, st: os.stat_result) -> Optional[OpenFile]:
         entry = self._files.get(key)
         if entry is None:
             self.misses += 1
@@ -97,7 +108,7 @@ class FileCache:
             return None
         return self._lend(key, entry)
 
-    def _lend(self, key: tuple[int, int], entry: OpenFile) -> OpenFile:
+    def _lend(self, key: tuple, entry: OpenFile) -> OpenFile:
         entry.users += 1
         entry.used = self.clock()
         self._files.move_to_end(key)
@@ -107,10 +118,10 @@ class FileCache:
         """A call wrote through ``entry`` and its fstat afterwards is ``st``: the new ctime is its own."""
         entry.seen = _permission_key(st)
 
-    def keep(self, fd: int, who, st: os.stat_result, lend: bool = False) -> OpenFile:
-        """Keep ``fd`` (opened for writing by ``who``; ``st`` its fstat now), which now belongs to the cache;
-        with ``lend``, lent at once to the call that opened it."""
-        key = (st.st_dev, st.st_ino)
+    def keep(self, fd: int, who, st: os.stat_result, lend: bool = False, reading: bool = False) -> OpenFile:
+        """Keep ``fd`` (opened by ``who`` for writing, or with ``reading`` read-only; ``st`` its fstat now), which
+        now belongs to the cache; with ``lend``, lent at once to the call that opened it."""
+        key = (st.st_dev, st.st_ino, READING) if reading else (st.st_dev, st.st_ino)
         if key in self._files:
             self._drop(key)
         entry = self._files[key] = OpenFile(fd, who, st, self.clock())
@@ -123,6 +134,7 @@ class FileCache:
     def forget(self, st: os.stat_result) -> None:
         """The inode ``st`` was removed: its blocks must not stay allocated by a kept descriptor."""
         self._drop((st.st_dev, st.st_ino))
+        self._drop((st.st_dev, st.st_ino, READING))
 
     def sweep(self) -> int:
         """Close what has been idle for :attr:`idle` seconds and what was deleted meanwhile; how many."""
@@ -138,7 +150,7 @@ class FileCache:
         for key in list(self._files):
             self._drop(key)
 
-    def _drop(self, key: tuple[int, int]) -> None:
+    def _drop(self, key: tuple) -> None:
         entry = self._files.pop(key, None)
         if entry is None:
             return

@@ -109,11 +109,11 @@ class LocalFilesystem:
         """Whether a large WRITE can go to the kernel's ring from the reactor thread."""
         return getattr(self.syncer, "can_write", False)
 
-    def _keep_open(self, call, fd: int, st: os.stat_result, lend: bool = False) -> OpenFile:
-        """Hand ``fd``, opened for writing as the caller, from the call to the kept open files; with ``lend``,
-        the call goes on using it."""
+    def _keep_open(self, call, fd: int, st: os.stat_result, lend: bool = False, reading: bool = False) -> OpenFile:
+        """Hand ``fd``, opened for writing (``reading``: read-only) as the caller, from the call to the kept open
+        files; with ``lend``, the call goes on using it."""
         call.held.remove(fd)  # the cache closes it from now on
-        entry = self.files.keep(fd, call.who, st, lend)
+        entry = self.files.keep(fd, call.who, st, lend, reading)
         if lend:
             call.held.append(entry)
         return entry
@@ -218,7 +218,14 @@ class LocalFilesystem:
     # -- data ---------------------------------------------------------------------------
 
     def read(self, call, fd: int, st, offset: int, count: int):
-        rfd = self.caller.reopen(call.who, fd, os.O_RDONLY, st, call.options.read_only, call.held)
+        kept = None if call.threaded else self.files.reader(call.who, st)
+        if kept is not None:
+            call.held.append(kept)
+            rfd = kept.fd
+        else:
+            rfd = self.caller.reopen(call.who, fd, os.O_RDONLY, st, call.options.read_only, call.held)
+            if not call.threaded:  # kept for the READs that follow (filecache.py)
+                self._keep_open(call, rfd, st, lend=True, reading=True)
         if not count or offset >= MAX_OFFSET:
             data = b""
         elif call.nowait:  # no larger a buffer than the file has bytes there
