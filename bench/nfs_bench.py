@@ -30,6 +30,7 @@ import platform
 import resource
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -427,6 +428,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("run as root (network namespaces, open_by_handle_at)")
+    # A SIGTERM (or SIGINT, ignored in a background job) unwinds like an error: servers stopped, namespaces gone.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     bench = Bench(a)
     started = time.time()
     bench.run()

@@ -568,7 +568,7 @@ def coordinate(a) -> dict:
         made = sum(r["files"] for r in setup)
         seconds = max(r["seconds"] for r in setup)
         result["files"] = made
-        result["create"] = {"files": made, "seconds": seconds, "per_s": round(made / seconds, 1)}
+        result["create"] = {"files": made, "seconds": seconds, "per_s": round(made / max(seconds, 1e-3), 1)}
     ops = a.ops if a.workload == "meta" else [a.workload]
     window = Window(a.watch_pid)
     result["ops"] = {}
