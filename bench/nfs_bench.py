@@ -154,9 +154,9 @@ class Bench:
                 for name, (server, _, _) in servers.items():
                     self.keep_log(name, server)
                     server.discard()
+                shutil.rmtree(self.scratch, ignore_errors=True)
         if a.kernel:
             self.kernel()
-        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def cells(self):
         """(family, workloads, load options) of every cell of the matrix that --only, --sets, --clients and
@@ -402,8 +402,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="length of each measured cell (at most, for "
                    "REMOVE, READ and WRITE, which end with their working set or file)")
     p.add_argument("--warmup", type=float, default=0.5, help="before GETATTR, LOOKUP, ACCESS are counted")
-    p.add_argument("--only", nargs="+", default=[*METADATA, *IO, *OTHERS], choices=[*METADATA, *IO, *OTHERS],
-                   help="run only these workloads")
+    p.add_argument("--only", nargs="*", default=[*METADATA, *IO, *OTHERS], choices=[*METADATA, *IO, *OTHERS],
+                   help="run only these workloads (none: only the kernel client, with --kernel)")
     p.add_argument("--sets", nargs="+", type=int, default=[1, 1000, 10000, 100000],
                    help="working sets (files, shared among the K clients) of the metadata calls")
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8], help="K: client processes, each on its "

@@ -335,7 +335,7 @@ class Run:
 
         wait_until(start)
         n, seconds = self.drive(next_call, self.args.inflight, t0, t1)
-        return {"calls": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1)}
+        return {"calls": n, "seconds": seconds, "per_s": round(n / seconds, 1)}  # seconds unrounded: summed
 
     # -- I/O -------------------------------------------------------------------------------------------------
 
@@ -594,11 +594,11 @@ def coordinate(a) -> dict:
             seconds = max(r["end"] for r in replies) - t0
             figure = {"bytes": moved, "seconds": round(seconds, 3), "MB_per_s": round(moved / seconds / 1e6, 1)}
         elif closed:
-            figure = {"calls": sum(r["calls"] for r in replies), "seconds": max(r["seconds"] for r in replies),
+            figure = {"calls": sum(r["calls"] for r in replies), "seconds": round(max(r["seconds"] for r in replies), 3),
                       "per_s": round(sum(r["per_s"] for r in replies), 1)}
         else:
             calls, seconds = sum(r["calls"] for r in replies), max(r["seconds"] for r in replies)
-            figure = {"calls": calls, "seconds": seconds, "per_s": round(calls / seconds, 1)}
+            figure = {"calls": calls, "seconds": round(seconds, 6), "per_s": round(calls / seconds, 1)}
         result["ops"][op] = {**figure, **server, "failed": failed}
     for conn in conns:
         conn.send(None)
