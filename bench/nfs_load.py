@@ -1,27 +1,40 @@
 #!/usr/bin/env python3
-"""A pipelining NFSv3 load generator: many calls in flight on one TCP connection, figures as one JSON line.
+"""A pipelining NFSv3 load generator: many calls in flight per TCP connection, figures as one JSON line.
 
 The same client drives every server the benchmark compares (bench/nfs_bench.py).  It finds mountd through
 the portmapper on HOST, mounts EXPORT with MNT v3 (AUTH_SYS, root), and runs one workload:
 
-    write       sequential WRITEs (UNSTABLE) of --size bytes in --block requests, then COMMIT: MB/s
-    read        sequential READs of the file the write workload made: MB/s
-                (with --random, both move every block once in a random order, the same on every run)
-    getattr, lookup, access
-                the same call again and again with --inflight in flight: calls/s
+    write       WRITEs (UNSTABLE) of --block bytes, sequential or (--random) at random block-aligned offsets
+                of a file of --size, then one COMMIT: MB/s, the COMMIT's time included
+    read        READs of --block bytes the same way, of a file written (and committed) beforehand: MB/s
+    getattr, access
+                GETATTR / ACCESS round-robin over the handles of a working set of --files files: calls/s
+    lookup      LOOKUP round-robin over the names of the working set: calls/s
+    remove      REMOVE of each file of the working set once: calls/s
+    meta        --ops (getattr,lookup,access,remove) one after the other on one working set
     smallfiles  CREATE + WRITE 4 KiB + COMMIT, --inflight files at a time, for --seconds: files/s
     readdirplus READDIRPLUS through a directory of --entries names, over and over, for --seconds: entries/s
+
+The working set is made first and is not measured: CREATE pipelined (64 in flight) into the client's own
+directory, in subdirectories of 10,000 files; how long it took is reported.  With --clients K, K processes
+each open their own TCP connection (one Python process cannot keep 8 connections busy) and have their own
+working set of --files/K files (at least one) or their own file; they start each workload at the same moment
+and their figures are summed.  GETATTR, LOOKUP and ACCESS run --warmup then --seconds; REMOVE, READ and WRITE
+stop when their calls run out or at --seconds.  With --watch-pid, the CPU seconds and peak RSS of the server's
+process tree over each measured part are reported too (bench/proctree.py).
 
 Every reply is checked (RPC accepted, NFS3_OK); a failed call is counted and reported.  It connects only
 to HOST (the benchmark runs it inside the server's own network namespace, on 127.0.0.1).
 
-    python3 bench/nfs_load.py 127.0.0.1 /srv/export getattr --inflight 32 --seconds 5
+    python3 bench/nfs_load.py 127.0.0.1 /srv/export meta --files 10000 --clients 4 --seconds 5
+    python3 bench/nfs_load.py 127.0.0.1 /srv/export read --random --block 4096 --size 268435456
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import selectors
@@ -37,12 +50,20 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "src")]
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode  # noqa: E402
 from nfsstack.rpc.message import Credential, decode_reply, encode_call  # noqa: E402
 from nfsstack.xdr import Packer, Unpacker  # noqa: E402
+from proctree import Window, wait_until  # noqa: E402  (bench/, this script's directory)
 
 LAST = 0x80000000
 HDR = struct.Struct(">I")
 RECV_BUFFER = 16 << 20
 ROOT = Credential(0, 0, (0,), "bench").to_auth()
 NFS, MOUNT, PMAP = 100003, 100005, 100000
+#: Files per subdirectory of a working set: 100,000 files make ten directories, as a real tree would have.
+SUBDIR_FILES = 10000
+#: CREATEs in flight while a working set is made.
+CREATE_INFLIGHT = 64
+METADATA = ("getattr", "lookup", "access", "remove")
+#: Time the coordinator leaves the clients between handing out a schedule and its start.
+LEAD = 0.3
 
 
 class Pipe:
@@ -169,8 +190,10 @@ def mount(host: str, path: str) -> bytes:
 class Run:
     """One workload on one connection, with its counters."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, index: int = 0) -> None:
         self.args = args
+        #: Which of the --clients this is: its directory, its file and its random offsets are its own.
+        self.index = index
         self.root = mount(args.host, args.export)
         self.pipe = Pipe(args.host, getport(args.host, NFS, 3))
         self.failed = 0
@@ -207,95 +230,177 @@ class Run:
 
     # -- workloads -----------------------------------------------------------------------
 
-    def sequential(self, write: bool) -> dict:
+    def drive(self, next_call, inflight: int, t0: float, t1: float) -> tuple[int, float]:
+        """Keep ``inflight`` calls going; count the replies (NFS3_OK) from ``t0`` to ``t1`` or until ``next_call``
+        has no more: (replies counted, seconds counted).
+
+        ``next_call()`` gives (procedure, encoded arguments, callback or None), or None when there is no more.
+        After ``t1`` no call is issued and those in flight are waited for, uncounted.
+        """
+        done = [0]
+        more = [True]
+
+        def issue() -> None:
+            call = next_call() if more[0] else None
+            if call is None:
+                more[0] = False
+                return
+            proc, args, cb = call
+
+            def ok(record, offset):
+                done[0] += 1
+                if cb is not None:
+                    cb(record, offset)
+
+            self.nfs(proc, args, ok)
+
+        for _ in range(inflight):
+            issue()
+        c0 = c1 = measured = ended = None
+        pending = self.pipe.pending
+        while pending:
+            now = time.perf_counter()
+            if measured is None and now >= t0:
+                c0, measured = done[0], now
+            if ended is None and now >= t1:
+                c1, ended = done[0], now
+            before = len(pending)
+            self.pipe.poll()
+            if ended is None:
+                for _ in range(before - len(pending)):
+                    issue()
+        now = time.perf_counter()
+        if measured is None:  # all done before t0: nothing measured
+            c0, measured = done[0], now
+        if ended is None:  # the calls ran out before t1
+            c1, ended = done[0], now
+        return c1 - c0, max(ended - measured, 1e-9)
+
+    # -- a working set of files (GETATTR, LOOKUP, ACCESS, REMOVE) --------------------------------------------
+
+    def make_files(self, count: int) -> dict:
+        """CREATE ``count`` files of this client's own directory, pipelined, in subdirectories of at most
+        SUBDIR_FILES; their handles and names are kept for the workloads. Returns what it took."""
         a = self.args
-        fh = self.file(b"bench.bin", create=write)
-        block, total = a.block, a.size
-        payload = os.urandom(block)
+        top = self.sync("MKDIR", self.root, f"ws-{a.tag}-{self.index}".encode(), Sattr3(mode=0o755))
+        if not top.ok:
+            raise SystemExit(f"MKDIR ws-{a.tag}-{self.index}: {top.status.name}")
+        dirs = []
+        for j in range((count + SUBDIR_FILES - 1) // SUBDIR_FILES):
+            r = self.sync("MKDIR", top.obj, f"d{j}".encode(), Sattr3(mode=0o755))
+            if not r.ok:
+                raise SystemExit(f"MKDIR d{j}: {r.status.name}")
+            dirs.append(r.obj)
+        self.files: list[tuple[bytes, bytes, bytes]] = []  # (directory handle, name, handle)
+        attrs = Sattr3(mode=0o644)
+        serial = iter(range(count))
+
+        def next_call():
+            i = next(serial, None)
+            if i is None:
+                return None
+            d, name = dirs[i // SUBDIR_FILES], f"f{i}".encode()
+
+            def made(record, offset):
+                self.files.append((d, name, decode("CREATE", record, offset).obj))
+
+            return "CREATE", encode("CREATE", d, name, 0, attrs), made
+
+        start = time.perf_counter()
+        made, seconds = self.drive(next_call, CREATE_INFLIGHT, start, float("inf"))
+        if made != count:
+            raise SystemExit(f"CREATE: {made} of {count} files made ({self.statuses})")
+        return {"files": made, "seconds": round(time.perf_counter() - start, 3)}
+
+    def metadata(self, op: str, start: float, t0: float, t1: float) -> dict:
+        """One of GETATTR, ACCESS (round-robin over the handles), LOOKUP (over the names), REMOVE (each file
+        once) on the working set."""
+        if op == "getattr":
+            calls = [("GETATTR", encode("GETATTR", fh), None) for _, _, fh in self.files]
+        elif op == "access":
+            calls = [("ACCESS", encode("ACCESS", fh, 0x1F), None) for _, _, fh in self.files]
+        elif op == "lookup":
+            calls = [("LOOKUP", encode("LOOKUP", d, name), None) for d, name, _ in self.files]
+        else:
+            calls = [("REMOVE", encode("REMOVE", d, name), None) for d, name, _ in self.files]
+        if op == "remove":
+            it = iter(calls)
+            next_call = lambda: next(it, None)  # noqa: E731
+        else:
+            ring = [0]
+
+            def next_call():
+                ring[0] += 1
+                return calls[ring[0] % len(calls)]
+
+        wait_until(start)
+        n, seconds = self.drive(next_call, self.args.inflight, t0, t1)
+        return {"calls": n, "seconds": seconds, "per_s": round(n / seconds, 1)}  # seconds unrounded: summed
+
+    # -- I/O -------------------------------------------------------------------------------------------------
+
+    def io_file(self, write: bool) -> bytes:
+        """This client's file (``io-INDEX-SIZE.bin``); for reading, written first if it is not there whole."""
+        a = self.args
+        name = f"io-{self.index}-{a.size}.bin".encode()
+        fh = self.file(name, create=True)
+        if not write and self.sync("GETATTR", fh).obj_attributes.size < a.size:
+            chunk = 1 << 20
+            data = os.urandom(chunk)
+            offsets = iter(range(0, a.size, chunk))
+
+            def next_call():
+                off = next(offsets, None)
+                return None if off is None else ("WRITE", encode("WRITE", fh, off, data[: min(chunk, a.size - off)], 0),
+                                                 None)
+
+            self.drive(next_call, 8, 0.0, float("inf"))
+            self.sync("COMMIT", fh, 0, 0)
+        return fh
+
+    def io(self, write: bool, fh: bytes, start: float, t1: float) -> dict:
+        """WRITEs (UNSTABLE, then one COMMIT) or READs of --block bytes, sequential or (--random) at random
+        block-aligned offsets of a file of --size, from ``start`` until --size bytes were moved or ``t1``."""
+        a = self.args
+        block = a.block
         prefix = Packer()
         prefix.pack_opaque(fh)
         fh_part = prefix.getvalue()
-        offsets = range(0, total, block)
-        # --random: every block once, in an order fixed by the seed (the same for both servers)
-        offsets = deque(random.Random(0).sample(offsets, len(offsets)) if a.random else offsets)
+        blocks = max(1, a.size // block)
+        if a.random:
+            rng = random.Random(self.index)
+            order = iter([rng.randrange(blocks) * block for _ in range(blocks)])
+        else:
+            order = iter(range(0, blocks * block, block))
         moved = [0]
+        if write:
+            payload = struct.pack(">I", block) + os.urandom(block)
 
-        def one_more():
-            if not offsets:
-                return
-            off = offsets.popleft()
-            if write:
-                p = struct.pack(">QII", off, block, 0) + struct.pack(">I", block)
-                args = fh_part + p + payload
-                self.nfs("WRITE", args, lambda r, o: moved.__setitem__(0, moved[0] + block))
-            else:
-                def got(record, offset):
-                    # post_op_attr, count, eof, data: only the count matters here
-                    u = Unpacker(record, offset + 4)
-                    if u.unpack_bool():
-                        u.unpack_struct(struct.Struct(">84x"))
-                    moved[0] += u.unpack_uint()
+            def wrote(record, offset):
+                moved[0] += block
 
-                self.nfs("READ", fh_part + struct.pack(">QI", off, block), got)
+            def next_call():
+                off = next(order, None)
+                return None if off is None else ("WRITE", fh_part + struct.pack(">QII", off, block, 0) + payload, wrote)
+        else:
+            def got(record, offset):
+                # post_op_attr, count, eof, data: only the count matters here
+                u = Unpacker(record, offset + 4)
+                if u.unpack_bool():
+                    u.unpack_struct(struct.Struct(">84x"))
+                moved[0] += u.unpack_uint()
 
-        start = time.perf_counter()
-        for _ in range(a.inflight):
-            one_more()
-        while self.pipe.pending:
-            before = len(self.pipe.pending)
-            self.pipe.poll()
-            for _ in range(before - len(self.pipe.pending)):
-                one_more()
-        committing = time.perf_counter()
+            def next_call():
+                off = next(order, None)
+                return None if off is None else ("READ", fh_part + struct.pack(">QI", off, block), got)
+
+        wait_until(start)
+        self.drive(next_call, a.inflight, start, t1)
         if write:
             self.sync("COMMIT", fh, 0, 0)
-        seconds = time.perf_counter() - start
-        return {"bytes": moved[0], "seconds": round(seconds, 3), "MB_per_s": round(moved[0] / seconds / 1e6, 1),
-                **({"commit_seconds": round(seconds - (committing - start), 3)} if write else {})}
-
-    def repeat(self, proc: str) -> dict:
-        a = self.args
-        names = [f"meta-{i}".encode() for i in range(16)]
-        for name in names:
-            self.file(name, create=True)
-        if proc == "getattr":
-            ring = [("GETATTR", encode("GETATTR", self.root))]
-        elif proc == "access":
-            ring = [("ACCESS", encode("ACCESS", self.root, 0x1F))]
-        else:
-            ring = [("LOOKUP", encode("LOOKUP", self.root, n)) for n in names]
-        return self.closed_loop(lambda i: ring[i % len(ring)], a.inflight)
-
-    def closed_loop(self, make, inflight: int) -> dict:
-        """Keep ``inflight`` calls going for warm-up + --seconds; calls/s over the measured part."""
-        a = self.args
-        count = [0]
-        issued = [0]
-
-        def one_more():
-            name, args = make(issued[0])
-            issued[0] += 1
-            self.nfs(name, args, lambda r, o: count.__setitem__(0, count[0] + 1))
-
-        for _ in range(inflight):
-            one_more()
-        start = time.perf_counter()
-        t0, t1 = start + a.warmup, start + a.warmup + a.seconds
-        measured = None
-        while True:
-            now = time.perf_counter()
-            if measured is None and now >= t0:
-                measured, c0 = now, count[0]
-            if now >= t1:
-                break
-            before = len(self.pipe.pending)
-            self.pipe.poll()
-            for _ in range(before - len(self.pipe.pending)):
-                one_more()
-        n = count[0] - c0
-        seconds = time.perf_counter() - measured
-        self.pipe.wait(time.perf_counter() + 30)
-        return {"calls": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1)}
+        end = time.perf_counter()
+        return {"bytes": moved[0], "seconds": round(end - start, 3), "end": end,
+                "MB_per_s": round(moved[0] / (end - start) / 1e6, 1)}
 
     def smallfiles(self) -> dict:
         """Chains of CREATE, WRITE 4 KiB, COMMIT; each finished chain starts the next file."""
@@ -406,31 +511,142 @@ def walk_readdirplus(record: bytes, offset: int) -> tuple[int, int, bool, bytes]
     return n, cookie, eof, verf
 
 
+def share(total: int, clients: int, index: int) -> int:
+    """This client's part of a working set of ``total`` files: the parts add up to ``total``, each at least 1."""
+    return max(1, total // clients + (1 if index < total % clients else 0))
+
+
+def client(index: int, args, conn) -> None:
+    """One of the --clients, in a process of its own with its own connection: makes its working set (or finds
+    its file), says "ready", then runs each (workload, start, t0, t1) it is sent and answers with its figures."""
+    try:
+        run = Run(args, index)
+        if args.workload in ("write", "read"):
+            fh, info = run.io_file(args.workload == "write"), {}
+        else:
+            info = run.make_files(share(args.files, args.clients, index))
+        conn.send(("ready", info))
+        while (message := conn.recv()) is not None:
+            op, start, t0, t1 = message
+            failed = run.failed + run.pipe.errors
+            result = run.metadata(op, start, t0, t1) if op in METADATA else run.io(op == "write", fh, start, t1)
+            result["failed"] = run.failed + run.pipe.errors - failed
+            conn.send(("done", result))
+        conn.send(("bye", {"statuses": run.statuses, "rpc_error": run.pipe.last_error or None}))
+    except BaseException as e:  # SystemExit too: the coordinator must hear of it, not wait
+        conn.send(("error", f"client {index}: {type(e).__name__}: {e}"))
+
+
+def coordinate(a) -> dict:
+    """Run --clients client processes, each on its own TCP connection, through the same workloads at the same
+    moments; the figures are summed over them, and the server's CPU and peak RSS (--watch-pid) are read over
+    the measured part of each workload only (not while the working set is made)."""
+    ctx = multiprocessing.get_context("fork")
+    conns, procs = [], []
+    for index in range(a.clients):
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=client, args=(index, a, theirs), daemon=True)
+        proc.start()
+        conns.append(ours)
+        procs.append(proc)
+
+    def gather(timeout: float) -> list[dict]:
+        replies = []
+        deadline = time.perf_counter() + timeout
+        for conn in conns:
+            if not conn.poll(max(0.0, deadline - time.perf_counter())):
+                raise SystemExit("a client did not answer in time")
+            kind, body = conn.recv()
+            if kind == "error":
+                raise SystemExit(body)
+            replies.append(body)
+        return replies
+
+    setup = gather(3600)
+    result: dict = {"clients": a.clients}
+    if a.workload not in ("write", "read"):
+        made = sum(r["files"] for r in setup)
+        seconds = max(r["seconds"] for r in setup)
+        result["files"] = made
+        result["create"] = {"files": made, "seconds": seconds, "per_s": round(made / max(seconds, 1e-3), 1)}
+    ops = a.ops if a.workload == "meta" else [a.workload]
+    window = Window(a.watch_pid)
+    result["ops"] = {}
+    for op in ops:
+        closed = op in ("getattr", "lookup", "access")  # the others stop when their calls run out
+        start = time.perf_counter() + LEAD
+        t0 = start + (a.warmup if closed else 0.0)
+        t1 = t0 + a.seconds
+        for conn in conns:
+            conn.send((op, start, t0, t1))
+        wait_until(t0)
+        window.start()
+        if closed:
+            wait_until(t1)
+            server = window.stop()
+            replies = gather(120)
+        else:
+            replies = gather(a.seconds + 600)
+            server = window.stop()
+        failed = sum(r["failed"] for r in replies)
+        if op in ("write", "read"):
+            moved = sum(r["bytes"] for r in replies)
+            seconds = max(r["end"] for r in replies) - t0
+            figure = {"bytes": moved, "seconds": round(seconds, 3), "MB_per_s": round(moved / seconds / 1e6, 1)}
+        elif closed:
+            figure = {"calls": sum(r["calls"] for r in replies), "seconds": round(max(r["seconds"] for r in replies), 3),
+                      "per_s": round(sum(r["per_s"] for r in replies), 1)}
+        else:
+            calls, seconds = sum(r["calls"] for r in replies), max(r["seconds"] for r in replies)
+            figure = {"calls": calls, "seconds": round(seconds, 6), "per_s": round(calls / seconds, 1)}
+        result["ops"][op] = {**figure, **server, "failed": failed}
+    for conn in conns:
+        conn.send(None)
+    byes = gather(60)
+    for proc in procs:
+        proc.join(10)
+    statuses: dict[str, int] = {}
+    for bye in byes:
+        for name, n in bye["statuses"].items():
+            statuses[name] = statuses.get(name, 0) + n
+    result.update(failed=sum(r["failed"] for r in result["ops"].values()), statuses=statuses,
+                  rpc_error=next((b["rpc_error"] for b in byes if b["rpc_error"]), None))
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("host")
     p.add_argument("export")
-    p.add_argument("workload", choices=["write", "read", "getattr", "lookup", "access", "smallfiles", "readdirplus"])
-    p.add_argument("--inflight", type=int, default=32)
+    p.add_argument("workload", choices=["write", "read", *METADATA, "meta", "smallfiles", "readdirplus"])
+    p.add_argument("--inflight", type=int, default=32, help="calls in flight on each connection")
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=1 << 30, help="bytes written or read")
+    p.add_argument("--warmup", type=float, default=1.0, help="before GETATTR, LOOKUP, ACCESS are counted")
+    p.add_argument("--size", type=int, default=1 << 30, help="bytes of each client's file (write, read)")
     p.add_argument("--block", type=int, default=1 << 20, help="bytes per WRITE or READ")
-    p.add_argument("--random", action="store_true", help="write and read the blocks in a random order")
+    p.add_argument("--random", action="store_true", help="WRITEs or READs at random block-aligned offsets")
+    p.add_argument("--files", type=int, default=1, help="the working set: files made, then asked about or removed")
+    p.add_argument("--ops", type=lambda s: s.split(","), default=list(METADATA),
+                   help="the metadata workloads of `meta`, in this order, on one working set (remove last)")
+    p.add_argument("--clients", type=int, default=1, help="client processes, each with its own TCP connection")
+    p.add_argument("--watch-pid", type=int, help="the server: CPU and peak RSS of its process tree are reported")
+    p.add_argument("--tag", default=str(os.getpid()), help="names this run's directories")
     p.add_argument("--entries", type=int, default=10000)
     a = p.parse_args(argv)
-    run = Run(a)
     t = a.workload
-    if t in ("write", "read"):
-        result = run.sequential(t == "write")
-    elif t in ("getattr", "lookup", "access"):
-        result = run.repeat(t)
-    elif t == "smallfiles":
-        result = run.smallfiles()
+    if t in ("smallfiles", "readdirplus"):  # one connection, in this process
+        run = Run(a)
+        window = Window(a.watch_pid)
+        window.start()
+        result = run.smallfiles() if t == "smallfiles" else run.readdirplus()
+        result.update(window.stop())
+        result.update(failed=run.failed + run.pipe.errors, statuses=run.statuses,
+                      rpc_error=run.pipe.last_error or None)
     else:
-        result = run.readdirplus()
-    result.update(workload=t, inflight=a.inflight, failed=run.failed + run.pipe.errors, statuses=run.statuses,
-                  rpc_error=run.pipe.last_error or None)
+        result = coordinate(a)
+        if t != "meta":
+            result.update({k: v for k, v in result["ops"][t].items() if k != "failed"})
+    result.update(workload=t, inflight=a.inflight)
     print(json.dumps(result))
     return 0 if result["failed"] == 0 else 2
 
