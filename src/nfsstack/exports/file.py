@@ -22,8 +22,8 @@ served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
 its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
 ``sec=sys``; ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
-files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt`` and ``nohide`` / ``hide`` with
-knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
+files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt``
+and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
 
 * by default (``hide``) a filesystem mounted below an export is not crossed:
   LOOKUP of its mount point gives the directory it covers, on the export's own
