@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12, as root: the real clients (rpcinfo, showmount, libnfs tools),
 # network namespaces, qemu with the guest's packages for the kernel-client tests (gcc builds the guest's static
-# lock helper), nfs-ganesha to compare with, promtool (Debian's prometheus), libfuse 3 for the durability tests'
+# lock helper; setfacl and getfacl of Debian's acl are copied into the guest for the ACL scenario), nfs-ganesha to
+# compare with, promtool (Debian's prometheus), libfuse 3 for the durability tests'
 # powercut filesystem (tests/powercut.py, through the Python package mfusepy of the test extra) and the Python packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_U
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     rpcbind nfs-common libnfs-utils iproute2 util-linux qemu-system-x86 busybox-static nfs-ganesha nfs-ganesha-vfs \
-    gcc libc6-dev prometheus fuse3 libfuse3-3 systemd \
+    gcc libc6-dev prometheus fuse3 libfuse3-3 systemd acl \
     >/dev/null
 python3 -m pip install -q '.[test]'
 # The guest image (Debian's kernel and busybox, downloaded with apt) is built once into .cache/.

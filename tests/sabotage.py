@@ -94,6 +94,26 @@ SABOTAGES = (
         (NFS3,),
     ),
     Sabotage(
+        "nfsacl-handler-raises", "no GETACL call crashes NFS_ACL", "src/nfsstack/nfsacl/program.py",
+        (("        if mask & ~NFS_ACL_MASK:\n            raise NFSError(Stat.INVAL)\n",
+          "        if mask & ~NFS_ACL_MASK:\n            raise NFSError(Stat.INVAL)\n"
+          "        if mask % 5 == 3:\n            raise RuntimeError('sabotage')\n"),),
+        ("tests/unit/test_nfsacl.py::test_fuzz_nfsacl_handlers_with_damaged_calls",),
+    ),
+    Sabotage(
+        "acl-set-as-the-server", "an ACL is set as the caller: only the file's owner may", LOCAL,
+        (("        with self.caller.run_as(call.who):  # the kernel lets only the owner (or CAP_FOWNER) set them\n",
+          "        with self.caller.run_as(ROOT):\n"),),
+        ("tests/unit/test_nfsacl.py",),
+    ),
+    Sabotage(
+        "nfsacl-decoder-unbounded", "an NFS_ACL decoder takes at most NFS_ACL_MAX_ENTRIES entries",
+        "src/nfsstack/nfsacl/codec.py",
+        (("    if count > NFS_ACL_MAX_ENTRIES:\n        raise XDRError(",
+          "    if count > 1 << 32:\n        raise XDRError("),),
+        ("tests/unit/test_nfsacl.py",),
+    ),
+    Sabotage(
         "nlockmgr-handler-raises", "no NLM TEST call crashes nlockmgr", "src/nfsstack/nlm/program.py",
         (("        holder = self.table.test(key, lock, context=args.alock.fh)\n",
           "        holder = self.table.test(key, lock, context=args.alock.fh)\n"

@@ -29,6 +29,7 @@ from nfsstack.mount.program import Mountd
 from nfsstack.nfs3.interface import IFilesystem
 from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.program import Nfsd, Workers
+from nfsstack.nfsacl.program import nfsd_port_programs
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.nsm.state import NsmState
@@ -443,7 +444,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                **common))
     if local is not None:
         services.append(TimerService(1.0, local.files.sweep))
-    services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
+    services.append(RPCService("nfsd", nfsd_port_programs(stack.nfsd), options["nfs-port"],
+                               registrar=stack.registrar,
                                **common))
     return resources, services
 

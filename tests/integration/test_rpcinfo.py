@@ -59,7 +59,24 @@ def test_rpcinfo_p_lists_every_service(stack, ns):
     assert {(r[1], r[2]) for r in nlm} == {(v, p) for v in "134" for p in ("tcp", "udp")}
     status = {r for r in rows if r[0] == "100024"}
     assert {(r[1], r[2]) for r in status} == {("1", "tcp"), ("1", "udp")}
-    assert {r[0] for r in rows} == {"100000", "100003", "100005", "100021", "100024"}
+    acl = {r for r in rows if r[0] == "100227"}
+    assert acl == {("100227", "3", "tcp", "2049"), ("100227", "3", "udp", "2049")}, "NFS_ACL beside nfsd, on 2049"
+    assert {r[0] for r in rows} == {"100000", "100003", "100005", "100021", "100024", "100227"}
+
+
+def test_nfs_acl_is_registered_beside_nfsd_and_answers(stack, ns):
+    """NFS_ACL v3 (100227) on nfsd's port, on every netid nfsd is registered on, and answering NULL there."""
+    summary = rpcinfo(ns, "-s", "127.0.0.1").stdout
+    assert re.search(r"^\s*100227\s+3\s+udp6,tcp6,udp,tcp\s+nfs_acl\s", summary, re.M), summary
+    nfs = re.search(r"^\s*100003\s+3\s+(\S+)\s", summary, re.M)
+    assert nfs and nfs.group(1) == "udp6,tcp6,udp,tcp", summary
+    for netid in ("tcp", "udp"):
+        answer = rpcinfo(ns, "-T", netid, "127.0.0.1", "100227", "3").stdout
+        assert "program 100227 version 3 ready and waiting" in answer
+    dump = rpcinfo(ns, "127.0.0.1").stdout
+    assert re.search(r"100227\s+3\s+tcp\s+0\.0\.0\.0\.8\.1\s", dump), dump
+    v2 = rpcinfo(ns, "-T", "tcp", "127.0.0.1", "100227", "2", check=False)  # NFSv2's ACLs are not served
+    assert v2.returncode != 0 and "version mismatch" in (v2.stdout + v2.stderr).lower(), v2.stdout + v2.stderr
 
 
 def test_rpcinfo_null_calls(stack, ns):
@@ -160,11 +177,11 @@ def test_system_rpcbind_mode_registers_with_debian_rpcbind(ns):
             for _ in range(100):  # start() returns when port 111 answers: rpcbind's, at once
                 rows = portmap_rows(rpcinfo(ns, "-p", "127.0.0.1").stdout)
                 ours = {r for r in rows if r[0] != "100000"}
-                if {r[0] for r in ours} >= {"100003", "100005", "100021", "100024"}:
+                if {r[0] for r in ours} >= {"100003", "100005", "100021", "100024", "100227"}:
                     break
                 assert stack.proc.poll() is None, f"the stack must run beside rpcbind:\n{stack.log_text()}"
                 time.sleep(0.1)
-            assert {r[0] for r in ours} == {"100003", "100005", "100021", "100024"}, rows
+            assert {r[0] for r in ours} == {"100003", "100005", "100021", "100024", "100227"}, rows
             assert {r for r in ours if r[0] == "100003"} == {("100003", "3", "tcp", "2049"),
                                                             ("100003", "3", "udp", "2049")}
             listening = in_netns(ns, "ss", "-ltunpH").stdout

@@ -137,7 +137,7 @@ def test_a_plain_user_without_net_bind_service_registers_every_service_on_its_hi
     table, ports, log = surveyed(workdir, plain_user(FILE_CAPS))
     assert ports == {PORTMAP, NFS, MOUNTD, NLM, STATD, 1110}, ports
     registered = {(prog, prot): port for prog, _, prot, port in table[2]}
-    expected = {100000: PORTMAP, 100003: NFS, 100005: MOUNTD, 100021: NLM, 100024: STATD}
+    expected = {100000: PORTMAP, 100003: NFS, 100005: MOUNTD, 100021: NLM, 100024: STATD, 100227: NFS}
     for prog, port in expected.items():
         assert registered.get((prog, 6)) == port and registered.get((prog, 17)) == port, (prog, table)
     for prog, _, netid, uaddr, _ in table[3]:

@@ -46,6 +46,7 @@ UNITS = {
     "nfsstack.portmap": PROGRAM,
     "nfsstack.mount": PROGRAM,
     "nfsstack.nfs3": PROGRAM,
+    "nfsstack.nfsacl": PROGRAM,
     "nfsstack.nlm": PROGRAM,
     "nfsstack.nsm": PROGRAM,
     "nfsstack.cluster": PROGRAM,
@@ -64,6 +65,14 @@ UNITS = {
 PROGRAM_EDGES = {
     ("nfsstack.mount.program", "nfsstack.refusals"),
     ("nfsstack.nfs3.program", "nfsstack.refusals"),
+    # NFS_ACL runs in nfsd's frame (its admission and identity) over nfsd's storage interface, and speaks
+    # nfsd's types (file handles, nfsstat3, post_op_attr).
+    ("nfsstack.nfsacl.program", "nfsstack.nfs3.frame"),
+    ("nfsstack.nfsacl.program", "nfsstack.nfs3.codec"),
+    ("nfsstack.nfsacl.program", "nfsstack.nfs3.interface"),
+    ("nfsstack.nfsacl.codec", "nfsstack.nfs3.codec"),
+    ("nfsstack.nfsacl.codec", "nfsstack.nfs3.client"),
+    ("nfsstack.nfsacl.codec", "nfsstack.nfs3.interface"),
 }
 
 

@@ -21,8 +21,9 @@ Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
 its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
-``sec=sys``; ``crossmnt`` / ``nocrossmnt`` and ``nohide`` / ``hide`` with
-knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
+``sec=sys``; ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
+files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt``
+and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
 
 * by default (``hide``) a filesystem mounted below an export is not crossed:
   LOOKUP of its mount point gives the directory it covers, on the export's own
@@ -83,6 +84,8 @@ class ExportOptions:
     crossmnt: bool = False
     #: ``nohide``: LOOKUP of this export's path through the export it is mounted in gives this export's root.
     nohide: bool = False
+    #: ``acl`` (the default) / ``no_acl``: NFS_ACL shows and sets the files' POSIX ACLs, or shows only the mode bits.
+    acl: bool = True
 
     def describe(self) -> str:
         parts = ["ro" if self.read_only else "rw", "sync" if self.sync else "async"]
@@ -100,6 +103,8 @@ class ExportOptions:
             parts.append("crossmnt")
         if self.nohide:
             parts.append("nohide")
+        if not self.acl:
+            parts.append("no_acl")
         return ",".join(parts)
 
 
@@ -125,6 +130,8 @@ _FLAGS: dict[str, Optional[dict]] = {
     "nocrossmnt": {"crossmnt": False},
     "nohide": {"nohide": True},
     "hide": {"nohide": False},
+    "acl": {"acl": True},
+    "no_acl": {"acl": False},
 }
 
 # Kinds of client specification, most specific first (exports(5), "Machine Name Formats").

@@ -51,7 +51,7 @@ where every method must answer at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from zope.interface import Attribute, Interface
 
@@ -234,6 +234,57 @@ class IFilesystem(Interface):
 
     def release(call) -> None:
         """The reply is made: let go of what the call held (``call.held``).  Answers at once, never raises."""
+
+
+#: The kinds of entry of a POSIX ACL (POSIX 1003.1e draft 17; Linux's ``ACL_*`` tags, which NFS_ACL's wire format
+#: and the kernel's ``system.posix_acl_*`` extended attributes use alike).
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ACL_TAGS = frozenset((ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER))
+#: The id of an entry that names no one (the owner's, the owning group's, the mask's and the others' entries).
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+class AclEntry(NamedTuple):
+    """One entry of a POSIX ACL: its kind (``ACL_USER`` ...), the uid or gid it names (``ACL_USER``,
+    ``ACL_GROUP``; else :data:`ACL_UNDEFINED_ID`), and its permissions (4 read, 2 write, 1 execute).  Tuples
+    sort as the kernel keeps them, by kind then id."""
+
+    tag: int
+    id: int
+    perm: int
+
+
+#: An ACL: its entries, sorted; None where an object has no ACL of that kind.
+Acl = Optional[tuple[AclEntry, ...]]
+
+
+def acl_from_mode(mode: int) -> tuple[AclEntry, ...]:
+    """The minimal ACL equivalent to a mode's permission bits: owner, group, others (Linux's
+    ``posix_acl_from_mode``)."""
+    return (AclEntry(ACL_USER_OBJ, ACL_UNDEFINED_ID, (mode >> 6) & 7),
+            AclEntry(ACL_GROUP_OBJ, ACL_UNDEFINED_ID, (mode >> 3) & 7),
+            AclEntry(ACL_OTHER, ACL_UNDEFINED_ID, mode & 7))
+
+
+class IAccessControlLists(Interface):
+    """What a backend that stores POSIX ACLs also provides, for NFS_ACL (program 100227, :mod:`nfsstack.nfsacl`).
+
+    Optional: a backend without it answers GETACL and SETACL with NFS3ERR_NOTSUPP, and clients fall back to the
+    mode bits.  The ACLs are enforced where the mode bits are, by the backend (the local backend: the kernel).
+    Objects, calls and failures are those of :class:`IFilesystem`; an ACL is :data:`Acl`, sorted, its entries
+    checked by nfsd (one owner, group and others entry, a mask where there are named entries, no name twice).
+    The methods may answer at once, with a Deferred or as coroutines.
+    """
+
+    def getacl(call, obj, attributes) -> tuple:
+        """``(access, default)``: the object's access ACL and, for a directory, its default ACL, read as the
+        caller; None for either that the object has not (nfsd then shows the mode bits as a minimal ACL, and
+        no default ACL)."""
+
+    def setacl(call, obj, attributes, access: Acl, default: Acl) -> None:
+        """Replace the object's access ACL and (a directory's) default ACL, as the caller (only the owner may);
+        None removes one.  The object's mode bits follow its access ACL (owner, mask or group, others), and
+        its ctime changes.  A default ACL on a non-directory: EACCES, as Linux answers."""
 
 
 class HoldsNothing:

@@ -10,6 +10,7 @@ prints every PASS/FAIL line, and with ``--console`` the guest's whole console.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -35,10 +36,11 @@ def scenario_names() -> list[str]:
 
 def headers(text: str) -> dict[str, str]:
     """A scenario's "# key: value" header lines: ``network: tap``, ``nfsstack: --option value``, ``disk:
-    powercut`` (the export lies on tests/powercut.py's filesystem, and ``host_request powercut`` cuts its power)."""
+    powercut`` (the export lies on tests/powercut.py's filesystem, and ``host_request powercut`` cuts its power),
+    ``guest-programs: /usr/bin/setfacl ...`` (host programs copied into the guest for this scenario)."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"#\s*(network|nfsstack|ganesha|disk):\s*(.*)$", line)
+        m = re.match(r"#\s*(network|nfsstack|ganesha|disk|guest-programs):\s*(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
     return out
@@ -54,6 +56,39 @@ def hold_ofd_lock(path: Path, seconds: float) -> str:
         return f"error {e.strerror}"
     threading.Timer(seconds, os.close, (fd,)).start()
     return "held"
+
+
+def server_acl(path: Path, default: bool = False) -> str:
+    """The POSIX ACL of the server's ``path`` as getfacl shows it (numeric, one line, entries joined by commas),
+    read from the extended attribute the kernel keeps it in; "none" where it has none."""
+    from nfsstack.nfs3.interface import ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_USER, ACL_USER_OBJ
+    from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, acl_from_xattr
+
+    try:
+        acl = acl_from_xattr(os.getxattr(path, DEFAULT_XATTR if default else ACCESS_XATTR))
+    except OSError as e:
+        return "none" if e.errno == errno.ENODATA else f"error {e.strerror}"
+    names = {ACL_USER_OBJ: "user::", ACL_USER: "user:{}:", ACL_GROUP_OBJ: "group::", ACL_GROUP: "group:{}:",
+             ACL_MASK: "mask::"}
+    shown = [names.get(e.tag, "other::").format(e.id) + "".join(c if e.perm & b else "-" for c, b in
+                                                                  (("r", 4), ("w", 2), ("x", 1)))
+             for e in acl or ()]
+    return ",".join(shown) or "none"
+
+
+def grant_on_server(path: Path, uid: int) -> str:
+    """``setfacl -m u:UID:rw`` on the server's ``path`` (its ACL made from its mode bits plus the entry)."""
+    from nfsstack.nfs3.interface import ACL_GROUP_OBJ, ACL_MASK, ACL_USER, AclEntry, acl_from_mode
+    from nfsstack.nfs3.local.acls import ACCESS_XATTR, acl_to_xattr
+
+    try:
+        owner, group, other = acl_from_mode(os.stat(path).st_mode)
+        acl = (owner, AclEntry(ACL_USER, uid, 6), group, AclEntry(ACL_MASK, 0xFFFFFFFF, 6 | group.perm), other)
+        assert group.tag == ACL_GROUP_OBJ
+        os.setxattr(path, ACCESS_XATTR, acl_to_xattr(acl))
+    except OSError as e:
+        return f"error {e.strerror}"
+    return "ok"
 
 
 def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tuple[vm.Result, str]:
@@ -78,7 +113,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         else:
             export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
         export.chmod(0o777)
-        for sibling in ("-ro", "-squash"):
+        for sibling in ("-ro", "-squash", "-noacl"):
             Path(f"{export}{sibling}").mkdir()
             Path(f"{export}{sibling}").chmod(0o777)
         (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
@@ -93,7 +128,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
             """restart | kill (SIGKILL, then start) | restart-renaming OLD NEW (stop, rename on the server's disk,
             start) | powercut (SIGKILL, the disk loses what was not synced, then
             start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT | hold-ofd NAME SECONDS (a
-            server-side lock) | log PATTERN (how many server log lines match)"""
+            server-side lock) | log PATTERN (how many server log lines match) | getfacl NAME, getfacl-default NAME
+            (the server file's access or default ACL, one line) | grant NAME UID (user:UID:rw- on the server's file)"""
             verb, _, arg = request.partition(" ")
             if verb == "restart":
                 server.restart()
@@ -127,6 +163,11 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 except OSError as e:
                     return f"error {e.strerror}"
                 return "ok"
+            elif verb == "grant":  # grant NAME UID: the server's file gets user:UID:rw- (setfacl -m u:UID:rw there)
+                name, _, uid = arg.partition(" ")
+                return grant_on_server(export / name, int(uid))
+            elif verb in ("getfacl", "getfacl-default"):
+                return server_acl(export / arg, default=verb == "getfacl-default")
             elif verb == "stat":
                 try:
                     st = os.lstat(export / arg)
@@ -141,14 +182,16 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                    "SERVER_IDENTITIES": "yes" if server.acts_as_clients else "no",
                    "SERVER_UID": str(server.uid), "MOUNT_OPTIONS": server.mount_options,
                    "NFS_SERVER6": vm.HOST6, "GUEST6": vm.GUEST6,
-                   "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash"}
+                   "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash",
+                   "NFS_EXPORT_NOACL": f"{server.mount_path}-noacl"}
             result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout,
-                                  network=options.get("network", "user"))
+                                  network=options.get("network", "user"),
+                                  programs=tuple(options.get("guest-programs", "").split()))
         finally:
             server.stop()
             log = server.log_text()
             server.discard()
-            for path in (export, Path(f"{export}-ro"), Path(f"{export}-squash")):
+            for path in (export, Path(f"{export}-ro"), Path(f"{export}-squash"), Path(f"{export}-noacl")):
                 shutil.rmtree(path, ignore_errors=True)
         return result, log
 

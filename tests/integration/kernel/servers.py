@@ -191,6 +191,7 @@ class NfsStack:
             f"{export_dir} *(rw,insecure,no_root_squash)\n"
             f"{export_dir}-ro *(ro,insecure,no_root_squash)\n"
             f"{export_dir}-squash *(rw,insecure,root_squash)\n"
+            f"{export_dir}-noacl *(rw,insecure,no_root_squash,no_acl)\n"
         )
         self.stack: Stack | None = None
 

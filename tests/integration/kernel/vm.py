@@ -122,16 +122,17 @@ def _cpio_newc(files: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def _host_files() -> list[tuple[str, int, bytes]]:
-    """GUEST_PROGRAMS, the libraries ldd finds for them, and GUEST_FILES, at their own paths."""
+def _host_files(programs=GUEST_PROGRAMS, extra_files=GUEST_FILES) -> list[tuple[str, int, bytes]]:
+    """``programs`` (GUEST_PROGRAMS), the libraries ldd finds for them, and ``extra_files`` (GUEST_FILES), at their
+    own paths."""
     paths: list[str] = []
-    for program in GUEST_PROGRAMS:
+    for program in programs:
         if not os.path.exists(program):
-            raise VMError(f"{program} is missing (Debian package rpcbind)")
+            raise VMError(f"{program} is missing (tests/install-deps.sh installs it)")
         paths.append(program)
         out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
         paths += re.findall(r"(/\S+\.so[\w.]*)", out)
-    paths += [f for f in GUEST_FILES if os.path.exists(f)]
+    paths += [f for f in extra_files if os.path.exists(f)]
     files, dirs = [], set()
     for path in dict.fromkeys(paths):
         real = os.path.realpath(path)
@@ -245,21 +246,24 @@ def run_guest(
     timeout: float = 300.0,
     memory: int = 512,
     network: str = "user",
+    programs: tuple = (),
 ) -> Result:
     """Boot the guest in ``netns``, run ``scenario`` (a shell script's text) with ``env``, return its result.
 
     ``network`` is "user" (qemu's user networking: the server sees the guest as 127.0.0.1) or "tap" (a tap
     device in the namespace, 10.0.2.2 on the host side: the server sees 10.0.2.15 and can call it back).
+    ``programs``: more host programs for this boot only, copied in with their libraries beside the scenario
+    (the cached image stays as it is).
     """
     use_kvm = kvm_usable()
     if network == "tap":
         _make_tap(netns)
-    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network)
+    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network, programs)
     if use_kvm and not _KVM_PROBE.exists():
         booted = "@@INIT ready" in result.console
         _remember_kvm(booted)
         if not booted:
-            result = _boot(netns, scenario, env, on_request, timeout, memory, False, network)
+            result = _boot(netns, scenario, env, on_request, timeout, memory, False, network, programs)
     return result
 
 
@@ -276,10 +280,13 @@ def _make_tap(netns: str) -> None:
         subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True, capture_output=True)
 
 
-def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="user") -> Result:
+def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="user", programs=()) -> Result:
     image = build_image()
     exports = "".join(f"export {k}={shlex_quote(v)}\n" for k, v in env.items())
-    extra = gzip.compress(_cpio_newc([("scenario.sh", 0o100755, ("#!/bin/sh\n" + exports + scenario).encode())]))
+    # A program the host lacks is left out: the scenario says what it misses.
+    added = _host_files([p for p in programs if os.path.exists(p)], []) if programs else []
+    extra = gzip.compress(_cpio_newc(added + [("scenario.sh", 0o100755,
+                                               ("#!/bin/sh\n" + exports + scenario).encode())]))
     workdir = Path(tempfile.mkdtemp(prefix="nfsstack-vm-"))
     initrd = workdir / "initrd"
     initrd.write_bytes(image.initrd.read_bytes() + extra)

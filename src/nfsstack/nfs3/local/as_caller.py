@@ -16,6 +16,7 @@ import stat
 from typing import Optional
 
 from nfsstack.exports.identity import ROOT, Identity, Switcher
+from nfsstack.nfs3.local.acls import DEFAULT_XATTR
 from nfsstack.nfs3.codec import (
     ACCESS_EXECUTE, ACCESS_READ, NFSError, Sattr, Stat, access_bits,
 )
@@ -69,6 +70,15 @@ def all_cached(fd: int, offset: int, length: int) -> Optional[bool]:
         return None
     pages = (offset + length + _PAGE - 1) // _PAGE - offset // _PAGE
     return result[0] >= pages
+
+
+def _has_default_acl(dirfd: int) -> bool:
+    """Whether the directory at ``dirfd`` has a default ACL, which new objects in it inherit."""
+    try:
+        os.getxattr(proc_path(dirfd), DEFAULT_XATTR)
+    except OSError:
+        return False  # none (ENODATA), or a filesystem without ACLs
+    return True
 
 
 def readlink(fd: int) -> bytes:
@@ -180,7 +190,9 @@ class LocalFS:
                       keep: list[int]) -> None:
         """After creating ``name`` with ``mode_used``: set what the umask took off, and the rest of ``attrs``."""
         mode = None
-        if mode_used is not None and mode_used & self.umask:
+        if mode_used is not None and mode_used & self.umask and not _has_default_acl(dirfd):
+            # Under a directory with a default ACL the kernel took no umask off: the new object's ACL is the
+            # default ACL narrowed by the mode asked for (POSIX 1003.1e), which a chmod would undo.
             mode = mode_used
         if mode is None and attrs.uid is None and attrs.gid is None and attrs.atime is None and attrs.mtime is None:
             return  # the usual CREATE: the open set all there was to set

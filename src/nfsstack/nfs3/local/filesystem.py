@@ -24,9 +24,12 @@ from zope.interface import implementer
 
 from nfsstack.exports.policy import MountRefused
 from nfsstack.logs import logger
-from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE
+from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE, NFSError, Stat
 from nfsstack.exports.identity import ROOT
-from nfsstack.nfs3.interface import Found, IFilesystem, Limits, Listing, Made, Sizes, WouldBlock
+from nfsstack.nfs3.interface import (
+    Found, IAccessControlLists, IFilesystem, Limits, Listing, Made, Sizes, WouldBlock,
+)
+from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, get_acl, set_acl
 from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
 from nfsstack.nfs3.local.filecache import FileCache, OpenFile
 from nfsstack.nfs3.local.readdir import Lister
@@ -43,7 +46,7 @@ RESAMPLE_CREATE = 16
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@implementer(IFilesystem)
+@implementer(IFilesystem, IAccessControlLists)
 class LocalFilesystem:
     """The directories of an :class:`~nfsstack.exports.table.ExportTable`, served as the callers."""
 
@@ -179,6 +182,29 @@ class LocalFilesystem:
 
     def readlink(self, call, fd: int) -> bytes:
         return readlink(fd)
+
+    # -- POSIX ACLs (NFS_ACL) -------------------------------------------------------------
+
+    def getacl(self, call, fd: int, st) -> tuple:
+        if stat.S_ISLNK(st.st_mode):
+            return None, None  # Linux keeps no ACLs on symlinks: their mode, 0777, is all
+        path = proc_path(fd)
+        with self.caller.run_as(call.who):
+            access = get_acl(path, ACCESS_XATTR)
+            default = get_acl(path, DEFAULT_XATTR) if stat.S_ISDIR(st.st_mode) else None
+        return access, default
+
+    def setacl(self, call, fd: int, st, access, default) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise NFSError(Stat.NOTSUPP)  # no ACLs on symlinks (set_posix_acl: EOPNOTSUPP)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if default is not None and not is_dir:
+            raise PermissionError(errno.EACCES, "a default ACL on a non-directory")  # as set_posix_acl
+        path = proc_path(fd)
+        with self.caller.run_as(call.who):  # the kernel lets only the owner (or CAP_FOWNER) set them
+            set_acl(path, ACCESS_XATTR, access)
+            if is_dir:
+                set_acl(path, DEFAULT_XATTR, default)
 
     def lookup(self, call, dirfd: int, dir_st, name: bytes) -> Found:
         fsid = call.fsid
