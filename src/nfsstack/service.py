@@ -410,6 +410,58 @@ class NfsdThreads(Resource):
 
 
 
+class NfsdParts:
+    """nfsd and what it is made of (:func:`build_nfsd`): built, not started."""
+
+    def __init__(self, threads: Workers, local, fs, nfsd: Nfsd, resources: list, timers: list) -> None:
+        #: The thread pool for the calls that may wait on the disk.
+        self.threads = threads
+        #: The local backend (None for another backend), and the backend as an IFilesystem.
+        self.local = local
+        self.fs = fs
+        self.nfsd = nfsd
+        #: The services owning nfsd's resources (caches, ring, threads), to start before and stop after nfsd.
+        self.resources = resources
+        #: The services sweeping nfsd's caches, to start with the others.
+        self.timers = timers
+
+
+def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher,
+               unprivileged: str | None = None) -> NfsdParts:
+    """nfsd on ``table``, with its backend and resources, from the stack's options (``threads``, ``backend``,
+    ``no-aio-fsync``, and the factory of a backend other than the local one as ``options.backend_factory``).
+
+    The one place nfsd is made: the stack's process builds it this way, and so does each nfsd worker process
+    (:mod:`nfsstack.worker`), so that a worker serves exactly what the single process would.
+    """
+    from twisted.application.internet import TimerService
+
+    from nfsstack.nfs3.interface import IFilesystem
+
+    threads = Workers(reactor, max(1, options["threads"]))
+    factory = getattr(options, "backend_factory", None)
+    caller = None
+    if unprivileged == "plain user":
+        from nfsstack.exports.identity import NoSwitching
+        from nfsstack.nfs3.local.as_caller import LocalFS
+
+        caller = LocalFS(NoSwitching())
+    local = LocalFilesystem(table, threads, caller) if factory is None else None
+    fs = IFilesystem(local if factory is None else factory(table, options))
+    if factory is not None and callable(getattr(fs, "reload", None)):
+        table.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
+    nfsd = Nfsd(table, fs, in_thread=threads)
+    resources: list = []
+    timers: list = []
+    if local is not None:
+        resources.append(NfsdCaches(local))
+        if not options["no-aio-fsync"]:
+            resources.append(NfsdRing(local, reactor, reply_batcher))
+        timers.append(TimerService(1.0, local.files.sweep))
+    resources.append(NfsdThreads(threads))
+    return NfsdParts(threads, local, fs, nfsd, resources, timers)
+
+
 DEFAULT_EXPORT = "export"
 #: Who may mount the default export: this machine only.  Other hosts need an exports file that names them.
 DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")

@@ -26,9 +26,6 @@ from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
-from nfsstack.nfs3.interface import IFilesystem
-from nfsstack.nfs3.local.filesystem import LocalFilesystem
-from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.nsm.state import NsmState
@@ -42,8 +39,8 @@ from nfsstack.rpc.ports import may_bind
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
-from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsdCaches, NfsdRing,
-                              NfsdThreads, NfsStackService, check_default_export, default_export_list)
+from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsStackService, build_nfsd,
+                              check_default_export, default_export_list)
 from nfsstack.startup import UnavailableServices
 
 log = logger("nfsstack")
@@ -406,31 +403,17 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    workers = Workers(reactor, max(1, options["threads"]))
-    factory = getattr(options, "backend_factory", None)
-    caller = None
-    if unprivileged == "plain user":
-        from nfsstack.exports.identity import NoSwitching
-        from nfsstack.nfs3.local.as_caller import LocalFS
-
-        caller = LocalFS(NoSwitching())
-    local = LocalFilesystem(stack.exports, workers, caller) if factory is None else None
-    fs = IFilesystem(local if factory is None else factory(stack.exports, options))
-    if factory is not None and callable(getattr(fs, "reload", None)):
-        stack.exports.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
-    log.info("storage: {backend}", backend=options["backend"] if factory is not None else
+    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged)
+    local, fs = nfsd.local, nfsd.fs
+    log.info("storage: {backend}", backend=options["backend"] if local is None else
              "local directories" + (" (unprivileged: handles through a map of places)" if unprivileged else ""))
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
     stack.mountd = Mountd(stack.exports, None, fs.mount)
-    stack.nfsd = Nfsd(stack.exports, fs, in_thread=workers)
+    stack.nfsd = nfsd.nfsd
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]
-    if local is not None:
-        resources.append(NfsdCaches(local))
-        if not options["no-aio-fsync"]:
-            resources.append(NfsdRing(local, reactor, stack.reply_batcher))
-    resources.append(NfsdThreads(workers))
+    resources += nfsd.resources
     services: list = [TimerService(5.0, stack.exports.sweep)]
     if reloader is not None:
         services.append(reloader)
@@ -441,8 +424,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                **common))
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                                **common))
-    if local is not None:
-        services.append(TimerService(1.0, local.files.sweep))
+    services += nfsd.timers
     services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
                                **common))
     return resources, services
