@@ -77,6 +77,16 @@ def pick_ports(options: Options) -> dict[str, int]:
     return picked
 
 
+def _workers(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"{n} workers: at least 1")
+    return n
+
+
+_workers.coerceDoc = "A number of processes, at least 1."  # type: ignore[attr-defined]
+
+
 def _log_level(value: str) -> str:
     if value not in LEVELS:
         raise ValueError(f"{value!r} is not one of {', '.join(LEVELS)}")
@@ -134,7 +144,11 @@ class Options(usage.Options):
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
-        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
+        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk (in each nfsd worker).", int],
+        ["workers", None, None, "nfsd worker processes sharing nfsd's port, each client steered to one by its "
+                                "address (default: the CPUs this process may use; 1 = nfsd in this process). "
+                                "Only the local backend has workers; the others serve nfsd in this process.",
+         _workers],
         ["backend", None, "local", "What the exports serve: local (this machine's directories; without "
                                    "CAP_DAC_READ_SEARCH it is local-unprivileged), local-unprivileged (handles "
                                    "found through a map of paths in --state-dir), memory (a tree in memory per "
@@ -425,9 +439,45 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                                **common))
     services += nfsd.timers
-    services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
-                               **common))
+    size = _worker_count(options, local, unprivileged)
+    if size == 1:
+        services.append(RPCService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
+                                   **common))
+        return resources, services
+    from nfsstack.rpc.reuseport import SharedPortService
+    from nfsstack.workers import NfsdWorkers
+
+    shared = SharedPortService("nfsd", [stack.nfsd.program], options["nfs-port"], registrar=stack.registrar,
+                               size=size, **common)
+    config = {"exports": os.path.abspath(options["exports"]) if options["exports"] is not None else None,
+              "state-dir": state_dir, "backend": "local"}
+    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level"):
+        config[option] = options[option]
+    stack.workers = NfsdWorkers(shared, config, reactor, size)
+    if reloader is not None:
+        reloader.followers.append(stack.workers.reload)
+    services += [shared, stack.workers]
     return resources, services
+
+
+def _worker_count(options: Options, local, unprivileged: Optional[str]) -> int:
+    """How many nfsd worker processes: ``--workers``, by default the CPUs; 1 for a backend whose state lives in
+    this process (the memory backend, a module's, and the unprivileged one's map of handles), said in one line
+    if more were asked for."""
+    asked = options["workers"]
+    if asked is None:
+        from nfsstack.workers import default_workers
+
+        asked, explicit = default_workers(), False
+    else:
+        explicit = True
+    if asked > 1 and (local is None or unprivileged is not None):
+        if explicit:
+            why = ("--backend " + options["backend"]) if local is None else "the unprivileged local backend"
+            log.info("--workers {n}: nfsd runs in this process instead ({why} keeps its state in this process, "
+                     "which worker processes could not share)", n=asked, why=why)
+        return 1
+    return asked
 
 
 def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
@@ -436,8 +486,9 @@ def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
                       options["keepalive-interval"], options["keepalive-misses"], reactor.seconds, options.peers)
     for child in stack.rpc_services():
         child.dispatcher.observer = stack.call_stats
-    collector = StackCollector(stack.call_stats, stack.counters)
+    collector = StackCollector(stack.all_calls, stack.counters)
     binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
     reloader = stack.namedServices.get("exports-reload")
     ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
-                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None).setServiceParent(stack)
+                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None,
+                   refresh=stack.refresh if stack.workers is not None else None).setServiceParent(stack)
