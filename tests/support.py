@@ -294,6 +294,25 @@ class NfsClient:
         self.sock.close()
 
 
+class SourceClient(NfsClient):
+    """An NfsClient whose nfsd connection comes from address ``source`` (127.0.0.2 is loopback too); mount and the
+    portmapper are called as usual.  :meth:`reconnect` opens a new connection (from a new port)."""
+
+    def __init__(self, source: str, *args, **kwargs) -> None:
+        self.source = source
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, port: int) -> socket.socket:
+        s = socket.create_connection((self.host, port), timeout=self.timeout, source_address=(self.source, 0))
+        s.settimeout(self.timeout)
+        self.nfs_port = port
+        return s
+
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.sock = self._connect(self.nfs_port)
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

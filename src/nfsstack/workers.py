@@ -112,8 +112,8 @@ class WorkerProcess(protocol.ProcessProtocol):
 def how_it_ended(reason) -> str:
     value = reason.value
     if isinstance(value, error.ProcessTerminated):
-        if value.signalNum is not None:
-            return f"was killed by signal {value.signalNum}"
+        if value.signal is not None:
+            return f"was killed by signal {value.signal}"
         return f"exited with status {value.exitCode}"
     return "exited"
 

@@ -21,29 +21,11 @@ from nfsstack.nfs3.client import PROC, Sattr3, encode
 from nfsstack.nfs3.codec import Stat
 from nfsstack.rpc.message import decode_reply, encode_call
 from nfsstack.rpc.record import frame
-from tests.support import NfsClient, Stack, free_port, recv_record
+from tests.support import NfsClient, SourceClient, Stack, free_port, recv_record
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kernel_handles_work("/"), reason="needs root")
 
 A, B = "127.0.0.1", "127.0.0.2"
-
-
-class SourceClient(NfsClient):
-    """An NfsClient whose nfsd connection comes from ``source`` (mount and portmapper go to the stack's process)."""
-
-    def __init__(self, source: str, *args, **kwargs) -> None:
-        self.source = source
-        super().__init__(*args, **kwargs)
-
-    def _connect(self, port: int) -> socket.socket:
-        s = socket.create_connection((self.host, port), timeout=self.timeout, source_address=(self.source, 0))
-        s.settimeout(self.timeout)
-        self.nfs_port = port
-        return s
-
-    def reconnect(self) -> None:
-        self.sock.close()
-        self.sock = self._connect(self.nfs_port)
 
 
 def start(tmp_path, *extra, exports_text=None):
