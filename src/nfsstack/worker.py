@@ -138,11 +138,25 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
     return top, lambda: counters(nfsd.nfsd, served.dispatcher, calls, served.stream_factory)
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the stack's process dies (prctl(2) PR_SET_PDEATHSIG), so that nfsd's port is free at once for
+    the stack started next; if it died already, exit now."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass  # the end of standard input stops the worker instead
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def main() -> None:
     from twisted.internet import reactor
 
-    globalLogBeginner.beginLoggingTo([_log_to_stderr], redirectStandardIO=False)
     config = json.loads(sys.argv[1])
+    _die_with_parent(config["parent"])
+    globalLogBeginner.beginLoggingTo([_log_to_stderr], redirectStandardIO=False)
     os.chdir(config.get("cwd", os.getcwd()))
     top, answer = build(config, reactor)
     stdio.StandardIO(Control(answer, reactor), reactor=reactor)

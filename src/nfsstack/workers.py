@@ -157,7 +157,7 @@ class NfsdWorkers(service.Service):
         for n, (group, sock) in enumerate(self.shared.member_sockets(index)):
             fds[FIRST_SOCKET_FD + n] = sock.fileno()
             sockets.append({"fd": FIRST_SOCKET_FD + n, "netid": group.netid, "host": group.host})
-        config = dict(self.config, index=index, sockets=sockets, cwd=os.getcwd())
+        config = dict(self.config, index=index, sockets=sockets, cwd=os.getcwd(), parent=os.getpid())
         env = dict(os.environ)
         # The worker imports this very nfsstack, wherever it was found.
         here = os.path.dirname(os.path.dirname(os.path.abspath(nfsstack.__file__)))

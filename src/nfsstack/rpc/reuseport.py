@@ -116,10 +116,29 @@ class SocketGroup:
             s.close()
 
 
+def check_free(hosts: list[str], port: int) -> None:
+    """Raise OSError (EADDRINUSE) if anything holds ``port`` on one of ``hosts``, TCP or UDP.
+
+    A socket with ``SO_REUSEPORT`` joins the group of any other such socket of the same user on that port: without
+    this look (a plain bind, as every other service makes), a second stack of the same user, or the workers of one
+    that is still going away, would silently share the port instead of the start failing with "port in use".
+    """
+    for host in hosts:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as probe:
+                if probe.family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+
+
 def bind_groups(hosts: list[str], port: int, size: int) -> tuple[int, list[SocketGroup]]:
     """A :class:`SocketGroup` of ``size`` for TCP and for UDP on each of ``hosts``, all on one port (``port``, or
     for 0 a dynamic one free on every transport), each steered by :func:`attach_steering`; (the port, the groups).
     """
+    if port:
+        check_free(hosts, port)
     attempts = 1 if port else 32
     for attempt in range(attempts):
         groups: list[SocketGroup] = []
