@@ -272,7 +272,10 @@ class ExportsReloader(service.Service):
 
     name = "exports-reload"
 
-    def __init__(self, table: ExportTable, path: str, reactor, mounts: MountList | None = None) -> None:
+    def __init__(self, table: ExportTable, path: str, reactor, mounts: MountList | None = None,
+                 quiet: bool = False) -> None:
+        #: An nfsd worker's reloader: one line per reload, the changes being the stack's to say.
+        self.quiet = quiet
         self.table = table
         self.path = path
         self.reactor = reactor
@@ -301,6 +304,9 @@ class ExportsReloader(service.Service):
             before = self.table.exports
             self.table.reload(exports)
             changes = export_changes(before, exports)
+            if self.quiet:
+                log.info("exports read again: {n} exports", n=len(exports))
+                return {"ok": True}
             log.info("reloaded {path}: {n} exports, {what}", path=self.path, n=len(exports),
                      what=f"{len(changes)} changed" if changes else "nothing changed")
             for change in changes:

@@ -79,12 +79,12 @@ def pick_ports(options: Options) -> dict[str, int]:
 
 def _workers(value: str) -> int:
     n = int(value)
-    if n < 1:
-        raise ValueError(f"{n} workers: at least 1")
+    if n < 0:
+        raise ValueError(f"{n} workers: 0 (as many as CPUs) or more")
     return n
 
 
-_workers.coerceDoc = "A number of processes, at least 1."  # type: ignore[attr-defined]
+_workers.coerceDoc = "A number of processes; 0 = as many as the CPUs."  # type: ignore[attr-defined]
 
 
 def _log_level(value: str) -> str:
@@ -145,8 +145,8 @@ class Options(usage.Options):
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
         ["threads", None, 64, "Threads for the NFS calls that may wait on the disk (in each nfsd worker).", int],
-        ["workers", None, None, "nfsd worker processes sharing nfsd's port, each client steered to one by its "
-                                "address (default: the CPUs this process may use; 1 = nfsd in this process). "
+        ["workers", None, 0, "nfsd worker processes sharing nfsd's port, each client steered to one by its "
+                             "address (0, the default: the CPUs this process may use; 1 = nfsd in this process). "
                                 "Only the local backend has workers; the others serve nfsd in this process.",
          _workers],
         ["backend", None, "local", "What the exports serve: local (this machine's directories; without "
@@ -465,7 +465,7 @@ def _worker_count(options: Options, local, unprivileged: Optional[str]) -> int:
     this process (the memory backend, a module's, and the unprivileged one's map of handles), said in one line
     if more were asked for."""
     asked = options["workers"]
-    if asked is None:
+    if not asked:
         from nfsstack.workers import default_workers
 
         asked, explicit = default_workers(), False

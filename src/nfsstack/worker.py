@@ -126,7 +126,7 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
         child.setServiceParent(top)
     TimerService(5.0, table.sweep).setServiceParent(top)
     if config["exports"]:
-        ExportsReloader(table, config["exports"], reactor).setServiceParent(top)
+        ExportsReloader(table, config["exports"], reactor, quiet=True).setServiceParent(top)
     for child in nfsd.timers:
         child.setServiceParent(top)
     served = LentSockets("nfsd", [nfsd.nfsd.program], config["sockets"], reactor=reactor,

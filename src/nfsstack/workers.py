@@ -144,6 +144,8 @@ class NfsdWorkers(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        if not self.shared.groups:
+            return  # nfsd's port could not be had (a partial stack, --partial): it is reported as not serving
         for index in range(self.size):
             self._spawn(index)
         log.info("nfsd served by {n} worker processes (pids {pids}) on port {port}, each client steered to one "
