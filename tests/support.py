@@ -48,6 +48,34 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def nfsd_served(pmap_port: int, deadline: float) -> None:
+    """Wait (until ``deadline``) for nfsd, if registered with the portmapper on ``pmap_port``, to answer a NULL over
+    TCP from 127.0.0.1 and from 127.0.0.2: with ``--workers`` its worker processes start after the portmapper
+    answers, and the two addresses reach two of them.  An nfsd not on loopback is not waited for."""
+    from nfsstack.xdr import Packer, Unpacker
+
+    p = Packer()
+    for v in (100003, 3, 6, 0):
+        p.pack_uint(v)
+    try:
+        data = tcp_call(pmap_port, 100000, 2, 3, p.getvalue(), timeout=2)
+    except OSError:
+        return
+    reply = decode_reply(data)
+    port = Unpacker(data, reply.offset).unpack_uint() if reply.error is None else 0
+    for source in ("127.0.0.1", "127.0.0.2"):
+        while port and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1, source_address=(source, 0)) as s:
+                    s.sendall(frame(call_message(100003, 3, 0)))
+                    recv_record(s)
+                break
+            except socket.timeout:
+                continue  # queued for a worker that is starting
+            except OSError:
+                return
+
+
 def call_message(prog, vers, proc, args=b"", xid=1, cred=OpaqueAuth()) -> bytes:
     return encode_call(xid, prog, vers, proc, cred) + args
 
@@ -141,6 +169,8 @@ class Stack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
             if self._answers(ready_port):
+                if not self.netns:
+                    nfsd_served(ready_port, deadline)
                 return self
             time.sleep(0.1)
         self.stop()
@@ -292,6 +322,25 @@ class NfsClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SourceClient(NfsClient):
+    """An NfsClient whose nfsd connection comes from address ``source`` (127.0.0.2 is loopback too); mount and the
+    portmapper are called as usual.  :meth:`reconnect` opens a new connection (from a new port)."""
+
+    def __init__(self, source: str, *args, **kwargs) -> None:
+        self.source = source
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, port: int) -> socket.socket:
+        s = socket.create_connection((self.host, port), timeout=self.timeout, source_address=(self.source, 0))
+        s.settimeout(self.timeout)
+        self.nfs_port = port
+        return s
+
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.sock = self._connect(self.nfs_port)
 
 
 def rss_mib(pid: int) -> float:

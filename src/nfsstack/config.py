@@ -49,8 +49,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                  "partial"),
     # The portmapper (rpcbind) on port 111, or the system's rpcbind it registers with.
     "portmap": ("portmap-port", "system-rpcbind", "remote-calls", "rpcbind-socket"),
-    "nfsd": ("nfs-port", "threads", "grace-time", "no-aio-fsync", "backend", "memory-limit", "search-entries",
-             "search-seconds"),
+    "nfsd": ("nfs-port", "threads", "workers", "grace-time", "no-aio-fsync", "backend", "memory-limit",
+             "search-entries", "search-seconds"),
     "mountd": ("mountd-port",),
     "nlockmgr": ("nlm-port",),
     "statd": ("statd-port",),

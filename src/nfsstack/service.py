@@ -11,6 +11,7 @@ has stopped.  docs/architecture.md describes the whole lifecycle.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -58,6 +59,11 @@ class NfsStackService(service.MultiService):
         self.nsm: Nsm | None = None
         self.nlm: Nlm | None = None
         self.node: Node | None = None
+        #: nfsd's worker processes (nfsstack.workers.NfsdWorkers) with --workers above 1, else None.
+        self.workers = None
+        #: What the workers answered when last asked (:meth:`refresh`): one dict each, "answering" false for one
+        #: that did not.
+        self.worker_counters: list[dict] = []
         self.call_stats = CallStats()
         #: Holds late replies while a batch of io_uring completions is answered: given to every RPC service
         #: (tap.py) and to nfsd's syncer (NfsdRing).
@@ -106,6 +112,29 @@ class NfsStackService(service.MultiService):
         """The configured services that are not serving (for /healthz)."""
         return [name for name, up in self.serving().items() if not up]
 
+    def refresh(self) -> defer.Deferred:
+        """Ask nfsd's worker processes for their counters, for the next report (port 1110 asks before each)."""
+        if self.workers is None:
+            return defer.succeed(None)
+
+        def got(answers: list[dict]) -> None:
+            self.worker_counters = answers
+
+        return self.workers.counters().addCallback(got)
+
+    def _answering(self) -> list[dict]:
+        return [w for w in self.worker_counters if w.get("answering")]
+
+    def all_calls(self) -> CallStats:
+        """The calls counted here and by every worker that answered."""
+        return self.call_stats.merged(self._answering()) if self.workers is not None else self.call_stats
+
+    def _workers_report(self) -> list[dict]:
+        """Each worker: its number, pid, restarts, and whether it answered (with its calls and connections)."""
+        return [{"worker": w["worker"], "pid": w["pid"], "restarts": w["restarts"], "answering": w["answering"],
+                 "rpc_calls": sum(row[2] for row in w.get("calls", ())), "tcp_connections": w.get("connections", 0),
+                 "write_verifier": w.get("write_verifier")} for w in self.worker_counters]
+
     def report(self) -> dict:
         """What ``GET /status`` answers (the keepalive key never appears)."""
         services = []
@@ -150,43 +179,70 @@ class NfsStackService(service.MultiService):
                 "datagrams": dict(node.datagrams) if node else {},
             },
             "counters": {
-                "rpc_calls": sum(v[0] for v in self.call_stats.stats.values()),
-                "nfs_bytes_read": self.nfsd.bytes_read if self.nfsd else 0,
-                "nfs_bytes_written": self.nfsd.bytes_written if self.nfsd else 0,
+                "rpc_calls": sum(v[0] for v in self.all_calls().stats.values()),
+                "nfs_bytes_read": self._nfsd_sum("bytes_read"),
+                "nfs_bytes_written": self._nfsd_sum("bytes_written"),
                 "tcp_connections": sum(len(s.stream_factory.connections) for s in self.rpc_services()
-                                       if s.stream_factory is not None),
+                                       if s.stream_factory is not None)
+                + sum(w.get("connections", 0) for w in self._answering()),
             },
+            # nfsd's worker processes (--workers), each with what it answered when asked for this report.
+            "workers": self._workers_report(),
         }
+
+    def _nfsd_sum(self, counter: str) -> int:
+        """nfsd's ``counter`` here and in every worker that answered."""
+        return (getattr(self.nfsd, counter) if self.nfsd else 0) + sum(w.get(counter, 0) for w in self._answering())
+
+    def _nfs_failures(self) -> dict:
+        out = collections.Counter(self.nfsd.failures if self.nfsd else {})
+        for w in self._answering():
+            for procedure, status, n in w.get("nfs_failures", ()):
+                out[(procedure, status)] += n
+        return dict(out)
+
+    def _rpc_errors(self) -> dict:
+        out = collections.Counter({(s.name, error): n for s in self.rpc_services()
+                                   for error, n in s.dispatcher.errors.items()})
+        for w in self._answering():
+            for error, n in w.get("rpc_errors", ()):
+                out[("nfsd", error)] += n
+        return dict(out)
 
     def stat(self) -> dict:
         """What ``nfsstack stat`` shows (``nfsstat -s``): calls per program and procedure, per client, and the
         errors: RPC error replies per service, NFS statuses other than OK per procedure."""
+        all_calls = self.all_calls()
         calls = [{"program": program, "procedure": procedure, "calls": n}
-                 for (program, procedure), (n, _, _) in sorted(self.call_stats.stats.items())]
+                 for (program, procedure), (n, _, _) in sorted(all_calls.stats.items())]
         clients: dict[str, dict[str, int]] = {}
-        for (client, program), n in self.call_stats.clients.items():
+        for (client, program), n in all_calls.clients.items():
             clients.setdefault(client, {})[program] = n
         return {
             "calls": calls,
             "clients": [{"client": c, "calls": by_program} for c, by_program in sorted(clients.items())],
-            "rpc_errors": [{"service": s.name, "error": error, "count": n}
-                           for s in self.rpc_services() for error, n in sorted(s.dispatcher.errors.items())],
+            "rpc_errors": [{"service": service, "error": error, "count": n}
+                           for (service, error), n in sorted(self._rpc_errors().items())],
             "nfs_errors": [{"procedure": proc, "status": status, "count": n}
-                           for (proc, status), n in sorted(self.nfsd.failures.items())] if self.nfsd else [],
+                           for (proc, status), n in sorted(self._nfs_failures().items())] if self.nfsd else [],
+            "workers": self._workers_report(),
         }
 
     def counters(self) -> dict:
         """The raw counters /metrics turns into metric families."""
         out = {
-            "rpc_errors": {(s.name, error): n for s in self.rpc_services() for error, n in s.dispatcher.errors.items()},
-            "nfs_failures": dict(self.nfsd.failures) if self.nfsd else {},
-            "bytes_read": self.nfsd.bytes_read if self.nfsd else 0,
-            "bytes_written": self.nfsd.bytes_written if self.nfsd else 0,
+            "rpc_errors": self._rpc_errors(),
+            "nfs_failures": self._nfs_failures(),
+            "bytes_read": self._nfsd_sum("bytes_read"),
+            "bytes_written": self._nfsd_sum("bytes_written"),
             "connections": {s.name: len(s.stream_factory.connections) for s in self.rpc_services()
                             if s.stream_factory is not None},
             "locks": self.nlm.table.counts() if self.nlm else {},
             "services": self.serving(),
         }
+        if self.workers is not None:
+            out["connections"]["nfsd"] = sum(w.get("connections", 0) for w in self._answering())
+            out["workers_not_answering"] = sum(not w.get("answering") for w in self.worker_counters)
         if self.node is not None:
             out.update(self.node.counts())
         return out
@@ -216,12 +272,17 @@ class ExportsReloader(service.Service):
 
     name = "exports-reload"
 
-    def __init__(self, table: ExportTable, path: str, reactor, mounts: MountList | None = None) -> None:
+    def __init__(self, table: ExportTable, path: str, reactor, mounts: MountList | None = None,
+                 quiet: bool = False) -> None:
+        #: An nfsd worker's reloader: one line per reload, the changes being the stack's to say.
+        self.quiet = quiet
         self.table = table
         self.path = path
         self.reactor = reactor
         self.mounts = mounts
         self._previous = None
+        #: Called after each reload that took (nfsd's worker processes then reload theirs).
+        self.followers: list = []
 
     def startService(self) -> None:
         super().startService()
@@ -243,6 +304,9 @@ class ExportsReloader(service.Service):
             before = self.table.exports
             self.table.reload(exports)
             changes = export_changes(before, exports)
+            if self.quiet:
+                log.info("exports read again: {n} exports", n=len(exports))
+                return {"ok": True}
             log.info("reloaded {path}: {n} exports, {what}", path=self.path, n=len(exports),
                      what=f"{len(changes)} changed" if changes else "nothing changed")
             for change in changes:
@@ -251,6 +315,8 @@ class ExportsReloader(service.Service):
                 log.warn("{warning}", warning=warning)
             if self.mounts is not None:
                 _forget_unexported_mounts(self.mounts, self.table)
+            for follower in self.followers:
+                follower()
             return {"ok": True, "file": self.path, "exports": describe_exports(exports), "changes": changes,
                     "warnings": exports.warnings}
 
@@ -408,6 +474,58 @@ class NfsdThreads(Resource):
         super().stopService()
         self.workers.stop()
 
+
+
+class NfsdParts:
+    """nfsd and what it is made of (:func:`build_nfsd`): built, not started."""
+
+    def __init__(self, threads: Workers, local, fs, nfsd: Nfsd, resources: list, timers: list) -> None:
+        #: The thread pool for the calls that may wait on the disk.
+        self.threads = threads
+        #: The local backend (None for another backend), and the backend as an IFilesystem.
+        self.local = local
+        self.fs = fs
+        self.nfsd = nfsd
+        #: The services owning nfsd's resources (caches, ring, threads), to start before and stop after nfsd.
+        self.resources = resources
+        #: The services sweeping nfsd's caches, to start with the others.
+        self.timers = timers
+
+
+def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher,
+               unprivileged: str | None = None) -> NfsdParts:
+    """nfsd on ``table``, with its backend and resources, from the stack's options (``threads``, ``backend``,
+    ``no-aio-fsync``, and the factory of a backend other than the local one as ``options.backend_factory``).
+
+    The one place nfsd is made: the stack's process builds it this way, and so does each nfsd worker process
+    (:mod:`nfsstack.worker`), so that a worker serves exactly what the single process would.
+    """
+    from twisted.application.internet import TimerService
+
+    from nfsstack.nfs3.interface import IFilesystem
+
+    threads = Workers(reactor, max(1, options["threads"]))
+    factory = getattr(options, "backend_factory", None)
+    caller = None
+    if unprivileged == "plain user":
+        from nfsstack.exports.identity import NoSwitching
+        from nfsstack.nfs3.local.as_caller import LocalFS
+
+        caller = LocalFS(NoSwitching())
+    local = LocalFilesystem(table, threads, caller) if factory is None else None
+    fs = IFilesystem(local if factory is None else factory(table, options))
+    if factory is not None and callable(getattr(fs, "reload", None)):
+        table.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
+    nfsd = Nfsd(table, fs, in_thread=threads)
+    resources: list = []
+    timers: list = []
+    if local is not None:
+        resources.append(NfsdCaches(local))
+        if not options["no-aio-fsync"]:
+            resources.append(NfsdRing(local, reactor, reply_batcher))
+        timers.append(TimerService(1.0, local.files.sweep))
+    resources.append(NfsdThreads(threads))
+    return NfsdParts(threads, local, fs, nfsd, resources, timers)
 
 
 DEFAULT_EXPORT = "export"

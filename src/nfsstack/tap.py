@@ -26,9 +26,6 @@ from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
-from nfsstack.nfs3.interface import IFilesystem
-from nfsstack.nfs3.local.filesystem import LocalFilesystem
-from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nfsacl.program import nfsd_port_programs
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
@@ -43,8 +40,8 @@ from nfsstack.rpc.ports import may_bind
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
-from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsdCaches, NfsdRing,
-                              NfsdThreads, NfsStackService, check_default_export, default_export_list)
+from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsStackService, build_nfsd,
+                              check_default_export, default_export_list)
 from nfsstack.startup import UnavailableServices
 
 log = logger("nfsstack")
@@ -79,6 +76,16 @@ def pick_ports(options: Options) -> dict[str, int]:
         if option not in given and not (option == "portmap-port" and options["system-rpcbind"]):
             options[option] = picked[option] = port
     return picked
+
+
+def _workers(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"{n} workers: 0 (as many as CPUs) or more")
+    return n
+
+
+_workers.coerceDoc = "A number of processes; 0 = as many as the CPUs."  # type: ignore[attr-defined]
 
 
 def _log_level(value: str) -> str:
@@ -138,7 +145,11 @@ class Options(usage.Options):
         ["max-record", None, DEFAULT_MAX_RECORD, "Largest RPC record accepted over TCP, in bytes.", int],
         ["idle-timeout", None, 360.0, "Seconds after which an idle TCP connection is closed (0 = never).", float],
         ["max-connections", None, 1024, "TCP connections each service accepts at once.", int],
-        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk.", int],
+        ["threads", None, 64, "Threads for the NFS calls that may wait on the disk (in each nfsd worker).", int],
+        ["workers", None, 0, "nfsd worker processes sharing nfsd's port, each client steered to one by its "
+                             "address (0, the default: the CPUs this process may use; 1 = nfsd in this process). "
+                                "Only the local backend has workers; the others serve nfsd in this process.",
+         _workers],
         ["backend", None, "local", "What the exports serve: local (this machine's directories; without "
                                    "CAP_DAC_READ_SEARCH it is local-unprivileged), local-unprivileged (handles "
                                    "found through a map of paths in --state-dir), memory (a tree in memory per "
@@ -407,31 +418,17 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    workers = Workers(reactor, max(1, options["threads"]))
-    factory = getattr(options, "backend_factory", None)
-    caller = None
-    if unprivileged == "plain user":
-        from nfsstack.exports.identity import NoSwitching
-        from nfsstack.nfs3.local.as_caller import LocalFS
-
-        caller = LocalFS(NoSwitching())
-    local = LocalFilesystem(stack.exports, workers, caller) if factory is None else None
-    fs = IFilesystem(local if factory is None else factory(stack.exports, options))
-    if factory is not None and callable(getattr(fs, "reload", None)):
-        stack.exports.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
-    log.info("storage: {backend}", backend=options["backend"] if factory is not None else
+    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged)
+    local, fs = nfsd.local, nfsd.fs
+    log.info("storage: {backend}", backend=options["backend"] if local is None else
              "local directories" + (" (unprivileged: handles through a map of places)" if unprivileged else ""))
     stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
     stack.mountd = Mountd(stack.exports, None, fs.mount)
-    stack.nfsd = Nfsd(stack.exports, fs, in_thread=workers)
+    stack.nfsd = nfsd.nfsd
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]
-    if local is not None:
-        resources.append(NfsdCaches(local))
-        if not options["no-aio-fsync"]:
-            resources.append(NfsdRing(local, reactor, stack.reply_batcher))
-    resources.append(NfsdThreads(workers))
+    resources += nfsd.resources
     services: list = [TimerService(5.0, stack.exports.sweep)]
     if reloader is not None:
         services.append(reloader)
@@ -442,12 +439,46 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                **common))
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,
                                **common))
-    if local is not None:
-        services.append(TimerService(1.0, local.files.sweep))
-    services.append(RPCService("nfsd", nfsd_port_programs(stack.nfsd), options["nfs-port"],
-                               registrar=stack.registrar,
-                               **common))
+    services += nfsd.timers
+    size = _worker_count(options, local, unprivileged)
+    if size == 1:
+        services.append(RPCService("nfsd", nfsd_port_programs(stack.nfsd), options["nfs-port"], registrar=stack.registrar,
+                                   **common))
+        return resources, services
+    from nfsstack.rpc.reuseport import SharedPortService
+    from nfsstack.workers import NfsdWorkers
+
+    shared = SharedPortService("nfsd", nfsd_port_programs(stack.nfsd), options["nfs-port"], registrar=stack.registrar,
+                               size=size, **common)
+    config = {"exports": os.path.abspath(options["exports"]) if options["exports"] is not None else None,
+              "state-dir": state_dir, "backend": "local"}
+    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level"):
+        config[option] = options[option]
+    stack.workers = NfsdWorkers(shared, config, reactor, size)
+    if reloader is not None:
+        reloader.followers.append(stack.workers.reload)
+    services += [shared, stack.workers]
     return resources, services
+
+
+def _worker_count(options: Options, local, unprivileged: Optional[str]) -> int:
+    """How many nfsd worker processes: ``--workers``, by default the CPUs; 1 for a backend whose state lives in
+    this process (the memory backend, a module's, and the unprivileged one's map of handles), said in one line
+    if more were asked for."""
+    asked = options["workers"]
+    if not asked:
+        from nfsstack.workers import default_workers
+
+        asked, explicit = default_workers(), False
+    else:
+        explicit = True
+    if asked > 1 and (local is None or unprivileged is not None):
+        if explicit:
+            why = ("--backend " + options["backend"]) if local is None else "the unprivileged local backend"
+            log.info("--workers {n}: nfsd runs in this process instead ({why} keeps its state in this process, "
+                     "which worker processes could not share)", n=asked, why=why)
+        return 1
+    return asked
 
 
 def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
@@ -456,8 +487,9 @@ def _cluster_service(stack: NfsStackService, options: Options, reactor) -> None:
                       options["keepalive-interval"], options["keepalive-misses"], reactor.seconds, options.peers)
     for child in stack.rpc_services():
         child.dispatcher.observer = stack.call_stats
-    collector = StackCollector(stack.call_stats, stack.counters)
+    collector = StackCollector(stack.all_calls, stack.counters)
     binds = [b.strip() for b in options["status-bind"].split(",") if b.strip()] or ["127.0.0.1"]
     reloader = stack.namedServices.get("exports-reload")
     ClusterService(stack.node, options["status-port"], binds, stack.report, stack.down, metrics_registry(collector),
-                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None).setServiceParent(stack)
+                   reactor, stat=stack.stat, reload=reloader.reload if reloader else None,
+                   refresh=stack.refresh if stack.workers is not None else None).setServiceParent(stack)

@@ -8,7 +8,8 @@ Bottom to top::
                      policy                                             (imports rpc and leaves: no program)
     3  programs      nfsstack.portmap, .mount, .nfs3, .nlm, .nsm, .cluster, and the modules they share:
                      nfsstack.refusals, .config
-    4  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli, nfsstack.startup
+    4  assembly      nfsstack.service, nfsstack.tap, nfsstack.cli, nfsstack.startup, nfsstack.workers (nfsd's
+                     worker processes, supervised), nfsstack.worker (one of them)
     5  the plugin    twisted/plugins/nfsstack_plugin.py
 
 Every import of every module is read with :mod:`ast` (module level and inside functions, ``import X``
@@ -56,6 +57,8 @@ UNITS = {
     "nfsstack.tap": ASSEMBLY,
     "nfsstack.cli": ASSEMBLY,
     "nfsstack.startup": ASSEMBLY,
+    "nfsstack.workers": ASSEMBLY,
+    "nfsstack.worker": ASSEMBLY,
     "twisted.plugins.nfsstack_plugin": PLUGIN_LAYER,
 }
 

@@ -266,3 +266,13 @@ def test_fuzz_decode_reply(data):
         decode_reply(data)
     except XDRError:
         pass
+
+
+def test_a_retransmission_from_another_port_gets_the_first_reply():
+    """A client reconnecting over TCP calls from a new port: the cache still knows its call (RFC 1813 3.3.12)."""
+    from nfsstack.rpc.drc import request_key
+
+    first = request_key(("10.0.0.1", 801), "tcp", 7, 100003, 3, 12, b"args")
+    again = request_key(("10.0.0.1", 934), "tcp", 7, 100003, 3, 12, b"args")
+    other = request_key(("10.0.0.2", 801), "tcp", 7, 100003, 3, 12, b"args")
+    assert first == again and first != other

@@ -56,15 +56,34 @@ class CallStats:
         self.clients[key] = n + 1
 
 
+    def merged(self, others: Iterable[dict]) -> "CallStats":
+        """These counts and those of ``others`` (nfsd workers' answers: ``calls`` rows of program, procedure,
+        calls, seconds, buckets; ``clients`` rows of client, program, calls) summed, in a new CallStats."""
+        out = CallStats(self.max_clients)
+        out.stats = {key: [n, total, list(buckets)] for key, (n, total, buckets) in self.stats.items()}
+        out.clients = dict(self.clients)
+        for other in others:
+            for program, procedure, n, total, buckets in other.get("calls", ()):
+                entry = out.stats.setdefault((program, procedure), [0, 0.0, [0] * (len(BUCKETS) + 1)])
+                entry[0] += n
+                entry[1] += total
+                entry[2] = [a + b for a, b in zip(entry[2], buckets)]
+            for client, program, n in other.get("clients", ()):
+                out.clients[(client, program)] = out.clients.get((client, program), 0) + n
+        return out
+
+
 class StackCollector(Collector):
     """Reads the stack's counters at scrape time; ``source()`` returns a dict of them (see nfsstack.service)."""
 
-    def __init__(self, calls: CallStats, source: Callable[[], dict]) -> None:
+    def __init__(self, calls, source: Callable[[], dict]) -> None:
+        #: The call counts: a CallStats, or a function returning one (the stack's summed with its workers').
         self.calls = calls
         self.source = source
 
     def collect(self) -> Iterable:
         s = self.source()
+        calls = self.calls() if callable(self.calls) and not isinstance(self.calls, CallStats) else self.calls
         services = s.get("services", {})
         up = GaugeMetricFamily("nfsstack_up", "1 while every configured service serves, 0 in a partial stack.")
         up.add_metric([], int(all(services.values())))
@@ -78,7 +97,7 @@ class StackCollector(Collector):
                                     labels=["program", "procedure"])
         latency = HistogramMetricFamily("nfsstack_rpc_call_seconds", "Time from call to reply, by procedure.",
                                         labels=["program", "procedure"])
-        for (program, procedure), (n, total, buckets) in sorted(self.calls.stats.items()):
+        for (program, procedure), (n, total, buckets) in sorted(calls.stats.items()):
             count.add_metric([program, procedure], n)
             cumulative, running = [], 0
             for bound, hits in zip(BUCKETS + (float("inf"),), buckets):
@@ -122,6 +141,12 @@ class StackCollector(Collector):
         for result, n in sorted(s.get("datagrams", {}).items()):
             datagrams.add_metric([result], n)
         yield datagrams
+        if "workers_not_answering" in s:
+            silent = GaugeMetricFamily("nfsstack_nfsd_workers_not_answering",
+                                       "nfsd worker processes that did not answer for this scrape (their counts "
+                                       "are missing from the others).")
+            silent.add_metric([], s["workers_not_answering"])
+            yield silent
 
 
 def registry(collector: StackCollector) -> CollectorRegistry:

@@ -178,16 +178,40 @@ class StatusSite(server.Site):
         return channel
 
 
+def _refreshed(refresh: Optional[Callable[[], defer.Deferred]], request, render: Callable[[], bytes]):
+    """``render()``, once ``refresh()`` (if any: the counters of nfsd's worker processes are asked for) has fired."""
+    if refresh is None:
+        return render()
+    gone: list = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def answer(_) -> None:
+        if not gone:
+            request.write(render())
+            request.finish()
+
+    def failed(failure) -> None:
+        log.failure("{path} failed", failure, path=request.path)
+        if not gone:
+            request.setResponseCode(500)
+            request.finish()
+
+    refresh().addCallback(answer).addErrback(failed)
+    return server.NOT_DONE_YET
+
+
 class _Json(resource.Resource):
     isLeaf = True
 
-    def __init__(self, produce: Callable[[], dict]) -> None:
+    def __init__(self, produce: Callable[[], dict], refresh=None) -> None:
         super().__init__()
         self.produce = produce
+        self.refresh = refresh
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(self.produce(), indent=1, sort_keys=True).encode() + b"\n"
+        return _refreshed(self.refresh, request,
+                          lambda: json.dumps(self.produce(), indent=1, sort_keys=True).encode() + b"\n")
 
 
 class _Action(resource.Resource):
@@ -230,13 +254,14 @@ class _Action(resource.Resource):
 class _Metrics(resource.Resource):
     isLeaf = True
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry, refresh=None) -> None:
         super().__init__()
         self.registry = registry
+        self.refresh = refresh
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)
+        return _refreshed(self.refresh, request, lambda: generate_latest(self.registry))
 
 
 class _Health(resource.Resource):
@@ -288,7 +313,8 @@ class ClusterService(service.Service):
 
     def __init__(self, node: Node, port: int, binds: list[str], report: Callable[[], dict],
                  down: Callable[[], list[str]], registry, reactor=None, stat: Optional[Callable[[], dict]] = None,
-                 reload: Optional[Callable[[], object]] = None) -> None:
+                 reload: Optional[Callable[[], object]] = None,
+                 refresh: Optional[Callable[[], defer.Deferred]] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.node = node
@@ -296,10 +322,11 @@ class ClusterService(service.Service):
         self.binds = binds
         self.reactor = reactor
         root = resource.Resource()
-        root.putChild(b"status", _Json(report))
-        root.putChild(b"metrics", _Metrics(registry))
+        # refresh: what must be asked for before a report, or None (the counters of nfsd's worker processes).
+        root.putChild(b"status", _Json(report, refresh))
+        root.putChild(b"metrics", _Metrics(registry, refresh))
         root.putChild(b"healthz", _Health(down))
-        root.putChild(b"stat", _Json(stat or (lambda: {})))
+        root.putChild(b"stat", _Json(stat or (lambda: {}), refresh))
         exports = resource.Resource()
         exports.putChild(b"reload", _Action(reload, "no exports file to reload: the stack serves its default "
                                                     "export (start it with --exports FILE)"))

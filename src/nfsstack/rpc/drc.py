@@ -6,6 +6,12 @@ twice gives a wrong answer (the second REMOVE fails with NOENT), so the server
 remembers recent replies by caller and xid, as knfsd's reply cache does:
 a retransmission of a call still in progress is dropped, and one that has
 finished gets the first reply again.
+
+The caller is its address without its port: a client whose TCP connection
+broke retransmits on a new connection, from another port, and a REMOVE
+(RFC 1813 section 3.3.12) whose first reply was lost must not then answer
+NFS3ERR_NOENT.  Two clients behind one address are still told apart by
+xid, procedure and the checksum of the arguments.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ CacheKey = tuple
 
 
 def request_key(peer: tuple, netid: str, xid: int, prog: int, vers: int, proc: int, args: bytes) -> CacheKey:
-    """Identify a call: caller address and port, transport, xid, procedure, and a checksum of the arguments."""
-    return (peer[0], peer[1], netid, xid, prog, vers, proc, len(args), zlib.crc32(args))
+    """Identify a call: caller address (not its port: a reconnect comes from another one), transport, xid,
+    procedure, and a checksum of the arguments."""
+    return (peer[0], netid, xid, prog, vers, proc, len(args), zlib.crc32(args))
 
 
 class ReplyCache:
