@@ -33,6 +33,7 @@ from nfsstack.nfsacl.program import nfsd_port_programs
 from nfsstack.rpc.message import AcceptStat, Credential, decode_reply, encode_call
 from nfsstack.rpc.server import Dispatcher, joined
 from nfsstack.xdr import Packer, Unpacker, XDRError
+from tests.unit.test_nfs3 import settled
 
 PRIVILEGED = ("127.0.0.1", 700)
 ROOT = Credential(0, 0, (), "test")
@@ -54,14 +55,6 @@ EXTENDED = (e(ACL_USER_OBJ, 6), e(ACL_USER, 6, 1000), e(ACL_GROUP_OBJ, 4), e(ACL
             e(ACL_MASK, 6), e(ACL_OTHER, 0))
 #: A directory's default ACL: u::rwx, u:1000:rwx, g::r-x, m::rwx, o::---
 DEFAULT = (e(ACL_USER_OBJ, 7), e(ACL_USER, 7, 1000), e(ACL_GROUP_OBJ, 5), e(ACL_MASK, 7), e(ACL_OTHER, 0))
-
-
-def settled(reply):
-    if isinstance(reply, defer.Deferred):
-        fired = []
-        reply.addBoth(fired.append)
-        reply = fired[0]
-    return joined(reply)
 
 
 class Caller:

@@ -25,10 +25,9 @@ import socket
 from twisted.internet.error import CannotListenError
 
 from nfsstack.rpc.address import netid_for
-from nfsstack.rpc.service import RPCService, default_addresses
+from nfsstack.rpc.service import RPCService, _bound_socket, default_addresses
 
 #: socket(7) and asm-generic/socket.h.
-SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 SO_ATTACH_REUSEPORT_CBPF = 51
 
 #: linux/filter.h: classic BPF opcodes.
@@ -81,21 +80,7 @@ def attach_steering(sock: socket.socket, size: int) -> None:
 
 def _member(host: str, port: int, kind: int) -> socket.socket:
     """One socket of a group: SO_REUSEPORT, IPv6 ones v6-only, bound, listening if a stream socket."""
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
-    try:
-        if s.family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if kind == socket.SOCK_STREAM:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
-        s.bind((host, port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(1024)
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
+    return _bound_socket(host, port, kind, reuseport=True, backlog=1024)
 
 
 class SocketGroup:

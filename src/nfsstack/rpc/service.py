@@ -109,17 +109,20 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _bound_socket(host: str, port: int, kind: int) -> socket.socket:
-    """A socket of ``kind`` bound to (host, port), IPv6 ones v6-only; listening if a stream socket."""
+def _bound_socket(host: str, port: int, kind: int, reuseport: bool = False, backlog: int = 128) -> socket.socket:
+    """A socket of ``kind`` bound to (host, port), IPv6 ones v6-only; listening (``backlog``) if a stream socket;
+    with ``reuseport``, a member of the port's SO_REUSEPORT group (rpc/reuseport.py)."""
     s = socket.socket(_family(host), kind)
     try:
         if s.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listenTCP does
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((host, port))
         if kind == socket.SOCK_STREAM:
-            s.listen(128)
+            s.listen(backlog)
         s.setblocking(False)
     except BaseException:
         s.close()
