@@ -67,6 +67,18 @@ class AuthFlavor(IntEnum):
     RPCSEC_GSS = 6
 
 
+class Pseudoflavor(IntEnum):
+    """The Kerberos security flavours as exports(5) ``sec=`` and MNT name them (RFC 2623 section 2.2.1).
+
+    On the wire they are all RPCSEC_GSS (flavor 6) with the Kerberos 5 mechanism; the service of the
+    credential (RFC 2203 section 5: none, integrity, privacy) tells them apart.
+    """
+
+    KRB5 = 390003
+    KRB5I = 390004
+    KRB5P = 390005
+
+
 @dataclass(frozen=True, slots=True)
 class OpaqueAuth:
     """opaque_auth: a flavor and up to 400 bytes of body (RFC 5531 section 8.2)."""
@@ -134,6 +146,15 @@ class CallHeader:
     verf: OpaqueAuth = AUTH_NULL
     #: The parsed AUTH_SYS credential, or None for AUTH_NONE.
     credential: Optional[Credential] = field(default=None)
+    #: For an RPCSEC_GSS call whose context is established: the client's principal ("alice@REALM").
+    principal: Optional[str] = None
+    #: For an RPCSEC_GSS call: the :class:`Pseudoflavor` of its service; 0 for every other flavour.
+    pseudoflavor: int = 0
+
+    @property
+    def security(self) -> int:
+        """The flavour the call was made with as ``sec=`` names it: AUTH_NONE, AUTH_SYS or a :class:`Pseudoflavor`."""
+        return self.pseudoflavor or self.cred.flavor
 
 
 # -- errors -----------------------------------------------------------------
