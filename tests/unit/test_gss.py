@@ -16,20 +16,8 @@ from hypothesis import given, strategies as st
 
 from nfsstack.rpc.drc import ReplyCache
 from nfsstack.rpc.gss import (
-    GSS_S_COMPLETE,
-    MAX_TOKEN,
-    MAXSEQ,
-    SEQ_WINDOW,
-    GssCredential,
-    GssInitResult,
-    GssProc,
-    GssService,
-    decode_init_arg,
-    decode_integ_data,
-    encode_init_arg,
-    encode_integ_data,
-    integ_body,
-    split_data,
+    GSS_S_COMPLETE, MAX_TOKEN, MAXSEQ, SEQ_WINDOW, GssCredential, GssInitResult, GssProc, GssService, decode_init_arg,
+    decode_integ_data, encode_init_arg, encode_integ_data, integ_body, split_data,
 )
 from nfsstack.rpc.gss_server import GssContext
 from nfsstack.rpc.message import (
@@ -111,6 +99,13 @@ def test_window_admits_new_numbers_once_and_drops_those_below_it():
     assert not context.admit(7)
 
 
+def test_window_jumps_far_ahead_at_once():
+    context = GssContext(None, b"h", 1e9, 0.0)
+    assert context.admit(1) and context.admit(MAXSEQ - 1)
+    assert not context.admit(1) and not context.admit(MAXSEQ - 1)
+    assert context.admit(MAXSEQ - 2) and context.seen.bit_length() <= SEQ_WINDOW
+
+
 @given(st.lists(st.integers(0, 400), max_size=60))
 def test_window_never_admits_a_number_twice(numbers):
     context = GssContext(None, b"h", 1e9, 0.0)
@@ -164,17 +159,8 @@ def realm(tmp_path_factory):
     top = tmp_path_factory.mktemp("realm")
     with kdc_module.KDC(top / "realm", port=free_port()) as kdc:
         keytab = kdc.keytab("server.keytab", "nfs/nfsserver")
-        env = kdc.kinit("alice", top / "alice.cc")
-        saved = {k: os.environ.get(k) for k in ("KRB5_CONFIG", "KRB5CCNAME")}
-        os.environ.update({k: env[k] for k in saved})
-        try:
+        with kdc_module.client_env(kdc.kinit("alice", top / "alice.cc")):
             yield keytab
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 class Rig:

@@ -130,7 +130,9 @@ class GssContext:
     def admit(self, seq: int, window: int = SEQ_WINDOW) -> bool:
         """Record ``seq``; False when it was seen before or is below the window (RFC 2203 section 5.3.3.1)."""
         if seq > self.top:
-            self.seen = ((self.seen << (seq - self.top)) | 1) & ((1 << window) - 1)
+            ahead = seq - self.top
+            # A jump past the whole window forgets it (and never shifts by up to 2^31 bits).
+            self.seen = 1 if ahead >= window else ((self.seen << ahead) | 1) & ((1 << window) - 1)
             self.top = seq
             return True
         age = self.top - seq
