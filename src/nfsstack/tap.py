@@ -335,12 +335,12 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     return stack
 
 
-def _kerberos(options: Options, quiet: bool = False):
+def _kerberos(options: Options):
     """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
     from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
 
-    keytab = options["keytab"]
-    return load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
+    keytab = options.get("keytab")
+    return load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab))
 
 
 #: The option that sets each RPC service's port.

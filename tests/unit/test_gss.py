@@ -442,3 +442,13 @@ def test_fuzz_gss_init_tokens_near_a_real_one(fuzz_rig, real_init_token, data):
     result = GssInitResult.decode(Unpacker(reply, header.offset))
     if result.major not in (GSS_S_COMPLETE, GSS_S_CONTINUE_NEEDED):
         assert result.handle == b"" and len(fuzz_rig.gss.contexts) == before
+
+
+def test_without_the_gssapi_package_kerberos_is_off(monkeypatch, tmp_path):
+    import sys
+
+    from nfsstack.rpc.gss_server import load_gss_server
+
+    (tmp_path / "server.keytab").write_bytes(b"\x05\x02")
+    monkeypatch.setitem(sys.modules, "gssapi", None)  # import gssapi raises ImportError
+    assert load_gss_server(str(tmp_path / "server.keytab"), explicit=True) is None

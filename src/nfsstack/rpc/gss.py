@@ -15,8 +15,8 @@ Every decoder is bounded: the credential is at most 400 bytes already
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from nfsstack.xdr import Packer, Unpacker, XDRError
 
@@ -36,37 +36,17 @@ MAX_HANDLE = 400 - 5 * 4
 #: The size of the handles this server makes: random, so one client cannot guess another's context.
 HANDLE_SIZE = 16
 
+_CRED_HEAD = struct.Struct(">5I")  # version, gss_proc, seq_num, service, handle length
+_INIT_STATUS = struct.Struct(">3I")  # gss_major, gss_minor, seq_window
+_U32 = struct.Struct(">I")
+
 #: GSS-API major status codes used in ``rpc_gss_init_res`` (RFC 2203 appendix A; RFC 2744 section 3.9.1).
 GSS_S_COMPLETE = 0
 GSS_S_CONTINUE_NEEDED = 1
 GSS_S_FAILURE = 13 << 16
-GSS_S_DEFECTIVE_TOKEN = 9 << 16
-GSS_S_NO_CONTEXT = 8 << 16
 
 
-class GssProc(IntEnum):
-    """rpc_gss_proc_t (RFC 2203 section 5)."""
-
-    DATA = 0
-    INIT = 1
-    CONTINUE_INIT = 2
-    DESTROY = 3
-
-
-class GssService(IntEnum):
-    """rpc_gss_service_t (RFC 2203 section 5): krb5, krb5i and krb5p as ``sec=`` names them."""
-
-    NONE = 1
-    INTEGRITY = 2
-    PRIVACY = 3
-
-
-_CRED_HEAD = struct.Struct(">5I")  # version, gss_proc, seq_num, service, handle length
-_U32 = struct.Struct(">I")
-
-
-@dataclass(frozen=True, slots=True)
-class GssCredential:
+class GssCredential(NamedTuple):
     """rpc_gss_cred_vers_1_t, the body of an RPCSEC_GSS credential (RFC 2203 section 5)."""
 
     proc: int
@@ -100,6 +80,23 @@ class GssCredential:
         return cls(proc, seq, service, handle, version)
 
 
+class GssProc(IntEnum):
+    """rpc_gss_proc_t (RFC 2203 section 5)."""
+
+    DATA = 0
+    INIT = 1
+    CONTINUE_INIT = 2
+    DESTROY = 3
+
+
+class GssService(IntEnum):
+    """rpc_gss_service_t (RFC 2203 section 5): krb5, krb5i and krb5p as ``sec=`` names them."""
+
+    NONE = 1
+    INTEGRITY = 2
+    PRIVACY = 3
+
+
 def encode_init_arg(token: bytes) -> bytes:
     """rpc_gss_init_arg: the arguments of a context creation call (RFC 2203 section 5.2.2)."""
     p = Packer()
@@ -114,9 +111,9 @@ def decode_init_arg(u: Unpacker) -> bytes:
     return token
 
 
-@dataclass(frozen=True, slots=True)
-class GssInitResult:
-    """rpc_gss_init_res, the result of a context creation call (RFC 2203 section 5.2.3.1)."""
+class GssInitResult(NamedTuple):
+    """rpc_gss_init_res, the result of a context creation call (RFC 2203 section 5.2.3.1): the context's handle,
+    GSS_Accept_sec_context's major and minor status, the sequence window, and the token for the client."""
 
     handle: bytes
     major: int
@@ -127,20 +124,15 @@ class GssInitResult:
     def encode(self) -> bytes:
         p = Packer()
         p.pack_opaque(self.handle)
-        p.pack_uint(self.major)
-        p.pack_uint(self.minor)
-        p.pack_uint(self.window)
+        p.pack_struct(_INIT_STATUS, self.major, self.minor, self.window)
         p.pack_opaque(self.token)
         return p.getvalue()
 
     @classmethod
     def decode(cls, u: Unpacker) -> "GssInitResult":
         handle = u.unpack_opaque(MAX_HANDLE)
-        major = u.unpack_uint()
-        minor = u.unpack_uint()
-        window = u.unpack_uint()
-        token = u.unpack_opaque(MAX_TOKEN)
-        return cls(handle, major, minor, window, token)
+        major, minor, window = u.unpack_struct(_INIT_STATUS)
+        return cls(handle, major, minor, window, u.unpack_opaque(MAX_TOKEN))
 
 
 def seq_bytes(seq: int) -> bytes:
