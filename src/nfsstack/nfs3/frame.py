@@ -105,8 +105,8 @@ class Call:
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
-            verdict = self.nfsd.admission.admit(export, self.ctx.peer[0], self.ctx.privileged_port,
-                                                self.ctx.credential)
+            ctx = self.ctx
+            verdict = self.nfsd.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header.credential)
             if verdict.__class__ is Refused:
                 self.nfsd.refusals.refused(self.ctx.peer[0], verdict.reason, export.path)
                 raise NFSError(Stat[verdict.status])

@@ -232,7 +232,9 @@ class Dispatcher:
                 late = (xid, procedure, key, observer, program.name, started, peer[0])
                 return result.addCallbacks(self._late_result, self._late_failure, callbackArgs=late,
                                            errbackArgs=late)
-            reply = self._encode(result, xid, procedure.encode)
+            encode = procedure.encode
+            # nfsd's procedures answer with their parts (raw_parts): the header put before them here.
+            reply = [accepted_reply(xid), *result] if encode is raw_parts else self._encode(result, xid, encode)
         if key is not None:
             self.reply_cache.finish(key, joined(reply))
         if observer is not None:
