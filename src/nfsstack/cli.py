@@ -195,6 +195,7 @@ def show_status(report: dict) -> None:
              "-" if s["port"] is None else str(s["port"]),
              "listening" if s["listening"] else "DOWN") for s in report["services"]]
     _table(("service", "program", "versions", "proto", "port", "state"), rows)
+    _workers(report)
     print("\nEXPORTS")
     _table(("path", "clients"), [(e["path"], " ".join(f"{c['client']}({c['options']})" for c in e["clients"]))
                                  for e in report["exports"]])
@@ -205,6 +206,20 @@ def show_status(report: dict) -> None:
     ka = report["keepalive"]
     print(f"\nCLIENTS AND PEERS (keepalive every {ka['interval']} s, stale after {ka['stale_after']} s)")
     _members(report)
+
+
+def _workers(report: dict) -> None:
+    """nfsd's worker processes (``--workers N``), as ``/status`` lists them; nothing when nfsd runs in the
+    stack's process."""
+    workers = report.get("workers") or []
+    if not workers:
+        return
+    print(f"\nNFSD WORKERS ({sum(bool(w['answering']) for w in workers)} of {len(workers)} answering)")
+    _table(("worker", "pid", "state", "calls", "connections", "restarts"),
+           [(str(w["worker"]), "-" if w["pid"] is None else str(w["pid"]),
+             "answering" if w["answering"] else "NOT ANSWERING",
+             str(w["rpc_calls"]) if w["answering"] else "-",
+             str(w["tcp_connections"]) if w["answering"] else "-", str(w["restarts"])) for w in workers])
 
 
 def _mounts(report: dict) -> None:

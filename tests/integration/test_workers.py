@@ -219,12 +219,36 @@ def test_metrics_and_stat_count_the_calls_of_every_worker(served):
     b.close()
 
 
+def test_the_status_command_lists_the_workers(served):
+    """``nfsstack status`` shows each nfsd worker: its pid, whether it answers, and its calls."""
+    stack, port, status_port, export = served
+    a = SourceClient(A, str(export), port)
+    for _ in range(3):
+        assert a("GETATTR", a.root).ok
+    workers = ask(status_port)["workers"]
+    shown = subprocess.run([sys.executable, "-m", "nfsstack.cli", "status", "--port", str(status_port)],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "NFSD WORKERS (2 of 2 answering)" in out, out
+    rows = {line.split()[1]: line.split() for line in out.splitlines()
+            if line.startswith("  ") and len(line.split()) == 6 and line.split()[2] == "answering"}
+    assert set(rows) == {str(w["pid"]) for w in workers}, out
+    calls = sorted(int(row[3]) for row in rows.values())
+    assert calls[-1] >= 3, out  # A's worker served its GETATTRs (and MNT's calls)
+    a.close()
+
+
 def test_one_worker_is_todays_single_process(tmp_path):
     stack, port, status_port, export = start(tmp_path, "--workers", "1")
     try:
         c = SourceClient(A, str(export), port)
         assert c("GETATTR", c.root).ok
         assert ask(status_port)["workers"] == []
+        shown = subprocess.run([sys.executable, "-m", "nfsstack.cli", "status", "--port", str(status_port)],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "SERVICES" in shown.stdout, shown.stderr
+        assert "NFSD WORKERS" not in shown.stdout, "no worker processes: no section"
         children = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True).stdout
         assert children.split() == [], "no worker process"
         assert ask(status_port, "/stat")["calls"]

@@ -186,3 +186,26 @@ def test_metrics_say_which_service_is_not_serving():
     assert 'nfsstack_service_up{service="nfsd"} 0.0' in partial
     assert 'nfsstack_service_up{service="portmapper"} 1.0' in partial and "nfsstack_up 0.0" in partial
     assert "nfsstack_up 1.0" in text({"portmapper": True, "nfsd": True, "nfsd-status": True})
+
+
+def test_status_text_lists_the_nfsd_workers(capsys):
+    """``nfsstack status`` (text) shows each nfsd worker /status lists: pid, answering or not, its calls."""
+    from nfsstack import cli
+
+    report = {
+        "node": "n", "boot_time": "t", "boot_verifier": "00", "nsm_state": 1, "services": [], "not_serving": [],
+        "exports": [], "mounts": [], "locks": {}, "keepalive": {"interval": 5, "stale_after": 15, "members": []},
+        "workers": [
+            {"worker": 0, "pid": 4101, "restarts": 0, "answering": True, "rpc_calls": 1234, "tcp_connections": 3},
+            {"worker": 1, "pid": 4102, "restarts": 2, "answering": False, "rpc_calls": 0, "tcp_connections": 0},
+        ],
+    }
+    cli.show_status(report)
+    out = capsys.readouterr().out
+    assert "NFSD WORKERS (1 of 2 answering)" in out
+    lines = {line.split()[1]: line.split() for line in out.splitlines() if line.strip().startswith(("0 ", "1 "))}
+    assert lines["4101"] == ["0", "4101", "answering", "1234", "3", "0"]
+    assert lines["4102"] == ["1", "4102", "NOT", "ANSWERING", "-", "-", "2"]
+    report["workers"] = []
+    cli.show_status(report)
+    assert "NFSD WORKERS" not in capsys.readouterr().out

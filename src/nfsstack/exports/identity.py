@@ -221,6 +221,9 @@ class IdentityNotSwitched(PermissionError):
         super().__init__(errno.EPERM, f"{what} did not take effect (no CAP_SETUID/CAP_SETGID?)")
 
 
+#: setgroups' argument for each list of groups, made once (the kernel copies it: never written, shared by threads).
+_GROUP_ARRAYS: dict[tuple[int, ...], ctypes.Array] = {}
+
 #: A thread whose identity is unknown after a failed switch: the next switch makes every system call again.
 _UNSURE = Identity(-1, -1, (-1,))
 
@@ -269,7 +272,11 @@ class Switcher:
     def _switch(self, who: Identity, current: Identity) -> None:
         syscall = _libc.syscall
         if who.gids != current.gids:
-            array = (ctypes.c_uint32 * max(1, len(who.gids)))(*who.gids)
+            array = _GROUP_ARRAYS.get(who.gids)
+            if array is None:
+                if len(_GROUP_ARRAYS) >= 4096:
+                    _GROUP_ARRAYS.clear()
+                array = _GROUP_ARRAYS[who.gids] = (ctypes.c_uint32 * max(1, len(who.gids)))(*who.gids)
             if syscall(self._setgroups, len(who.gids), array) != 0:
                 e = ctypes.get_errno()
                 raise OSError(e, "setgroups failed")

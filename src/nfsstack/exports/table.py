@@ -295,19 +295,20 @@ class ExportTable:
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
         """(export, fd) of a handle, the fd the caller's to close; BadHandle or StaleHandle if it names nothing
         we serve."""
-        with self._lock:
-            if flags != os.O_PATH:
+        if flags != os.O_PATH:
+            with self._lock:
                 return self._resolve(handle, flags)[:2]
-            return self._resolve_cached(handle)[:2]
+        return self.resolve_stat(handle)[:2]
 
     def resolve_stat(self, handle: bytes) -> tuple[Export, int, os.stat_result]:
-        """(export, O_PATH fd, its fstat taken now) of a handle, as :meth:`resolve`."""
+        """(export, O_PATH fd, its fstat taken now) of a handle, as :meth:`resolve`.  Every nfsd call's first
+        step: a kept descriptor's ``fstat`` and ``dup`` in this one method."""
         with self._lock:
-            return self._resolve_cached(handle)
-
-    def _resolve_cached(self, handle: bytes) -> tuple[Export, int, os.stat_result]:
-        entry = self._fds.get(handle)
-        if entry is not None:
+            entry = self._fds.get(handle)
+            if entry is None:
+                export, fd, st = self._resolve(handle, os.O_PATH)
+                self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
+                return export, fd, st
             export, cached, checked, _ = entry
             st = os.fstat(cached)
             if st.st_nlink == 0:
@@ -322,9 +323,6 @@ class ExportTable:
                     raise StaleHandle("object is outside its export")
                 self._fds[handle] = (export, cached, now, entry[3])
             return export, os.dup(cached), st
-        export, fd, st = self._resolve(handle, os.O_PATH)
-        self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
-        return export, fd, st
 
     def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float) -> None:
         """Cache a copy of ``fd`` for ``handle`` (under the lock), if there is room.

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from nfsstack.nfs3.codec import NFSError, Stat, fattr3, post_op_attr
-from nfsstack.nfs3.frame import Call
+from nfsstack.nfs3.frame import Call, then
 
 _S_IFMT, _S_IFLNK = 0o170000, 0o120000
 
@@ -30,12 +30,16 @@ def setattr3(call: Call, args):
 
 def access3(call: Call, args):
     """ACCESS (section 3.3.4): the bits asked about that the caller has, with the attributes they were decided
-    on (asking changes nothing: no second look)."""
+    on (asking changes nothing: no second look).  A plain function (:func:`~nfsstack.nfs3.frame.then`), as READ
+    and WRITE: one of the most frequent calls."""
     handle, wanted = args
     obj, attrs = call.resolve(handle)
     call.watch(obj, attrs)
-    granted = (yield call.fs.access(call, obj, attrs)) & wanted
-    fsid = call.fsid
+    return then(call.fs.access(call, obj, attrs), _granted, wanted, attrs, call.fsid)
+
+
+def _granted(granted: int, wanted: int, attrs, fsid: int):
+    granted &= wanted
     return lambda p: (post_op_attr(p, attrs, fsid), p.pack_uint(granted))
 
 

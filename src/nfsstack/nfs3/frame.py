@@ -30,7 +30,7 @@ from nfsstack.exports.policy import Refused
 from nfsstack.exports.table import ExportGone
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import RTMAX, UDP_XFER, NFSError, Stat, check_name, post_op_attr, stat_of, wcc_data
-from nfsstack.nfs3.interface import WouldBlock
+from nfsstack.nfs3.interface import Found, WouldBlock
 from nfsstack.rpc.program import CallContext
 from nfsstack.xdr import Packer, Unpacker
 
@@ -43,7 +43,7 @@ _LATER = (defer.Deferred, types.CoroutineType)
 _GENERATOR = types.GeneratorType
 #: What a backend's answer or a procedure's result most often is: told apart from a Deferred by its class alone.
 #: ``isinstance`` against Deferred goes through ABCMeta.__instancecheck__, about 0.4 us a question.
-_AT_ONCE = frozenset((tuple, types.FunctionType, types.MethodType, list, bytes, type(None), int))
+_AT_ONCE = frozenset((tuple, types.FunctionType, types.MethodType, list, bytes, type(None), int, Found))
 
 
 def then(answer: Any, continuation: Callable[..., Any], *args: Any) -> Any:
@@ -105,8 +105,8 @@ class Call:
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
-            verdict = self.nfsd.admission.admit(export, self.ctx.peer[0], self.ctx.privileged_port,
-                                                self.ctx.header)
+            ctx = self.ctx
+            verdict = self.nfsd.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
             if verdict.__class__ is Refused:
                 self.nfsd.refusals.refused(self.ctx.peer[0], verdict.reason, export.path)
                 raise NFSError(Stat[verdict.status])
@@ -226,7 +226,9 @@ class Frame:
                     return nfsd.in_thread(in_thread, call, args)
                 call.nowait = True
             try:
-                result = drive(procedure(call, args))
+                result = procedure(call, args)
+                if result.__class__ is _GENERATOR:  # drive(), without a call for the plain procedures
+                    result = _resume(result, None, None)
             except WouldBlock:
                 fs.end(call, row.changes)
                 fs.release(call)
