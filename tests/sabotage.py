@@ -148,8 +148,22 @@ SABOTAGES = (
     Sabotage(
         "insecure-port-admitted", "a secure export refuses calls from unprivileged ports",
         "src/nfsstack/exports/policy.py",
-        (("        if options.secure and not privileged_port:\n", "        if False:\n"),),
+        (("        if options.secure and not privileged_port and not header.pseudoflavor:\n", "        if False:\n"),),
         (f"{NFS3}::test_secure_export_refuses_unprivileged_ports", "tests/unit/test_admission.py"),
+    ),
+    Sabotage(
+        "wrong-security-admitted", "nfsd refuses a call whose flavour the export's sec= does not list",
+        "src/nfsstack/exports/policy.py",
+        (("        if self.check_security and not options.admits(header.security):\n", "        if False:\n"),),
+        ("tests/unit/test_principals.py::test_a_call_in_a_flavour_sec_does_not_list_is_refused_with_acces",
+         "tests/integration/test_security_flavors.py"),
+    ),
+    Sabotage(
+        "machine-principal-unsquashed", "root_squash squashes a Kerberos machine principal",
+        "src/nfsstack/exports/identity.py",
+        (("        who = _squashed(user.uid, user.gid, user.gids, options)\n",
+          "        who = user\n"),),
+        ("tests/unit/test_principals.py",),
     ),
     Sabotage(
         "drc-disabled", "a retransmitted non-idempotent call gets its first reply again",

@@ -16,10 +16,16 @@ from nfsstack.exports.identity import ROOT, Identity
 from nfsstack.exports.names import HostNames
 from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, Admitted, Refused
 from nfsstack.exports.table import ExportTable
-from nfsstack.rpc.message import Credential
+from nfsstack.rpc.message import AUTH_NULL, CallHeader, Credential
 
-USER = Credential(1000, 100, (100, 0, 27))
-ROOT_CRED = Credential(0, 0, (0, 4))
+
+def sys_call(cred: Credential | None) -> CallHeader:
+    """The header of an NFS call with this AUTH_SYS credential (None: AUTH_NONE), as the dispatcher decodes it."""
+    return CallHeader(1, 100003, 3, 1, cred.to_auth() if cred is not None else AUTH_NULL, credential=cred)
+
+
+USER = sys_call(Credential(1000, 100, (100, 0, 27)))
+ROOT_CRED = sys_call(Credential(0, 0, (0, 4)))
 
 
 def admission(text: str, names: dict | None = None, ttl: float = 300.0) -> tuple[Admission, ExportTable, list]:
@@ -89,18 +95,18 @@ def test_a_secure_export_admits_privileged_ports_only(line, privileged, admitted
 
 
 @pytest.mark.parametrize("options, cred, identity", [
-    ("rw", USER, Identity(1000, 100, (100, 27))),  # root_squash drops group 0 from anyone's groups
-    ("rw", ROOT_CRED, Identity(ANON_ID, ANON_ID, (4,))),
-    ("rw,anonuid=70,anongid=71", ROOT_CRED, Identity(70, 71, (4,))),
-    ("rw,no_root_squash", ROOT_CRED, ROOT),
-    ("rw,no_root_squash", USER, Identity(1000, 100, (100, 0, 27))),
-    ("rw,all_squash", USER, Identity(ANON_ID, ANON_ID, ())),
-    ("rw,all_squash,anonuid=5,anongid=6", ROOT_CRED, Identity(5, 6, ())),
+    ("rw", USER.credential, Identity(1000, 100, (100, 27))),  # root_squash drops group 0 from anyone's groups
+    ("rw", ROOT_CRED.credential, Identity(ANON_ID, ANON_ID, (4,))),
+    ("rw,anonuid=70,anongid=71", ROOT_CRED.credential, Identity(70, 71, (4,))),
+    ("rw,no_root_squash", ROOT_CRED.credential, ROOT),
+    ("rw,no_root_squash", USER.credential, Identity(1000, 100, (100, 0, 27))),
+    ("rw,all_squash", USER.credential, Identity(ANON_ID, ANON_ID, ())),
+    ("rw,all_squash,anonuid=5,anongid=6", ROOT_CRED.credential, Identity(5, 6, ())),
     ("rw,no_root_squash", None, Identity(ANON_ID, ANON_ID, ())),  # AUTH_NONE: the anonymous ids
 ])
 def test_the_identity_is_the_credential_squashed_by_the_clients_options(options, cred, identity):
     policy, table, _ = admission(f"/srv *({options})\n")
-    verdict = policy.admit(table.exports.find("/srv"), "192.0.2.9", True, cred)
+    verdict = policy.admit(table.exports.find("/srv"), "192.0.2.9", True, sys_call(cred))
     assert isinstance(verdict, Admitted)
     assert verdict.identity == identity
 

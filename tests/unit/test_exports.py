@@ -69,7 +69,7 @@ def test_dash_defaults_apply_to_the_clients_after_them():
     ("/srv nosuchhost(rw)\n", "exports:1: host 'nosuchhost' does not resolve"),
     ("/srv *(anonuid=x)\n", "anonuid needs a number"),
     ("/srv *(fsid=abcd-ef)\n", "fsid must be"),
-    ("/srv *(sec=krb5)\n", "only sec=sys"),
+    ("/srv *(sec=krb4)\n", "exports:1: unknown security flavour 'krb4' in sec=krb4"),
     ("/srv\n", "names no clients"),
     ("/srv *(rw)\n/srv/ 1.2.3.4(ro)\n", "exports:2: /srv is already exported on line 1"),
     ("/a *(fsid=3)\n/b *(fsid=3)\n", "exports:2: /b has the same fsid"),
@@ -196,3 +196,66 @@ def test_a_mountpoint_export_is_mounted_only_while_it_is_a_mount_point(tmp_path)
     assert mnt(str(tmp_path / "disk"), "127.0.0.2") == 0  # that client's entry does not ask for one
     assert mnt("/", "127.0.0.1") == 0  # a mount point
     table.close()
+
+
+# -- sec= ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sec, flavors", [
+    ("sys", (1,)),
+    ("krb5", (390003,)),
+    ("krb5p:krb5i:krb5:sys", (390005, 390004, 390003, 1)),  # the order is the client's preference: kept
+    ("sys:krb5p", (1, 390005)),
+])
+def test_sec_names_the_flavours_in_their_order(sec, flavors):
+    """exports(5) ``sec=``: any subset of sys, krb5, krb5i, krb5p, in any order, as RPC flavour numbers (RFC 2623
+    section 2.2.1); the default is sys."""
+    e = parse(f"/srv 192.0.2.0/24(rw,sec={sec}) *(ro)\n")
+    assert options(e, "/srv", "192.0.2.1").security == flavors
+    assert options(e, "/srv", "198.51.100.1").security == (1,)  # another client's list: the default
+    assert ExportOptions().security == (1,)
+
+
+def test_sec_in_the_dash_defaults_and_a_clients_own_sec_replaces_it():
+    e = parse("/srv -sec=krb5i:krb5,rw 192.0.2.1 192.0.2.2(sec=krb5p)\n")
+    assert options(e, "/srv", "192.0.2.1").security == (390004, 390003)
+    assert options(e, "/srv", "192.0.2.2").security == (390005,)
+    assert not options(e, "/srv", "192.0.2.2").read_only  # the other defaults stay
+
+
+def test_options_apply_to_every_flavour_whichever_side_of_sec_they_are():
+    before = options(parse("/srv *(rw,no_root_squash,sec=krb5:sys)\n"), "/srv", "192.0.2.1")
+    after = options(parse("/srv *(sec=krb5:sys,rw,no_root_squash)\n"), "/srv", "192.0.2.1")
+    assert before == after and not after.read_only and not after.root_squash
+
+
+@pytest.mark.parametrize("line, message", [
+    ("/srv *(sec=krb5:ntlm)", "exports:1: unknown security flavour 'ntlm' in sec=krb5:ntlm"),
+    ("/srv *(sec=)", "exports:1: unknown security flavour ''"),
+    ("/srv *(sec=krb5::sys)", "exports:1: unknown security flavour ''"),
+    ("/srv *(sec=KRB5)", "exports:1: unknown security flavour 'KRB5'"),
+    ("/srv *(sec=krb5:sys:krb5)", "exports:1: security flavour 'krb5' is named twice"),
+    ("/srv *(sec=krb5p,rw,sec=sys,ro)", "exports:1: sec= is given twice"),
+    ("/srv -sec=unix *", "exports:1: unknown security flavour 'unix'"),
+])
+def test_bad_sec_names_the_line(line, message):
+    with pytest.raises(ExportsError) as e:
+        parse(line + "\n")
+    assert message in str(e.value)
+
+
+def test_describe_names_a_sec_other_than_the_default():
+    assert "sec=" not in ExportOptions().describe()
+    assert ExportOptions(security=(390005, 1)).describe().endswith(",sec=krb5p:sys")
+
+
+@pytest.mark.parametrize("flavor, admitted", [(0, True), (1, True), (390003, False), (390005, False)])
+def test_sys_admits_auth_sys_and_auth_none_only(flavor, admitted):
+    assert ExportOptions().admits(flavor) is admitted
+
+
+def test_each_kerberos_flavour_must_be_listed():
+    """knfsd compares the call's pseudoflavour with each listed one: krb5p does not stand in for krb5."""
+    krb5 = ExportOptions(security=(390003,))
+    assert krb5.admits(390003) and not krb5.admits(390004) and not krb5.admits(390005)
+    assert not krb5.admits(1) and not krb5.admits(0)

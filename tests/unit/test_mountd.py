@@ -53,13 +53,13 @@ def path_arg(path):
     return p.getvalue()
 
 
-def mnt3(dispatcher, path, peer=ROOT_PORT):
+def mnt3(dispatcher, path, peer=ROOT_PORT, flavors=(1,)):
     u = call(dispatcher, 3, 1, path_arg(path), peer)
     status = u.unpack_int()
     if status != 0:
         return MountStat(status), None
     handle = u.unpack_opaque(64)
-    assert u.unpack_array(Unpacker.unpack_int, 10) == [1]  # AUTH_SYS
+    assert u.unpack_array(Unpacker.unpack_int, 10) == list(flavors)  # AUTH_SYS unless sec= says otherwise
     return MountStat.MNT3_OK, handle
 
 
@@ -199,3 +199,27 @@ def test_fuzz_mountd_dispatch(fuzz_mountd, vers, proc, data):
     reply = fuzz_mountd.handle(encode_call(9, 100005, vers, proc) + data, "udp", USER_PORT, ("127.0.0.1", 635))
     error = decode_reply(reply).error
     assert error is None or str(error) in ("GARBAGE_ARGS", "PROC_UNAVAIL"), error
+
+
+def test_mnt_answers_the_exports_flavours_in_their_order(tmp_path):
+    """RFC 1813 section 5.2.1 mountres3_ok.auth_flavors: the client's sec= list, its order kept (the client takes
+    the first it supports, RFC 2623 section 2.7); an AUTH_SYS MNT is answered for a sec=krb5 export, as
+    rpc.mountd does: the flavour is checked by nfsd, not by MNT."""
+    for name in ("krb", "mixed", "plain", "other"):
+        (tmp_path / name).mkdir()
+    exports = parse_exports(f"{tmp_path / 'krb'} 127.0.0.1(rw,sec=krb5)\n"
+                            f"{tmp_path / 'mixed'} 127.0.0.1(rw,sec=krb5p:krb5i:krb5:sys) *(sec=sys:krb5)\n"
+                            f"{tmp_path / 'plain'} 127.0.0.1(rw)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    try:
+        mountd = Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount)
+        d = Dispatcher([mountd.program])
+        assert mnt3(d, tmp_path / "krb", flavors=[390003])[0] == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "mixed", flavors=[390005, 390004, 390003, 1])[0] == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "mixed", ("127.0.0.2", 700), flavors=[1, 390003])[0] == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "plain", flavors=[1])[0] == MountStat.MNT3_OK
+        u = call(d, 1, 1, path_arg(tmp_path / "krb"))  # version 1: no flavour list, the handle only
+        assert u.unpack_uint() == 0 and len(u.unpack_fopaque(32)) == 32
+        u.done()
+    finally:
+        table.close()

@@ -21,7 +21,7 @@ Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
 its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
-``sec=sys``; ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
+``sec=`` (below); ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
 files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt``
 and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
 
@@ -35,6 +35,16 @@ and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` se
   whose options for A say ``crossmnt``, with A's options, as an export of its
   own whose id derives from A's and from the mount point's path under A, so
   its handles survive a restart.
+
+``sec=FLAVOUR[:FLAVOUR...]``: the security flavours (exports(5) "General Options", RFC 2623 section 2.2.1) a
+client may use the export with, in the order of preference MNT tells the client (RFC 1813 section 5.2.1,
+``auth_flavors``): ``sys`` (AUTH_SYS, and AUTH_NONE with it; the default), ``krb5`` (RPCSEC_GSS, Kerberos
+authentication), ``krb5i`` (and integrity), ``krb5p`` (and privacy), in any subset and order.  Each flavour
+must be listed to be admitted: ``sec=krb5p`` refuses a ``krb5`` or ``krb5i`` call as it refuses ``sys``
+(knfsd's ``check_nfsd_access`` compares the flavour exactly).  Unlike exports(5), where options written after
+a ``sec=`` apply to the flavours it names only, here every option of a client's list applies to all its
+flavours; so a list may name ``sec=`` once (a client's own list replaces the ``-`` defaults' ``sec=``), and a
+second one is an error rather than a silent difference from exportfs.
 
 Anything else is an error naming the file and line, as are netgroups
 (``@group``).
@@ -55,7 +65,17 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
+from nfsstack.rpc.message import AuthFlavor, Pseudoflavor
+
 ANON_ID = 65534  # nobody / nogroup
+
+#: The flavours of ``sec=`` as exports(5) names them, and the numbers MNT answers for them: AUTH_SYS (RFC 5531
+#: section 8.2) and the Kerberos pseudoflavours (RFC 2623 section 2.2.1).  Plain ints: what a call's
+#: CallHeader.security is compared with.
+AUTH_NONE, AUTH_SYS = int(AuthFlavor.AUTH_NONE), int(AuthFlavor.AUTH_SYS)
+SECURITY_FLAVORS = {"sys": AUTH_SYS, "krb5": int(Pseudoflavor.KRB5), "krb5i": int(Pseudoflavor.KRB5I),
+                    "krb5p": int(Pseudoflavor.KRB5P)}
+SECURITY_NAMES = {number: name for name, number in SECURITY_FLAVORS.items()} | {AUTH_NONE: "none"}
 
 
 class ExportsError(ValueError):
@@ -86,6 +106,14 @@ class ExportOptions:
     nohide: bool = False
     #: ``acl`` (the default) / ``no_acl``: NFS_ACL shows and sets the files' POSIX ACLs, or shows only the mode bits.
     acl: bool = True
+    #: ``sec=``: the flavours admitted, in the client's order of preference (AUTH_SYS 1, or a Kerberos
+    #: pseudoflavour 390003-390005); AUTH_SYS admits AUTH_NONE calls too, as knfsd does without ``sec=``.
+    security: tuple[int, ...] = (AUTH_SYS,)
+
+    def admits(self, flavor: int) -> bool:
+        """Whether a call made with ``flavor`` (CallHeader.security: AUTH_NONE, AUTH_SYS or a pseudoflavour)
+        may use the export with these options."""
+        return flavor in self.security or (flavor == AUTH_NONE and AUTH_SYS in self.security)
 
     def describe(self) -> str:
         parts = ["ro" if self.read_only else "rw", "sync" if self.sync else "async"]
@@ -105,6 +133,8 @@ class ExportOptions:
             parts.append("nohide")
         if not self.acl:
             parts.append("no_acl")
+        if self.security != (AUTH_SYS,):
+            parts.append("sec=" + ":".join(SECURITY_NAMES[flavor] for flavor in self.security))
         return ",".join(parts)
 
 
@@ -239,6 +269,7 @@ def _export_id(path: str, fsid: Optional[str]) -> int:
 
 def _parse_options(text: str, base: ExportOptions, where: str) -> ExportOptions:
     changes: dict = {}
+    security_given = False
     for opt in filter(None, (o.strip() for o in text.split(","))):
         name, eq, value = opt.partition("=")
         if not eq:
@@ -258,11 +289,30 @@ def _parse_options(text: str, base: ExportOptions, where: str) -> ExportOptions:
                 raise ExportsError(f"{where}: fsid must be a number or 'root' (uuid fsids are not supported)")
             changes["fsid"] = value
         elif name == "sec":
-            if any(flavor != "sys" for flavor in value.split(":")):
-                raise ExportsError(f"{where}: only sec=sys is supported, not {value!r}")
+            if security_given:
+                # exports(5) gives the options after each sec= to its flavours only; here options apply to
+                # every flavour, so a second sec= would not mean what exportfs makes of it.
+                raise ExportsError(f"{where}: sec= is given twice; options for some flavours only are not "
+                                   f"supported: list every flavour in one sec= (sec=krb5p:sys)")
+            security_given = True
+            changes["security"] = _parse_security(value, where)
         else:
             raise ExportsError(f"{where}: unknown export option {opt!r}")
     return replace(base, **changes)
+
+
+def _parse_security(value: str, where: str) -> tuple[int, ...]:
+    """The flavours of ``sec=a:b:c``, in that order (the order MNT tells the client: its preference)."""
+    flavors: list[int] = []
+    for name in value.split(":"):
+        flavor = SECURITY_FLAVORS.get(name)
+        if flavor is None:
+            known = ", ".join(SECURITY_FLAVORS)
+            raise ExportsError(f"{where}: unknown security flavour {name!r} in sec={value} (known: {known})")
+        if flavor in flavors:
+            raise ExportsError(f"{where}: security flavour {name!r} is named twice in sec={value}")
+        flavors.append(flavor)
+    return tuple(flavors)
 
 
 def _parse_client(text: str, where: str, resolve: Callable[[str], list[str]]) -> ClientSpec:

@@ -1,4 +1,14 @@
-"""Whose rights a call runs with: AUTH_SYS credential + export squashing -> fsuid, fsgid, groups.
+"""Whose rights a call runs with: AUTH_SYS credential or Kerberos principal + export squashing -> fsuid,
+fsgid, groups.
+
+An AUTH_SYS call names its ids itself (:func:`effective`).  An RPCSEC_GSS call (RFC 2203) names a Kerberos
+principal, which :class:`Principals` maps to a local user through the system's name service, as rpc.svcgssd /
+gssproxy do with krb5's default ``auth_to_local`` rule: ``user@REALM`` is the local user ``user`` (its uid,
+primary gid and every group ``getgrouplist`` gives, not only 16), if REALM is one of the accepted realms; a
+machine principal (``nfs/host@REALM``, ``host/host@REALM``, ``root/host@REALM``: what the Linux client's
+root uses) is root; anything else, an unknown user, or another realm, is the anonymous user
+(``anonuid``/``anongid``).  The export's squashing applies to the result as to an AUTH_SYS credential
+(:func:`caller_identity`).
 
 Each filesystem call runs with the caller's (squashed) ids, switched for this
 thread only with the raw setfsuid/setfsgid/setgroups system calls (glibc's
@@ -22,11 +32,13 @@ import ctypes.util
 import errno
 import os
 import platform
+import pwd
 import threading
-from typing import NamedTuple, Optional
+import time
+from typing import Callable, Iterable, NamedTuple, Optional
 
 from nfsstack.exports.file import ANON_ID, ExportOptions
-from nfsstack.rpc.message import Credential
+from nfsstack.rpc.message import CallHeader, Credential
 
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -66,10 +78,13 @@ def effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
 
 
 def _effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
-    anon = Identity(options.anonuid, options.anongid, ())
     if cred is None or options.all_squash:
-        return anon
-    uid, gid, gids = cred.uid, cred.gid, cred.gids
+        return Identity(options.anonuid, options.anongid, ())
+    return _squashed(cred.uid, cred.gid, cred.gids, options)
+
+
+def _squashed(uid: int, gid: int, gids: Iterable[int], options: ExportOptions) -> Identity:
+    """``root_squash``: uid 0 and gid 0 become anonuid/anongid, and group 0 leaves the supplementary groups."""
     if options.root_squash:
         if uid == 0:
             uid = options.anonuid
@@ -77,6 +92,126 @@ def _effective(cred: Optional[Credential], options: ExportOptions) -> Identity:
             gid = options.anongid
         gids = tuple(g for g in gids if g != 0)
     return Identity(uid, gid, tuple(gids))
+
+
+# -- Kerberos principals ----------------------------------------------------------------------
+
+#: The service names of a machine principal (``SERVICE/host@REALM``): the Linux client uses its host's
+#: ``nfs/``, ``host/`` or ``root/`` key for root's calls (and for lock and state calls), and knfsd's
+#: rpc.svcgssd / gssproxy map it to uid 0.
+MACHINE_SERVICES = frozenset({"nfs", "host", "root"})
+
+#: What :meth:`Principals.user` answers for a principal that is no local user: the anonymous user.
+UNKNOWN = None
+
+
+def krb5_default_realm(path: Optional[str] = None) -> Optional[str]:
+    """``[libdefaults] default_realm`` of krb5.conf(5) (``$KRB5_CONFIG``, else /etc/krb5.conf), or None.
+
+    Read as text, so this module needs no Kerberos library: for a server that wants
+    ``Principals(realms={krb5_default_realm()})``, the local realm of krb5's ``auth_to_local`` default rule.
+    """
+    path = path or os.environ.get("KRB5_CONFIG", "/etc/krb5.conf").split(":")[0]
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return None
+    section = ""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == "libdefaults" and "=" in line:
+            name, _, value = line.partition("=")
+            if name.strip() == "default_realm" and value.strip():
+                return value.strip()
+    return None
+
+
+class Principals:
+    """Kerberos principals -> local users, looked up in the name service and kept :attr:`lifetime` seconds.
+
+    ``realms``: the realms whose ``user@REALM`` is the local ``user`` (krb5's default ``auth_to_local`` takes
+    the default realm's only: pass ``{krb5_default_realm()}`` for that); None, the default, accepts every
+    realm, which suits a server whose KDC knows one realm, the usual case.  A principal of another realm is
+    the anonymous user.
+
+    A lookup may reach a directory server (LDAP, sssd), so each principal is looked up once per
+    :attr:`lifetime` (60 s: a user added to a group is seen within a minute), negative answers too, and the
+    cache is bounded (:attr:`size` entries, then emptied).  The lookups (``getpwnam``, ``getgrouplist``) and
+    the ``clock`` are parameters, for tests.
+    """
+
+    def __init__(self, realms: Optional[Iterable[str]] = None, clock: Callable[[], float] = time.monotonic,
+                 lifetime: float = 60.0, size: int = 4096,
+                 getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
+                 getgrouplist: Callable[[str, int], list[int]] = os.getgrouplist) -> None:
+        self.realms = None if realms is None else frozenset(realms)
+        self.clock = clock
+        self.lifetime = lifetime
+        self.size = size
+        self._getpwnam = getpwnam
+        self._getgrouplist = getgrouplist
+        #: principal -> (local identity, unsquashed, or UNKNOWN; when the entry expires)
+        self._users: dict[str, tuple[Optional[Identity], float]] = {}
+
+    def user(self, principal: Optional[str]) -> tuple[Optional[Identity], float]:
+        """The local user ``principal`` is (unsquashed; :data:`ROOT` for a machine principal; UNKNOWN for none)
+        and until when that answer holds (:attr:`clock` time)."""
+        now = self.clock()
+        entry = self._users.get(principal) if principal is not None else (UNKNOWN, now + self.lifetime)
+        if entry is not None and now < entry[1]:
+            return entry
+        entry = (self._lookup(principal), now + self.lifetime)
+        if len(self._users) >= self.size:
+            self._users.clear()
+        self._users[principal] = entry
+        return entry
+
+    def _lookup(self, principal: str) -> Optional[Identity]:
+        name, at, realm = principal.rpartition("@")
+        if not at:
+            name, realm = principal, ""
+        if self.realms is not None and realm not in self.realms:
+            return UNKNOWN
+        service, slash, host = name.partition("/")
+        if slash:
+            # SERVICE/instance: a machine's key if the service is one of those, else not a user at all
+            # (alice/admin@REALM is not alice: krb5's default rule maps one-component names only).
+            return ROOT if service in MACHINE_SERVICES and host and "/" not in host else UNKNOWN
+        if not name:
+            return UNKNOWN
+        try:
+            entry = self._getpwnam(name)
+            groups = self._getgrouplist(name, entry.pw_gid)
+        except (KeyError, OSError, UnicodeError, ValueError):
+            return UNKNOWN
+        return Identity(entry.pw_uid, entry.pw_gid, tuple(groups))
+
+    def effective(self, principal: Optional[str], options: ExportOptions) -> tuple[Identity, float]:
+        """The identity a call of ``principal`` gets on an export, and until when (see :meth:`user`):
+        the local user squashed as an AUTH_SYS credential is (root_squash, all_squash, anonuid/anongid)."""
+        user, expires = self.user(principal)
+        if user is UNKNOWN or options.all_squash:
+            return Identity(options.anonuid, options.anongid, ()), expires
+        who = _squashed(user.uid, user.gid, user.gids, options)
+        return (ROOT if who.uid == 0 and who.gid == 0 else who), expires
+
+
+#: The principals of a server that names no realms: every realm's ``user@REALM`` is the local ``user``.
+PRINCIPALS = Principals()
+
+
+def caller_identity(header: CallHeader, options: ExportOptions, principals: Principals = PRINCIPALS) -> Identity:
+    """The identity a call gets on an export: from its Kerberos principal for an RPCSEC_GSS call
+    (:class:`Principals`), else from its AUTH_SYS credential (:func:`effective`; AUTH_NONE is anonymous).
+
+    Both are cached; :class:`~nfsstack.exports.policy.Admission` keeps each client's verdict besides, so nfsd
+    calls neither on most calls."""
+    if header.pseudoflavor:
+        return principals.effective(header.principal, options)[0]
+    return effective(header.credential, options)
 
 
 class IdentityNotSwitched(PermissionError):

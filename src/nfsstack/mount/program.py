@@ -21,7 +21,6 @@ from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.refusals import RefusalLog
-from nfsstack.rpc.message import AuthFlavor
 from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
 from nfsstack.xdr import Packer, Unpacker
 
@@ -64,15 +63,17 @@ def _unpack_dirpath(u: Unpacker) -> str:
 
 
 def _pack_mountres3(p: Packer, result: tuple) -> None:
-    status, handle = result
+    """mountres3 (RFC 1813 section 5.2.1): the handle and ``auth_flavors``, the export's ``sec=`` flavours in
+    its order, the client's preference first (AUTH_SYS 1, or a Kerberos pseudoflavour, RFC 2623 2.2.1)."""
+    status, handle, flavors = result
     p.pack_int(status)
     if status == MountStat.MNT3_OK:
         p.pack_opaque(handle)
-        p.pack_array([AuthFlavor.AUTH_SYS], Packer.pack_int)
+        p.pack_array(list(flavors), Packer.pack_int)
 
 
 def _pack_fhstatus(p: Packer, result: tuple) -> None:
-    status, handle = result
+    status, handle, _ = result  # version 1 and 2 have no flavour list: AUTH_SYS is implied
     if status == MountStat.MNT3_OK and len(handle) > FHSIZE_V2:
         status = MountStat.MNT3ERR_NOTSUPP  # does not fit a version 2 handle
     p.pack_uint(int(status))
@@ -104,7 +105,8 @@ class Mountd:
         self.table = table
         #: mount(export, path, options, address) -> the handle MNT answers: the storage backend's.
         self.mount = mount
-        self.admission = Admission(table)
+        # MNT is not held to the export's sec=: it answers the flavours, and the client picks one (rpc.mountd).
+        self.admission = Admission(table, check_security=False)
         self.mounts = mounts
         #: Mount requests refused by export policy, logged per client (rate-limited), as rpc.mountd logs them.
         self.refusals = refusals or RefusalLog(time.monotonic)
@@ -136,25 +138,25 @@ class Mountd:
         if export is None:
             status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
             self.refusals.refused(address, "mount request: not exported", path)
-            return status, b""
-        verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.credential)
+            return status, b"", ()
+        verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
         if isinstance(verdict, Refused):
             self.refusals.refused(address, _REFUSED.get(verdict, "mount request: " + verdict.reason), path)
-            return MountStat.MNT3ERR_ACCES, b""
+            return MountStat.MNT3ERR_ACCES, b"", ()
         options = verdict.options
         try:
             handle = self.mount(export, path, options, address)
         except MountRefused as refused:
             self.refusals.refused(address, "mount request: " + refused.reason, path)
-            return (MountStat.MNT3ERR_NOENT if refused.noent else MountStat.MNT3ERR_ACCES), b""
+            return (MountStat.MNT3ERR_NOENT if refused.noent else MountStat.MNT3ERR_ACCES), b"", ()
         except OSError as e:
             if e.errno not in _ERRNO:
                 log.error("mount of {path}: {e}", path=path, e=e)
-            return _ERRNO.get(e.errno, MountStat.MNT3ERR_SERVERFAULT), b""
+            return _ERRNO.get(e.errno, MountStat.MNT3ERR_SERVERFAULT), b"", ()
         self.mounts.add(address, path)
         log.info("authenticated mount request from {addr}:{port} for {path} ({opts})", addr=address,
                  port=ctx.peer[1], path=path, opts=options.describe())
-        return MountStat.MNT3_OK, handle
+        return MountStat.MNT3_OK, handle, options.security
 
     def dump(self, ctx: CallContext, _) -> list:
         return list(self.mounts.entries)

@@ -106,7 +106,7 @@ class Call:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
             verdict = self.nfsd.admission.admit(export, self.ctx.peer[0], self.ctx.privileged_port,
-                                                self.ctx.credential)
+                                                self.ctx.header)
             if verdict.__class__ is Refused:
                 self.nfsd.refusals.refused(self.ctx.peer[0], verdict.reason, export.path)
                 raise NFSError(Stat[verdict.status])

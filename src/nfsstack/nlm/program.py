@@ -85,7 +85,9 @@ class Nlm:
     def __init__(self, exports: ExportTable, reactor, remote, nsm, fs, grace: float = 90.0,
                  poll_interval: float = 1.0) -> None:
         self.exports = exports
-        self.admission = Admission(exports)
+        # Lock calls are not held to the export's sec=: the Linux client makes them with AUTH_SYS whatever the
+        # mount's flavour, and knfsd checks no flavour for them (NFSD_MAY_LOCK in fh_verify).
+        self.admission = Admission(exports, check_security=False)
         #: The storage backend (nfs3/interface.py): the files' lock keys, and descriptors for the OFD mirror.
         self.fs = fs
         self.reactor = reactor
@@ -191,7 +193,7 @@ class Nlm:
             export, key = self.fs.lock_key(fh)
         except (BadHandle, StaleHandle):
             raise Refused(NlmStat.STALE_FH) from None
-        verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.credential)
+        verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
         if not isinstance(verdict, Admitted):
             raise Refused(NlmStat.FAILED)
         return key, verdict.options

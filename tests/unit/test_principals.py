@@ -1,0 +1,208 @@
+"""Kerberos principals as local users (nfsstack.exports.identity.Principals, caller_identity) and the sec= check
+of the admission policy (nfsstack.exports.policy): RPCSEC_GSS calls built here with their principal and
+pseudoflavour set, as the RPCSEC_GSS engine hands them to the programs."""
+
+import os
+import pwd
+
+import pytest
+
+from nfsstack.exports import ANON_ID, parse_exports
+from nfsstack.exports.handles import HandleCodec
+from nfsstack.exports.identity import ROOT, Identity, Principals, caller_identity, krb5_default_realm
+from nfsstack.exports.names import HostNames
+from nfsstack.exports.policy import INSECURE_PORT, Admission, Admitted, Refused, wrong_security
+from nfsstack.exports.file import ExportOptions
+from nfsstack.exports.table import ExportTable
+from nfsstack.rpc.message import AUTH_NULL, AuthFlavor, CallHeader, Credential, OpaqueAuth, Pseudoflavor
+
+ANON = Identity(ANON_ID, ANON_ID, ())
+
+
+def local_user() -> pwd.struct_passwd:
+    """A user of this machine's name service other than root, preferring one with supplementary groups."""
+    users = [u for u in pwd.getpwall() if u.pw_uid != 0 and u.pw_gid != 0 and "@" not in u.pw_name
+             and "/" not in u.pw_name]
+    users.sort(key=lambda u: -len(os.getgrouplist(u.pw_name, u.pw_gid)))
+    assert users, "no local user besides root"
+    return users[0]
+
+
+def gss_call(principal, flavor=Pseudoflavor.KRB5) -> CallHeader:
+    """An RPCSEC_GSS call whose context is established: what the engine gives nfsd (no AUTH_SYS credential)."""
+    return CallHeader(1, 100003, 3, 1, OpaqueAuth(AuthFlavor.RPCSEC_GSS, b"ctx"), principal=principal,
+                      pseudoflavor=int(flavor))
+
+
+def sys_call(cred) -> CallHeader:
+    return CallHeader(1, 100003, 3, 1, cred.to_auth() if cred is not None else AUTH_NULL, credential=cred)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- principal -> local user --------------------------------------------------------------
+
+
+def test_a_users_principal_is_the_local_user_with_all_its_groups():
+    user = local_user()
+    who = caller_identity(gss_call(f"{user.pw_name}@EXAMPLE.TEST"), ExportOptions(), Principals())
+    groups = tuple(os.getgrouplist(user.pw_name, user.pw_gid))
+    assert who == Identity(user.pw_uid, user.pw_gid, groups)
+
+
+@pytest.mark.parametrize("principal", [
+    "no-such-user-k2@EXAMPLE.TEST",
+    "alice/admin@EXAMPLE.TEST",   # an instance other than a machine's: not a user
+    "nfs/@EXAMPLE.TEST",          # no host
+    "@EXAMPLE.TEST",
+    None,                         # a GSS call without a principal: nobody
+])
+def test_what_is_no_local_user_is_the_anonymous_user(principal):
+    options = ExportOptions(anonuid=70, anongid=71, root_squash=False)
+    assert caller_identity(gss_call(principal), options, Principals()) == Identity(70, 71, ())
+
+
+@pytest.mark.parametrize("service", ["nfs", "host", "root"])
+def test_a_machine_principal_is_root_squashed_unless_no_root_squash(service):
+    principals = Principals()
+    call = gss_call(f"{service}/client.example.test@EXAMPLE.TEST")
+    assert caller_identity(call, ExportOptions(), principals) == ANON  # root_squash, the default
+    assert caller_identity(call, ExportOptions(anonuid=5, anongid=6), principals) == Identity(5, 6, ())
+    assert caller_identity(call, ExportOptions(root_squash=False), principals) is ROOT
+    assert caller_identity(call, ExportOptions(root_squash=False, all_squash=True), principals) == ANON
+
+
+def test_all_squash_squashes_every_principal_and_root_at_realm_is_root():
+    user = local_user()
+    principals = Principals()
+    assert caller_identity(gss_call(f"{user.pw_name}@R"), ExportOptions(all_squash=True), principals) == ANON
+    # root@REALM is the local root (a user principal), squashed by root_squash as AUTH_SYS root is.
+    assert caller_identity(gss_call("root@R"), ExportOptions(), principals) == ANON
+    assert caller_identity(gss_call("root@R"), ExportOptions(root_squash=False), principals) is ROOT
+
+
+def test_only_the_accepted_realms_map_to_local_users():
+    user = local_user()
+    principals = Principals(realms={"EXAMPLE.TEST"})
+    options = ExportOptions(root_squash=False)
+    assert caller_identity(gss_call(f"{user.pw_name}@EXAMPLE.TEST"), options, principals).uid == user.pw_uid
+    assert caller_identity(gss_call(f"{user.pw_name}@OTHER.TEST"), options, principals) == ANON
+    assert caller_identity(gss_call("nfs/client@OTHER.TEST"), options, principals) == ANON
+    assert caller_identity(gss_call("nfs/client@EXAMPLE.TEST"), options, principals) is ROOT
+
+
+def test_a_lookup_is_kept_for_its_lifetime_then_done_again():
+    asked = []
+    entry = pwd.struct_passwd(("alice", "x", 1500, 1500, "", "/", "/bin/sh"))
+
+    def getpwnam(name):
+        asked.append(name)
+        if name != "alice":
+            raise KeyError(name)
+        return entry
+
+    clock = Clock()
+    principals = Principals(clock=clock, lifetime=60.0, getpwnam=getpwnam, getgrouplist=lambda n, g: [g, 27])
+    options = ExportOptions()
+    for _ in range(100):
+        assert caller_identity(gss_call("alice@R"), options, principals) == Identity(1500, 1500, (1500, 27))
+        assert caller_identity(gss_call("bob@R"), options, principals) == ANON  # a miss is kept too
+    assert asked == ["alice", "bob"]
+    clock.now += 59.9
+    caller_identity(gss_call("alice@R"), options, principals)
+    assert asked == ["alice", "bob"]
+    clock.now += 0.2
+    caller_identity(gss_call("alice@R"), options, principals)
+    assert asked == ["alice", "bob", "alice"]
+
+
+def test_the_cache_is_bounded():
+    principals = Principals(size=8, getpwnam=lambda n: (_ for _ in ()).throw(KeyError(n)))
+    for i in range(100):
+        principals.user(f"u{i}@R")
+    assert len(principals._users) <= 8
+
+
+def test_an_auth_sys_call_keeps_its_credential():
+    options = ExportOptions()
+    assert caller_identity(sys_call(Credential(1000, 100, (100, 0))), options) == Identity(1000, 100, (100,))
+    assert caller_identity(sys_call(None), options) == ANON
+
+
+def test_krb5_default_realm_is_read_from_krb5_conf(tmp_path):
+    conf = tmp_path / "krb5.conf"
+    conf.write_text("# comment\n[realms]\n default_realm = NOT.THIS\n[libdefaults]\n\tdns_lookup_kdc = false\n"
+                    "\tdefault_realm = EXAMPLE.TEST   # the local one\n")
+    assert krb5_default_realm(str(conf)) == "EXAMPLE.TEST"
+    assert krb5_default_realm(str(tmp_path / "missing")) is None
+
+
+# -- sec= at admission --------------------------------------------------------------------
+
+
+def admission(text: str, **kwargs) -> tuple[Admission, ExportTable]:
+    table = ExportTable(parse_exports(text, "exports", resolve=lambda h: []), HandleCodec(b"k" * 32),
+                        HostNames(300.0, lookup=lambda a: None))
+    return Admission(table, **kwargs), table
+
+
+USER = sys_call(Credential(1000, 100, (100,)))
+
+
+def test_a_call_in_a_flavour_sec_does_not_list_is_refused_with_acces():
+    """knfsd: nfserr_wrongsec, which NFSv3 answers as NFS3ERR_ACCES (nfsd3_map_status)."""
+    policy, table = admission("/krb *(rw,sec=krb5) \n/sys *(rw)\n/both *(rw,sec=krb5p:sys)\n")
+    krb, sys_, both = (table.exports.find(p) for p in ("/krb", "/sys", "/both"))
+    refused = policy.admit(krb, "192.0.2.9", True, USER)
+    assert refused is wrong_security(1) and isinstance(refused, Refused) and refused.status == "ACCES"
+    assert refused.reason == "a call with AUTH_SYS, which the export's sec= does not list"
+    assert wrong_security(390004).reason == "a call with krb5i, which the export's sec= does not list"
+    assert policy.admit(krb, "192.0.2.9", True, sys_call(None)).status == "ACCES"  # AUTH_NONE too
+    assert isinstance(policy.admit(sys_, "192.0.2.9", True, USER), Admitted)
+    assert isinstance(policy.admit(sys_, "192.0.2.9", True, sys_call(None)), Admitted)
+    assert isinstance(policy.admit(krb, "192.0.2.9", True, gss_call("nfs/c@R")), Admitted)
+    assert policy.admit(krb, "192.0.2.9", True, gss_call("nfs/c@R", Pseudoflavor.KRB5I)).status == "ACCES"
+    assert policy.admit(sys_, "192.0.2.9", True, gss_call("nfs/c@R")).status == "ACCES"
+    assert isinstance(policy.admit(both, "192.0.2.9", True, USER), Admitted)
+    assert isinstance(policy.admit(both, "192.0.2.9", True, gss_call("nfs/c@R", Pseudoflavor.KRB5P)), Admitted)
+    assert policy.admit(both, "192.0.2.9", True, gss_call("nfs/c@R", Pseudoflavor.KRB5)).status == "ACCES"
+
+
+def test_mountd_and_nlockmgr_do_not_check_the_flavour():
+    policy, table = admission("/krb *(rw,sec=krb5)\n", check_security=False)
+    verdict = policy.admit(table.exports.find("/krb"), "192.0.2.9", True, USER)
+    assert isinstance(verdict, Admitted) and verdict.options.security == (390003,)
+
+
+def test_a_kerberos_call_needs_no_privileged_port():
+    """knfsd's nfsd_originating_port_ok: the secure option concerns AUTH_SYS, whose ids only a port vouches for."""
+    policy, table = admission("/krb *(rw,sec=krb5:sys)\n")
+    krb = table.exports.find("/krb")
+    assert isinstance(policy.admit(krb, "192.0.2.9", False, gss_call("nfs/c@R")), Admitted)
+    assert policy.admit(krb, "192.0.2.9", False, USER) is INSECURE_PORT
+
+
+def test_a_kerberos_verdict_is_kept_while_its_lookup_holds():
+    asked = []
+    entry = pwd.struct_passwd(("alice", "x", 1500, 1500, "", "/", "/bin/sh"))
+    clock = Clock()
+    principals = Principals(clock=clock, getpwnam=lambda n: asked.append(n) or entry,
+                            getgrouplist=lambda n, g: [g])
+    policy, table = admission("/krb *(rw,sec=krb5)\n", principals=principals)
+    krb = table.exports.find("/krb")
+    first = policy.admit(krb, "192.0.2.9", True, gss_call("alice@R"))
+    assert isinstance(first, Admitted) and first.identity == Identity(1500, 1500, (1500,))
+    # A new header each call, as decoded: the same verdict, no lookup, no new object.
+    assert all(policy.admit(krb, "192.0.2.9", True, gss_call("alice@R")) is first for _ in range(10))
+    other = policy.admit(krb, "192.0.2.9", True, gss_call("bob@R"))
+    assert other is not first and other.identity == first.identity  # bob's lookup answered alice's entry
+    assert asked == ["alice", "bob"]
+    clock.now += 61
+    again = policy.admit(krb, "192.0.2.9", True, gss_call("alice@R"))
+    assert again is not first and again == first and asked == ["alice", "bob", "alice"]
