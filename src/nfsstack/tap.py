@@ -160,6 +160,9 @@ class Options(usage.Options):
         ["search-seconds", None, 1.0, "local-unprivileged: seconds a search for a handle's object takes at "
                                       "most.", float],
         ["memory-limit", None, 1024, "With --backend memory: MiB of file data it holds at most (then NOSPC).", int],
+        ["keytab", None, None, "Keytab with the server's Kerberos keys (principal nfs/HOSTNAME), for RPCSEC_GSS "
+                               "(sec=krb5, krb5i, krb5p) on every RPC service; default /etc/krb5.keytab. Without "
+                               "it (or the gssapi package) Kerberos calls are refused and the rest is served."],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
                                     "critical.", _log_level],
     ]
@@ -267,6 +270,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         reply_batcher=stack.reply_batcher,
+        gss=_kerberos(options),
     )
     from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
 
@@ -329,6 +333,14 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         _log_unprivileged_ports(options)
     _cluster_service(stack, options, reactor)
     return stack
+
+
+def _kerberos(options: Options, quiet: bool = False):
+    """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
+    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
+
+    keytab = options["keytab"]
+    return load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
 
 
 #: The option that sets each RPC service's port.
@@ -452,7 +464,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                size=size, **common)
     config = {"exports": os.path.abspath(options["exports"]) if options["exports"] is not None else None,
               "state-dir": state_dir, "backend": "local"}
-    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level"):
+    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level", "keytab"):
         config[option] = options[option]
     stack.workers = NfsdWorkers(shared, config, reactor, size)
     if reloader is not None:

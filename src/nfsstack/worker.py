@@ -132,11 +132,20 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
         child.setServiceParent(top)
     served = LentSockets("nfsd", nfsd_port_programs(nfsd.nfsd), config["sockets"], reactor=reactor,
                          max_record=config["max-record"], idle_timeout=config["idle-timeout"],
-                         max_connections=config["max-connections"], reply_batcher=top.reply_batcher)
+                         max_connections=config["max-connections"], reply_batcher=top.reply_batcher,
+                         gss=_kerberos(config))
     calls = CallStats()
     served.dispatcher.observer = calls
     served.setServiceParent(top)
     return top, lambda: counters(nfsd.nfsd, served.dispatcher, calls, served.stream_factory)
+
+
+def _kerberos(config: dict):
+    """The worker's own RPCSEC_GSS engine, from the stack's ``--keytab``: its contexts are its own (a client is
+    steered to one worker by its address).  The stack's process said already whether Kerberos is on."""
+    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
+
+    return load_gss_server(config.get("keytab") or DEFAULT_KEYTAB, quiet=True)
 
 
 def _die_with_parent(parent: int) -> None:

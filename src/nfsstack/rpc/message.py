@@ -55,6 +55,10 @@ class AuthStat(IntEnum):
     AUTH_TOOWEAK = 5
     AUTH_INVALIDRESP = 6
     AUTH_FAILED = 7
+    #: RFC 2203 section 5.3.3.3: no such context (an unknown handle), or the call's header checksum is bad.
+    RPCSEC_GSS_CREDPROBLEM = 13
+    #: RFC 2203 section 5.3.3.3: the context is known but no longer usable (expired, sequence numbers used up).
+    RPCSEC_GSS_CTXPROBLEM = 14
 
 
 class AuthFlavor(IntEnum):
@@ -277,8 +281,12 @@ def decode_call(data: bytes | memoryview) -> tuple[CallHeader, int]:
         cred, credential = cached
         if vflavor != AuthFlavor.AUTH_NONE:
             raise CallRejected(xid, auth_error_reply(xid, AuthStat.AUTH_BADVERF), "AUTH_SYS with a verifier")
+    elif cflavor == AuthFlavor.RPCSEC_GSS:
+        # Its credential and verifier are checked by the dispatcher's RPCSEC_GSS engine (rpc/gss_server.py),
+        # which needs the context they name; a stack without one answers AUTH_REJECTEDCRED there.
+        cred = OpaqueAuth(cflavor, cbody)
     else:
-        # Flavors we do not speak (AUTH_DH, RPCSEC_GSS, ...): as libtirpc's _authenticate.
+        # Flavors we do not speak (AUTH_DH, ...): as libtirpc's _authenticate.
         raise CallRejected(xid, auth_error_reply(xid, AuthStat.AUTH_REJECTEDCRED), f"auth flavor {cflavor}")
     return CallHeader(xid, prog, vers, proc, cred, verf, credential), vend
 
@@ -331,6 +339,8 @@ class ReplyHeader:
     xid: int
     offset: int
     error: Optional[RPCError] = None
+    #: The verifier of an accepted reply (an RPCSEC_GSS client checks it: RFC 2203 section 5.3.3.2).
+    verf: OpaqueAuth = AUTH_NULL
 
 
 def decode_reply_xid(data: bytes | memoryview) -> int:
@@ -350,16 +360,16 @@ def decode_reply(data: bytes | memoryview) -> ReplyHeader:
         raise XDRError("not a reply")
     stat = u.unpack_uint()
     if stat == MSG_ACCEPTED:
-        OpaqueAuth.unpack(u)  # verifier
+        verf = OpaqueAuth.unpack(u)
         astat = u.unpack_uint()
         if astat == AcceptStat.SUCCESS:
-            return ReplyHeader(xid, u.position)
+            return ReplyHeader(xid, u.position, None, verf)
         if astat == AcceptStat.PROG_MISMATCH:
             low, high = u.unpack_uint(), u.unpack_uint()
-            return ReplyHeader(xid, u.position, AcceptedError(AcceptStat.PROG_MISMATCH, low, high))
+            return ReplyHeader(xid, u.position, AcceptedError(AcceptStat.PROG_MISMATCH, low, high), verf)
         if astat not in AcceptStat._value2member_map_:
             raise XDRError(f"accept_stat {astat}")
-        return ReplyHeader(xid, u.position, AcceptedError(AcceptStat(astat)))
+        return ReplyHeader(xid, u.position, AcceptedError(AcceptStat(astat)), verf)
     if stat == MSG_DENIED:
         rstat = u.unpack_uint()
         if rstat == RejectStat.RPC_MISMATCH:

@@ -21,8 +21,12 @@ from twisted.python.failure import Failure
 from nfsstack.logs import logger
 from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, request_key
 from nfsstack.rpc.fileslice import FileSlice, ShortFile
+from nfsstack.rpc.gss_server import GssCall, GssServer
 from nfsstack.rpc.message import (
     AcceptStat,
+    AuthFlavor,
+    AuthStat,
+    CallHeader,
     CallRejected,
     NotACall,
     accepted_reply,
@@ -43,6 +47,8 @@ from nfsstack.rpc.twisted_internals import adapt, is_open, set_datagram_size
 from nfsstack.xdr import U32, Packer, Unpacker, XDRError
 
 log = logger("nfsstack.rpc")
+
+RPCSEC_GSS = AuthFlavor.RPCSEC_GSS.value
 
 #: A reply message: bytes, or a list of byte strings (a raw_parts procedure's), or a Deferred of either.
 Reply = Union[bytes, list, None, defer.Deferred]
@@ -135,9 +141,13 @@ def _address(addr) -> tuple[str, int]:
 class Dispatcher:
     """Routes call messages to the procedures of its programs."""
 
-    def __init__(self, programs: Iterable[Program] = (), reply_cache: Optional[ReplyCache] = None) -> None:
+    def __init__(self, programs: Iterable[Program] = (), reply_cache: Optional[ReplyCache] = None,
+                 gss: Optional["GssServer"] = None) -> None:
+        """``gss`` is the process's RPCSEC_GSS engine (:mod:`nfsstack.rpc.gss_server`); without one, calls with
+        an RPCSEC_GSS credential are refused with AUTH_REJECTEDCRED (RFC 2203 section 5.1)."""
         self.programs: dict[int, Program] = {}
         self.reply_cache = reply_cache if reply_cache is not None else ReplyCache()
+        self.gss = gss
         #: Calls by (prog, vers, proc); errors by accept/reject name.
         self.calls: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
@@ -166,7 +176,36 @@ class Dispatcher:
         except XDRError as e:
             self.errors["undecodable"] += 1
             raise BadMessage(str(e)) from None
+        if header.cred.flavor == RPCSEC_GSS:  # the one check AUTH_SYS and AUTH_NONE calls pay for Kerberos
+            return self._gss_call(data, header, offset, netid, peer, local)
+        return self._dispatch(header, data, offset, netid, peer, local, len(data))
 
+    def _gss_call(self, data, header: CallHeader, offset: int, netid: str, peer: tuple[str, int],
+                  local: tuple[str, int]) -> Reply:
+        """An RPCSEC_GSS call: checked and unwrapped by the engine before any program is looked up (as knfsd's
+        svc_authenticate comes first), dispatched on its unwrapped arguments, its reply sealed (RFC 2203 5.3).
+
+        The duplicate request cache sees the unwrapped arguments and keeps the unsealed reply: a client
+        retransmits with the same xid but a new sequence number and a newly wrapped body (RFC 2203 section
+        5.3.3.1), which finds the first reply, sealed anew for the new sequence number.
+        """
+        if self.gss is None:
+            self.errors["AUTH_REJECTEDCRED"] += 1
+            return auth_error_reply(header.xid, AuthStat.AUTH_REJECTEDCRED)
+        accepted = self.gss.accept(data, header, offset)
+        if type(accepted) is not GssCall:
+            if accepted is not None and accepted[8:12] != b"\0\0\0\0":
+                self.errors["AUTH_ERROR"] += 1
+            return accepted
+        reply = self._dispatch(header, accepted.args, 0, netid, peer, local, len(data))
+        if reply is None or type(reply) is bytes or type(reply) is list:
+            return accepted.seal(joined(reply))
+        return reply.addCallback(lambda late: accepted.seal(joined(late)))
+
+    def _dispatch(self, header: CallHeader, data, offset: int, netid: str, peer: tuple[str, int],
+                  local: tuple[str, int], size: int) -> Reply:
+        """The rest of :meth:`handle`, once the call's credential is known good: the call of ``header`` with its
+        arguments in ``data`` from ``offset``, ``size`` bytes long on the wire."""
         xid = header.xid
         program = self.programs.get(header.prog)
         if program is None:
@@ -200,7 +239,7 @@ class Dispatcher:
             if cached is not None:
                 return cached
 
-        ctx = CallContext(header, netid, peer, local, len(data))
+        ctx = CallContext(header, netid, peer, local, size)
         observer = self.observer
         started = perf_counter() if observer is not None else 0.0
         try:

@@ -192,6 +192,8 @@ class RPCService(service.Service):
     is a path to serve as a local stream socket too (rpcbind's), if nobody
     else serves it.  ``reply_batcher`` holds its connections' late replies
     while a batch is open: the stack's one, or one of the service's own.
+    ``gss`` is the process's RPCSEC_GSS engine (:func:`nfsstack.rpc.gss_server.load_gss_server`), shared by
+    all its services, or None to refuse Kerberos calls.
     """
 
     #: The ``--bind`` option's check (twistd's coerce).
@@ -210,6 +212,7 @@ class RPCService(service.Service):
         max_connections: int = 1024,
         unix_socket: Optional[str] = None,
         reply_batcher: Optional[ReplyBatcher] = None,
+        gss=None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -220,7 +223,7 @@ class RPCService(service.Service):
         self.addresses = parse_addresses(interface)  # empty: the default, decided at start
         self.registrar = registrar
         self.reactor = reactor
-        self.dispatcher = Dispatcher(self.programs)
+        self.dispatcher = Dispatcher(self.programs, gss=gss)
         self.max_record = max_record
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
