@@ -22,6 +22,7 @@ guest's NFS connection to the server there, so it sees every byte the server get
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
@@ -47,6 +48,8 @@ MODULES = ["cts", "auth_rpcgss", "rpcsec_gss_krb5"]
 GUEST_PROGRAMS = ("/usr/sbin/rpc.gssd", "/usr/bin/kinit", "/usr/bin/klist", "/usr/bin/kdestroy")
 #: The host tools the Kerberos scenarios need besides the KDC's.
 HOST_TOOLS = ("tshark",)
+#: Held while a run has the host user: runs in other processes wait (bounded) rather than share or remove it.
+USER_LOCK = Path(tempfile.gettempdir()) / "nfsstack-krb5-user.lock"
 
 
 def available() -> Optional[str]:
@@ -67,9 +70,11 @@ class Realm:
         self.top.chmod(0o755)
         self.kdc = kdcmod.KDC(self.top / "realm", netns=netns, kdc_host="10.0.2.2")
         self.made_user = False
+        self.lock = None
 
     def __enter__(self) -> "Realm":
         try:
+            self._lock_user()
             self._host_user()
             self.kdc.start()
             self.server_keytab = self.kdc.keytab("server.keytab", f"nfs/{SERVER_NAME}")
@@ -84,7 +89,23 @@ class Realm:
         self.kdc.stop()
         if self.made_user:
             subprocess.run(["userdel", USER], capture_output=True, timeout=30)
+            self.made_user = False
+        if self.lock is not None:
+            self.lock.close()  # and the lock with it
+            self.lock = None
         shutil.rmtree(self.top, ignore_errors=True)
+
+    def _lock_user(self, timeout: float = 600.0) -> None:
+        self.lock = open(USER_LOCK, "a")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another Kerberos run held {USER_LOCK} for {timeout:.0f} s")
+                time.sleep(0.5)
 
     def _host_user(self) -> None:
         """The server maps nfskrb@REALM to the host's nfskrb: made here with uid UID unless it exists."""
