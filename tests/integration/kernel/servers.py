@@ -217,6 +217,11 @@ class NfsStack:
         """RPCSEC_GSS beside AUTH_SYS: the server's keytab (``--keytab``, ``KRB5_CONFIG``) from ``realm``
         (kerberos.Realm), and two more exports: ``-krb5`` admitting krb5, krb5i and krb5p (mounted three ways),
         ``-krb5p`` admitting krb5p only.  The other exports stay ``sec=sys``."""
+        usage = subprocess.run([twistd(), "nfsstack", "--help"], capture_output=True, text=True, timeout=60,
+                               env={**server_env(), **self.env}).stdout
+        if "--keytab" not in usage:
+            raise RuntimeError("this nfsstack has no --keytab option: it cannot serve RPCSEC_GSS (Kerberos), "
+                               "which the Kerberos scenarios test")
         export = self.export_dir
         with open(self.exports, "a") as f:
             f.write(f"{export}-krb5 *(rw,insecure,root_squash,sec=krb5:krb5i:krb5p)\n"
