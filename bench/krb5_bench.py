@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, default=64, help="the file each flavour writes and reads (MiB)")
     p.add_argument("--output", type=Path, default=RESULTS / "krb5.json")
     a = p.parse_args(argv)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code this run is of: taken before it starts
     runs = []
     for rnd in range(a.rounds):
         order = FLAVOURS[rnd % 4:] + FLAVOURS[:rnd % 4]
@@ -96,8 +98,6 @@ def main(argv=None) -> int:
     text = "\n".join(table)
     print(text)
     a.output.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     a.output.write_text(json.dumps({"commit": commit, "mib": a.mib, "runs": runs, "table": text,
                                     "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                                                 "python": platform.python_version()}}, indent=1))
