@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -197,3 +198,19 @@ class KDC:
         if done.returncode != 0:
             raise RuntimeError(f"kinit {name} failed: {done.stderr.strip()}")
         return env
+
+
+@contextlib.contextmanager
+def client_env(env: dict):
+    """This process as the client of :meth:`KDC.kinit`'s ``env``: its KRB5_CONFIG and KRB5CCNAME in
+    ``os.environ`` (MIT krb5 reads them when a GSS context is made), the old values back afterwards."""
+    saved = {k: os.environ.get(k) for k in ("KRB5_CONFIG", "KRB5CCNAME")}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

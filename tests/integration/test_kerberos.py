@@ -53,8 +53,6 @@ def server(tmp_path_factory):
     with kdc_module.KDC(top / "realm", port=free_port()) as kdc:
         keytab = kdc.keytab("server.keytab", "nfs/nfsserver")
         env = kdc.kinit("alice", top / "alice.cc")
-        saved = {k: os.environ.get(k) for k in ("KRB5_CONFIG", "KRB5CCNAME")}
-        os.environ.update({k: env[k] for k in saved})
         export = top / "export"
         export.mkdir()
         export.chmod(0o1777)  # written by the anonymous user the principal maps to here
@@ -65,14 +63,10 @@ def server(tmp_path_factory):
                       env={"KRB5_CONFIG": str(top / "no-such-krb5.conf"), "KRB5CCNAME": "FILE:/nonexistent"})
         stack.start(port)
         try:
-            yield port, str(export), stack
+            with kdc_module.client_env(env):
+                yield port, str(export), stack
         finally:
             stack.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             log = stack.log_text()
             assert "Traceback" not in log, log
             assert "Kerberos (RPCSEC_GSS krb5, krb5i, krb5p) on" in log, log

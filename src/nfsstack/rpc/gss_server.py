@@ -88,6 +88,9 @@ DEFAULT_MAX_CONTEXTS = 4096
 DEFAULT_IDLE = 3600.0
 #: Seconds a context being created (GSS_S_CONTINUE_NEEDED) waits for its CONTINUE_INIT.
 INIT_TIMEOUT = 60.0
+#: Contexts being created held at most, apart from the established ones, so that INIT calls that never finish
+#: cannot push established contexts out.
+MAX_CREATING = 256
 #: The lifetime of a context whose mechanism does not say (GSS_C_INDEFINITE, or an error asking).
 DEFAULT_LIFETIME = 10 * 3600.0
 
@@ -130,7 +133,9 @@ class GssContext:
     def admit(self, seq: int, window: int = SEQ_WINDOW) -> bool:
         """Record ``seq``; False when it was seen before or is below the window (RFC 2203 section 5.3.3.1)."""
         if seq > self.top:
-            self.seen = ((self.seen << (seq - self.top)) | 1) & ((1 << window) - 1)
+            ahead = seq - self.top
+            # A jump past the whole window forgets it (and never shifts by up to 2^31 bits).
+            self.seen = 1 if ahead >= window else ((self.seen << ahead) | 1) & ((1 << window) - 1)
             self.top = seq
             return True
         age = self.top - seq
@@ -210,8 +215,10 @@ class GssServer:
         self.clock = clock
         self.max_contexts = max_contexts
         self.idle = idle
-        #: Contexts by handle, least recently used first.
+        #: Established contexts by handle, least recently used first.
         self.contexts: "collections.OrderedDict[bytes, GssContext]" = collections.OrderedDict()
+        #: Contexts being created (GSS_S_CONTINUE_NEEDED) by handle, oldest first.
+        self.creating: "collections.OrderedDict[bytes, GssContext]" = collections.OrderedDict()
         #: What happened, by name ("contexts made", "replays dropped", ...), for the status report.
         self.counters: collections.Counter = collections.Counter()
 
@@ -262,19 +269,27 @@ class GssServer:
             context = GssContext(self.gssapi.SecurityContext(creds=self.credentials, usage="accept"),
                                  os.urandom(HANDLE_SIZE), now + INIT_TIMEOUT, now)
         else:
-            context = self._live(cred.handle, now)
-            if context is None or context.complete:
+            context = self.creating.pop(cred.handle, None)
+            if context is None or now - context.used >= INIT_TIMEOUT:
                 return self._refuse(xid, AuthStat.RPCSEC_GSS_CREDPROBLEM, "CONTINUE_INIT of no context in creation")
+        out = b""
         try:
             out = context.gss.step(token) or b""
+            # python-gssapi hands back the error token of a failed step (a KRB-ERROR) and raises its error on
+            # the next use of the context: this one.
+            complete = context.gss.complete
         except self.gssapi.exceptions.GSSError as e:
-            # 5.2.3.2: the failure goes back in rpc_gss_init_res; the client gives up or tries again.
-            self.contexts.pop(context.handle, None)
+            # 5.2.3.2: the failure goes back in rpc_gss_init_res, with the mechanism's error token if it made one;
+            # the client gives up or tries again.
             self.counters["contexts refused"] += 1
             log.debug("GSS_Accept_sec_context for xid {xid} failed: {e}", xid=xid, e=e)
-            return self._init_reply(xid, GssInitResult(b"", e.maj_code or GSS_S_FAILURE, e.min_code or 0, 0, b""))
-        if not context.gss.complete:
-            self._store(context, now)
+            return self._init_reply(xid, GssInitResult(b"", (e.maj_code or GSS_S_FAILURE) & 0xFFFFFFFF,
+                                                       (e.min_code or 0) & 0xFFFFFFFF, 0, out))
+        if not complete:
+            context.used = now
+            self.creating[context.handle] = context
+            while len(self.creating) > MAX_CREATING:
+                self.creating.popitem(last=False)
             return self._init_reply(xid, GssInitResult(context.handle, GSS_S_CONTINUE_NEEDED, 0, 0, out))
         context.principal = str(context.gss.initiator_name)
         context.expires = now + self._lifetime(context.gss)
@@ -316,13 +331,12 @@ class GssServer:
         contexts.move_to_end(context.handle)
 
     def _alive(self, context: GssContext, now: float) -> bool:
-        idle = self.idle if context.complete else INIT_TIMEOUT
-        return now < context.expires and now - context.used < idle
+        return now < context.expires and now - context.used < self.idle
 
     def _live(self, handle: bytes, now: float) -> Optional[GssContext]:
         """The context of ``handle`` if it is held and not idle too long (an idle one is forgotten)."""
         context = self.contexts.get(handle)
-        if context is not None and now - context.used >= (self.idle if context.complete else INIT_TIMEOUT):
+        if context is not None and now - context.used >= self.idle:
             del self.contexts[handle]
             return None
         return context
@@ -333,7 +347,7 @@ class GssServer:
         xid = header.xid
         now = self.clock()
         context = self._live(cred.handle, now)
-        if context is None or not context.complete:
+        if context is None:
             return self._refuse(xid, AuthStat.RPCSEC_GSS_CREDPROBLEM, "no such context")
         if now >= context.expires:
             del self.contexts[cred.handle]
