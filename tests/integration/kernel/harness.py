@@ -37,10 +37,12 @@ def scenario_names() -> list[str]:
 def headers(text: str) -> dict[str, str]:
     """A scenario's "# key: value" header lines: ``network: tap``, ``nfsstack: --option value``, ``disk:
     powercut`` (the export lies on tests/powercut.py's filesystem, and ``host_request powercut`` cuts its power),
-    ``guest-programs: /usr/bin/setfacl ...`` (host programs copied into the guest for this scenario)."""
+    ``guest-programs: /usr/bin/setfacl ...`` (host programs copied into the guest for this scenario),
+    ``kerberos: yes`` (a KDC in the namespace, the server with its keytab and a Kerberos export, the guest with
+    rpc.gssd, keytabs and kinit: kerberos.py; requests ``capture-start`` / ``capture-stop``)."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"#\s*(network|nfsstack|ganesha|disk|guest-programs):\s*(.*)$", line)
+        m = re.match(r"#\s*(network|nfsstack|ganesha|disk|guest-programs|kerberos):\s*(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip()
     return out
@@ -91,6 +93,36 @@ def grant_on_server(path: Path, uid: int) -> str:
     return "ok"
 
 
+SYS_GETATTR = """
+import sys
+from tests.support import NfsClient
+try:
+    client = NfsClient(sys.argv[1], uid=0, timeout=10)
+except Exception as e:  # MNT itself refused
+    print(f"mnt-refused {e}")
+else:
+    try:
+        print(client("GETATTR", client.root).status.name)
+    except Exception as e:  # an RPC-level refusal (AUTH_ERROR)
+        print(f"rpc-refused {e}")
+"""
+
+
+def sys_getattr(ns: str, export: str) -> str:
+    """What an AUTH_SYS client (uid 0, from the namespace) gets for GETATTR of ``export``'s root: a status name
+    (OK, ACCES, PERM ...), "mnt-refused ..." when MNT refuses it, "rpc-refused ..." for an RPC-level refusal."""
+    import subprocess
+
+    from tests.support import server_env
+
+    try:
+        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SYS_GETATTR, export],
+                              capture_output=True, text=True, timeout=40, env=server_env())
+    except subprocess.TimeoutExpired:
+        return "error timeout"
+    return done.stdout.strip() or f"error {done.stderr.strip()[-300:]}"
+
+
 def run_scenario(server_name: str, scenario: str, timeout: float = 300.0) -> tuple[vm.Result, str]:
     """Boot the guest against a fresh ``server_name`` and run ``scenario``; return the result and the server log."""
     return run_script(server_name, (SCENARIOS / f"{scenario}.sh").read_text(), timeout)
@@ -100,7 +132,16 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
     """Like :func:`run_scenario` for a script's text; ``prepare(export_dir)`` runs before the server starts."""
     script = (SCENARIOS / "lib.sh").read_text() + "\n" + text
     options = headers(text)
+    kerberos = options.get("kerberos") == "yes"
     with netns() as ns, contextlib.ExitStack() as held:
+        realm = capture = None
+        if kerberos:  # the KDC runs before the server, in the same namespace
+            from tests.integration.kernel import kerberos as krb
+
+            realm = held.enter_context(krb.Realm(ns))
+            marker = krb.new_marker()
+            capture = krb.Capture(ns, marker.encode())
+            held.callback(capture.discard)
         disk = None
         if options.get("disk") == "powercut":
             from tests.powercut import PowercutMount
@@ -113,7 +154,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         else:
             export = Path(tempfile.mkdtemp(prefix=f"{server_name}-export-"))
         export.chmod(0o777)
-        for sibling in ("-ro", "-squash", "-noacl"):
+        siblings = ("-ro", "-squash", "-noacl") + (("-krb5", "-krb5p") if kerberos else ())
+        for sibling in siblings:
             Path(f"{export}{sibling}").mkdir()
             Path(f"{export}{sibling}").chmod(0o777)
         (Path(f"{export}-ro") / "readme.txt").write_text("read only\n")
@@ -122,6 +164,14 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         if disk is not None:
             disk.command("checkpoint")  # the prepared tree is on the disk, as if made before
         server = SERVERS[server_name](ns, export, options.get(SERVERS[server_name].name, "").split())
+        if realm is not None:
+            try:
+                server.use_kerberos(realm)
+            except BaseException:
+                server.discard()
+                for path in (export, *(Path(f"{export}{sibling}") for sibling in siblings)):
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
         server.start()
 
         def on_request(request: str) -> str | None:
@@ -168,6 +218,12 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 return grant_on_server(export / name, int(uid))
             elif verb in ("getfacl", "getfacl-default"):
                 return server_acl(export / arg, default=verb == "getfacl-default")
+            elif verb == "capture-start" and capture is not None:  # tshark on the namespace's lo, port 2049
+                return capture.start()
+            elif verb == "capture-stop" and capture is not None:  # "BYTES HITS": the marker's count in it
+                return capture.stop()
+            elif verb == "sys-getattr":  # an AUTH_SYS GETATTR (uid 0) of export NAME's root, from the namespace
+                return sys_getattr(ns, f"{server.mount_path}{arg}")
             elif verb == "stat":
                 try:
                     st = os.lstat(export / arg)
@@ -184,14 +240,20 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                    "NFS_SERVER6": vm.HOST6, "GUEST6": vm.GUEST6,
                    "NFS_EXPORT_RO": f"{server.mount_path}-ro", "NFS_EXPORT_SQUASH": f"{server.mount_path}-squash",
                    "NFS_EXPORT_NOACL": f"{server.mount_path}-noacl"}
+            programs = tuple(options.get("guest-programs", "").split())
+            files = ()
+            if realm is not None:
+                env.update(realm.guest_env, NFS_EXPORT_KRB5=f"{server.mount_path}-krb5",
+                           NFS_EXPORT_KRB5P=f"{server.mount_path}-krb5p", KRB5_MARKER=marker)
+                programs += krb.GUEST_PROGRAMS
+                files = realm.guest_files
             result = vm.run_guest(ns, script, env, on_request=on_request, timeout=timeout,
-                                  network=options.get("network", "user"),
-                                  programs=tuple(options.get("guest-programs", "").split()))
+                                  network=options.get("network", "user"), programs=programs, files=files)
         finally:
             server.stop()
             log = server.log_text()
             server.discard()
-            for path in (export, Path(f"{export}-ro"), Path(f"{export}-squash"), Path(f"{export}-noacl")):
+            for path in (export, *(Path(f"{export}{sibling}") for sibling in siblings)):
                 shutil.rmtree(path, ignore_errors=True)
         return result, log
 

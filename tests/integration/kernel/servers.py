@@ -154,6 +154,9 @@ class Ganesha:
         self.stop()
         self.start()
 
+    def use_kerberos(self, realm) -> None:
+        raise NotImplementedError("the Kerberos scenarios are nfsstack's (test_kernel.py runs them there only)")
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -209,6 +212,22 @@ class NfsStack:
     uid = 0
     mount_options = ""
     ready_port = 111
+
+    def use_kerberos(self, realm) -> None:
+        """RPCSEC_GSS beside AUTH_SYS: the server's keytab (``--keytab``, ``KRB5_CONFIG``) from ``realm``
+        (kerberos.Realm), and two more exports: ``-krb5`` admitting krb5, krb5i and krb5p (mounted three ways),
+        ``-krb5p`` admitting krb5p only.  The other exports stay ``sec=sys``."""
+        usage = subprocess.run([twistd(), "nfsstack", "--help"], capture_output=True, text=True, timeout=60,
+                               env={**server_env(), **self.env}).stdout
+        if "--keytab" not in usage:
+            raise RuntimeError("this nfsstack has no --keytab option: it cannot serve RPCSEC_GSS (Kerberos), "
+                               "which the Kerberos scenarios test")
+        export = self.export_dir
+        with open(self.exports, "a") as f:
+            f.write(f"{export}-krb5 *(rw,insecure,root_squash,sec=krb5:krb5i:krb5p)\n"
+                    f"{export}-krb5p *(rw,insecure,root_squash,sec=krb5p)\n")
+        self.extra_args = [*self.extra_args, *realm.server_args]
+        self.env = {**self.env, **realm.server_env}
 
     def start(self) -> "NfsStack":
         self.stack = Stack("--exports", str(self.exports), "--state-dir", str(self.workdir / "state"),

@@ -44,9 +44,13 @@ def describe(result, log):
     return f"{result.summary()}\n--- guest exit {result.status}, {result.seconds:.1f} s\n--- server log tail:\n{log[-3000:]}"
 
 
-#: Every scenario; the power cut is also a durability test (``pytest -m durability``).
+#: The scenarios with a KDC, rpc.gssd and Kerberos exports (header ``kerberos: yes``): nfsstack's alone
+#: (test_nfsstack_kerberos), not every server's.
+KERBEROS_SCENARIOS = ["krb5"]
+
+#: Every other scenario; the power cut is also a durability test (``pytest -m durability``).
 SCENARIOS = [pytest.param(name, marks=pytest.mark.durability) if name == "powercut" else name
-             for name in scenario_names()]
+             for name in scenario_names() if name not in KERBEROS_SCENARIOS]
 
 
 @needs_ganesha
@@ -60,6 +64,25 @@ def test_ganesha(scenario):
 def test_nfsstack(scenario):
     result, log = run_once("nfsstack", scenario)
     assert result.status == 0 and not result.failures and result.checks, describe(result, log)
+    assert "Traceback" not in log, log
+
+
+def _kerberos_missing():
+    from tests.integration.kernel.kerberos import available
+
+    return available()
+
+
+@pytest.mark.skipif(_kerberos_missing() is not None, reason=str(_kerberos_missing()))
+@pytest.mark.parametrize("scenario", KERBEROS_SCENARIOS)
+def test_nfsstack_kerberos(scenario):
+    """Issue 22's acceptance with the kernel client, in one boot: an MIT KDC in the namespace, rpc.gssd and
+    keytabs in the guest; sec=krb5, krb5i and krb5p each mount, the user with a ticket reads and writes as
+    itself (the server's file is its uid), one without a ticket is refused; a krb5p write's bytes are not in a
+    capture of the traffic (and a sec=sys write's are); AUTH_SYS is refused on the Kerberos export while a
+    sec=sys export keeps working beside it."""
+    result, log = run_once("nfsstack", scenario)
+    assert result.status == 0 and not result.failures and len(result.checks) >= 40, describe(result, log)
     assert "Traceback" not in log, log
 
 

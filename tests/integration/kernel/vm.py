@@ -247,23 +247,25 @@ def run_guest(
     memory: int = 512,
     network: str = "user",
     programs: tuple = (),
+    files: Callable[[Path], list] | tuple = (),
 ) -> Result:
     """Boot the guest in ``netns``, run ``scenario`` (a shell script's text) with ``env``, return its result.
 
     ``network`` is "user" (qemu's user networking: the server sees the guest as 127.0.0.1) or "tap" (a tap
     device in the namespace, 10.0.2.2 on the host side: the server sees 10.0.2.15 and can call it back).
     ``programs``: more host programs for this boot only, copied in with their libraries beside the scenario
-    (the cached image stays as it is).
+    (the cached image stays as it is).  ``files``: more files for this boot only, (path, mode, data) as
+    :func:`_cpio_newc` takes them, or a function of the unpacked kernel package's root giving them (modules).
     """
     use_kvm = kvm_usable()
     if network == "tap":
         _make_tap(netns)
-    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network, programs)
+    result = _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network, programs, files)
     if use_kvm and not _KVM_PROBE.exists():
         booted = "@@INIT ready" in result.console
         _remember_kvm(booted)
         if not booted:
-            result = _boot(netns, scenario, env, on_request, timeout, memory, False, network, programs)
+            result = _boot(netns, scenario, env, on_request, timeout, memory, False, network, programs, files)
     return result
 
 
@@ -280,12 +282,15 @@ def _make_tap(netns: str) -> None:
         subprocess.run(["ip", "netns", "exec", netns, *cmd], check=True, capture_output=True)
 
 
-def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="user", programs=()) -> Result:
+def _boot(netns, scenario, env, on_request, timeout, memory, use_kvm, network="user", programs=(),
+          files=()) -> Result:
     image = build_image()
+    if callable(files):
+        files = files(CACHE / "root")
     exports = "".join(f"export {k}={shlex_quote(v)}\n" for k, v in env.items())
     # A program the host lacks is left out: the scenario says what it misses.
     added = _host_files([p for p in programs if os.path.exists(p)], []) if programs else []
-    extra = gzip.compress(_cpio_newc(added + [("scenario.sh", 0o100755,
+    extra = gzip.compress(_cpio_newc(added + list(files) + [("scenario.sh", 0o100755,
                                                ("#!/bin/sh\n" + exports + scenario).encode())]))
     workdir = Path(tempfile.mkdtemp(prefix="nfsstack-vm-"))
     initrd = workdir / "initrd"

@@ -50,3 +50,17 @@ expect_fail() {
 expect_eq() {
     if [ "$2" = "$3" ]; then echo "PASS: $1"; else echo "FAIL: $1: got '$2', want '$3'"; FAILED=1; return 1; fi
 }
+# kerberos_client: the guest's Kerberos client (scenarios with the header "kerberos: yes", whose boot brings the
+# modules, keytabs, krb5.conf and programs: kerberos.py): the GSS modules after sunrpc, rpc_pipefs, and rpc.gssd
+# in the background, logging to the console.
+kerberos_client() {
+    for m in $KRB5_MODULES; do insmod "/modules/krb5/$m.ko" || return 1; done
+    mkdir -p /var/lib/nfs/rpc_pipefs && mount -t rpc_pipefs sunrpc /var/lib/nfs/rpc_pipefs || return 1
+    rpc.gssd -f -v </dev/null >/dev/console 2>&1 &
+    for i in $(seq 50); do
+        [ -e /var/lib/nfs/rpc_pipefs/gssd/clntXX/info ] && break
+        kill -0 $! 2>/dev/null || { echo "rpc.gssd exited"; return 1; }
+        sleep 0.1
+    done
+    kill -0 $! 2>/dev/null
+}
