@@ -188,11 +188,30 @@ class NfsStackService(service.MultiService):
             },
             # nfsd's worker processes (--workers), each with what it answered when asked for this report.
             "workers": self._workers_report(),
+            # RPCSEC_GSS (--keytab): contexts established now, and what the engines did ({} without Kerberos).
+            "kerberos": self._kerberos(),
         }
 
     def _nfsd_sum(self, counter: str) -> int:
         """nfsd's ``counter`` here and in every worker that answered."""
         return (getattr(self.nfsd, counter) if self.nfsd else 0) + sum(w.get(counter, 0) for w in self._answering())
+
+    def _kerberos(self) -> dict:
+        """The RPCSEC_GSS engines' counts, here and in every worker that answered: ``contexts`` (established,
+        now) and ``events`` (contexts made, replays dropped, refusals by auth_stat, ...); {} without Kerberos."""
+        engines = {id(s.dispatcher.gss): s.dispatcher.gss for s in self.rpc_services() if s.dispatcher.gss}
+        reports = [w["gss"] for w in self._answering() if w.get("gss")]
+        if not engines and not reports:
+            return {}
+        events = collections.Counter()
+        contexts = 0
+        for engine in engines.values():
+            events.update(engine.counters)
+            contexts += len(engine.contexts)
+        for report in reports:
+            events.update(dict(report["events"]))
+            contexts += report["contexts"]
+        return {"contexts": contexts, "events": dict(events)}
 
     def _nfs_failures(self) -> dict:
         out = collections.Counter(self.nfsd.failures if self.nfsd else {})
@@ -239,6 +258,7 @@ class NfsStackService(service.MultiService):
                             if s.stream_factory is not None},
             "locks": self.nlm.table.counts() if self.nlm else {},
             "services": self.serving(),
+            "kerberos": self._kerberos(),
         }
         if self.workers is not None:
             out["connections"]["nfsd"] = sum(w.get("connections", 0) for w in self._answering())

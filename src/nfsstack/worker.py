@@ -81,6 +81,9 @@ def counters(nfsd, dispatcher, calls: CallStats, factory) -> dict:
         "bytes_written": nfsd.bytes_written,
         "connections": len(factory.connections) if factory is not None else 0,
         "write_verifier": nfsd.write_verifier.hex(),
+        "gss": ({"contexts": len(dispatcher.gss.contexts), "events": [[event, n] for event, n in
+                                                                      dispatcher.gss.counters.items()]}
+                if dispatcher.gss is not None else None),
     }
 
 

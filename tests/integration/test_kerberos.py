@@ -32,19 +32,8 @@ NFS, V3 = 100003, 3
 
 
 def exports_line(path: str) -> str:
-    """The export for these tests: to 127.0.0.1 with the Kerberos flavours, when the exports parser knows sec=
-    with them (the exports side of issue 22), else without it (nothing then checks the flavour)."""
-    from nfsstack.exports import ExportsError
-    from nfsstack.exports.file import parse_exports
-
-    for options in ("rw,insecure,sec=krb5:krb5i:krb5p:sys", "rw,insecure"):
-        line = f'"{path}" 127.0.0.1({options})\n'
-        try:
-            parse_exports(line, "<test>")
-            return line
-        except ExportsError:
-            continue
-    raise AssertionError("no exports line parses")
+    """The export for these tests: to 127.0.0.1 with every Kerberos flavour and AUTH_SYS."""
+    return f'"{path}" 127.0.0.1(rw,insecure,sec=krb5:krb5i:krb5p:sys)\n'
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +46,13 @@ def server(tmp_path_factory):
         export.mkdir()
         export.chmod(0o1777)  # written by the anonymous user the principal maps to here
         (top / "exports").write_text(exports_line(str(export)))
-        port = free_port()
-        stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port),
+        port, status_port = free_port(), free_port()
+        stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", str(status_port),
+                      "--portmap-port", str(port),
                       "--exports", str(top / "exports"), "--keytab", str(keytab), "--workers", "2",
                       env={"KRB5_CONFIG": str(top / "no-such-krb5.conf"), "KRB5CCNAME": "FILE:/nonexistent"})
         stack.start(port)
+        stack.status_port = status_port
         try:
             with kdc_module.client_env(env):
                 yield port, str(export), stack
@@ -192,3 +183,32 @@ def test_mountd_and_the_portmapper_take_rpcsec_gss_too(server):
         message, seq = session.call_message(2, 100000, 2, 0)
         s.sendall(frame(message))
         assert session.reply_results(recv_record(s), seq) == b""
+
+
+def test_status_and_metrics_count_the_kerberos_contexts_of_the_workers(server):
+    """/status and /metrics sum the RPCSEC_GSS engines of the stack and its nfsd workers: the contexts
+    established, and what happened (contexts made, replays dropped)."""
+    import json
+    import urllib.request
+
+    _, _, stack = server
+    c = client(server, GssService.INTEGRITY)
+    assert c("GETATTR", c.root).ok
+    c.xid += 1
+    message, seq = c.gss.call_message(c.xid, NFS, V3, 1, encode("GETATTR", c.root))
+    c.gss.reply_results(c.exchange(message), seq)
+    with pytest.raises(socket.timeout):
+        c.exchange(message, timeout=1.5)
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.status_port}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    kerberos = json.loads(get("/status"))["kerberos"]
+    assert kerberos["contexts"] >= 1, kerberos
+    assert kerberos["events"]["contexts made"] >= 1 and kerberos["events"]["replays dropped"] >= 1, kerberos
+    metrics = get("/metrics")
+    gauge = [line for line in metrics.splitlines() if line.startswith("nfsstack_gss_contexts ")]
+    assert gauge and float(gauge[0].split()[1]) >= 1, metrics
+    assert 'nfsstack_gss_events_total{event="replays dropped"}' in metrics, metrics
+    c.close()

@@ -141,6 +141,17 @@ class StackCollector(Collector):
         for result, n in sorted(s.get("datagrams", {}).items()):
             datagrams.add_metric([result], n)
         yield datagrams
+        kerberos = s.get("kerberos") or {}
+        if kerberos:
+            contexts = GaugeMetricFamily("nfsstack_gss_contexts", "RPCSEC_GSS contexts established (Kerberos).")
+            contexts.add_metric([], kerberos["contexts"])
+            yield contexts
+            events = CounterMetricFamily("nfsstack_gss_events", "What the RPCSEC_GSS engines did: contexts made, "
+                                         "destroyed, evicted, replays dropped, refusals by auth_stat.",
+                                         labels=["event"])
+            for event, n in sorted(kerberos["events"].items()):
+                events.add_metric([event], n)
+            yield events
         if "workers_not_answering" in s:
             silent = GaugeMetricFamily("nfsstack_nfsd_workers_not_answering",
                                        "nfsd worker processes that did not answer for this scrape (their counts "
