@@ -271,6 +271,12 @@ SABOTAGES = (
           "                wrapped = encode_priv_data(gss.wrap(body, False).message)\n"),),
         ("tests/integration/kernel/test_kernel.py::test_nfsstack_kerberos",),
     ),
+    Sabotage(
+        "drc-blind-to-the-caller", "a retransmission is answered from the reply cache only for the user and flavour "
+        "that made the call", "src/nfsstack/rpc/server.py",
+        (("                              caller(header))\n", "                              None)\n"),),
+        ("tests/unit/test_rpc_dispatch.py::test_the_reply_cache_answers_a_retransmission_only_to_the_same_caller",),
+    ),
 )
 
 

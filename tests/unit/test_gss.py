@@ -452,3 +452,19 @@ def test_without_the_gssapi_package_kerberos_is_off(monkeypatch, tmp_path):
     (tmp_path / "server.keytab").write_bytes(b"\x05\x02")
     monkeypatch.setitem(sys.modules, "gssapi", None)  # import gssapi raises ImportError
     assert load_gss_server(str(tmp_path / "server.keytab"), explicit=True) is None
+
+
+def test_one_principal_making_context_after_context_evicts_its_own_not_the_others(realm):
+    """Each INIT from one service ticket makes a new context: a user doing it in a loop must not push every
+    other client's context out of the table (bounded per principal, its least recently used first)."""
+    from nfsstack.rpc.gss_server import MAX_PER_PRINCIPAL
+
+    rig = Rig(realm)
+    other = rig.session
+    rig.gss.contexts[other.handle].principal = "bob@NFSSTACK.TEST"  # the one ticket here is alice's
+    rig.gss.max_contexts = MAX_PER_PRINCIPAL + 8
+    sessions = [rig.new_session() for _ in range(MAX_PER_PRINCIPAL + 20)]
+    principals = [c.principal for c in rig.gss.contexts.values()]
+    assert principals.count("alice@NFSSTACK.TEST") == MAX_PER_PRINCIPAL
+    assert Unpacker(rig.call(1, session=other)).unpack_opaque(100).startswith(b"bob@")
+    assert Unpacker(rig.call(1, session=sessions[-1])).unpack_opaque(100).startswith(b"alice@")

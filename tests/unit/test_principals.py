@@ -206,3 +206,21 @@ def test_a_kerberos_verdict_is_kept_while_its_lookup_holds():
     clock.now += 61
     again = policy.admit(krb, "192.0.2.9", True, gss_call("alice@R"))
     assert again is not first and again == first and asked == ["alice", "bob", "alice"]
+
+
+def test_the_servers_principals_are_those_of_krb5_confs_default_realm_only(tmp_path, monkeypatch):
+    """krb5's default auth_to_local: alice@OUR.REALM is alice; alice@TRUSTING.REALM (cross-realm) is not; with
+    no default realm in krb5.conf nobody is a local user (fail closed, not every realm)."""
+    from nfsstack.exports.identity import local_realms
+
+    conf = tmp_path / "krb5.conf"
+    conf.write_text("[libdefaults]\n  default_realm = OUR.REALM\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    assert local_realms() == {"OUR.REALM"}
+    here = Principals(realms=local_realms(), getpwnam=lambda name: pwd.struct_passwd(
+        (name, "x", 1000, 1000, "", "/", "/bin/sh")), getgrouplist=lambda name, gid: [gid])
+    assert here.user("alice@OUR.REALM")[0].uid == 1000
+    assert here.user("alice@TRUSTING.REALM")[0] is None
+    monkeypatch.setenv("KRB5_CONFIG", str(tmp_path / "none.conf"))
+    assert local_realms() == frozenset()
+    assert Principals(realms=local_realms()).user("root@OUR.REALM")[0] is None

@@ -276,3 +276,21 @@ def test_a_retransmission_from_another_port_gets_the_first_reply():
     again = request_key(("10.0.0.1", 934), "tcp", 7, 100003, 3, 12, b"args")
     other = request_key(("10.0.0.2", 801), "tcp", 7, 100003, 3, 12, b"args")
     assert first == again and first != other
+
+
+def test_the_reply_cache_answers_a_retransmission_only_to_the_same_caller(echo):
+    """Same address, xid and arguments from another user or another flavour (a hostile neighbour behind the
+    same address guessing a user's xid) runs anew instead of getting, or answering for, that user's reply;
+    the same user's retransmission, even with a new AUTH_SYS stamp, gets the first reply."""
+    from nfsstack.rpc.message import Credential
+
+    dispatcher = Dispatcher([echo.program])
+    alice = Credential(1000, 1000, (1000,), "client", stamp=1).to_auth()
+    first = dispatcher.handle(call(proc=4, xid=60, cred=alice), "tcp", PEER, LOCAL)
+    again = Credential(1000, 1000, (1000,), "client", stamp=2).to_auth()
+    retransmitted = dispatcher.handle(call(proc=4, xid=60, cred=again), "tcp", ("127.0.0.1", 999), LOCAL)
+    assert first == retransmitted and echo.count == 1
+    mallory = Credential(1001, 1001, (1001,), "client").to_auth()
+    for cred in (OpaqueAuth(), mallory):
+        dispatcher.handle(call(proc=4, xid=60, cred=cred), "tcp", PEER, LOCAL)
+    assert echo.count == 3

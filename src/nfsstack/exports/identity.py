@@ -132,10 +132,9 @@ def krb5_default_realm(path: Optional[str] = None) -> Optional[str]:
 class Principals:
     """Kerberos principals -> local users, looked up in the name service and kept :attr:`lifetime` seconds.
 
-    ``realms``: the realms whose ``user@REALM`` is the local ``user`` (krb5's default ``auth_to_local`` takes
-    the default realm's only: pass ``{krb5_default_realm()}`` for that); None, the default, accepts every
-    realm, which suits a server whose KDC knows one realm, the usual case.  A principal of another realm is
-    the anonymous user.
+    ``realms``: the realms whose ``user@REALM`` is the local ``user`` (the server's :data:`PRINCIPALS` take
+    :func:`local_realms`, krb5's default ``auth_to_local``); None accepts every realm (tests).  A principal of
+    another realm is the anonymous user.
 
     A lookup may reach a directory server (LDAP, sssd), so each principal is looked up once per
     :attr:`lifetime` (60 s: a user added to a group is seen within a minute), negative answers too, and the
@@ -199,8 +198,16 @@ class Principals:
         return (ROOT if who.uid == 0 and who.gid == 0 else who), expires
 
 
-#: The principals of a server that names no realms: every realm's ``user@REALM`` is the local ``user``.
-PRINCIPALS = Principals()
+def local_realms() -> frozenset[str]:
+    """The realms whose users are local users, as krb5's default ``auth_to_local`` rule has it: krb5.conf's
+    ``default_realm`` alone; none (every principal the anonymous user) when krb5.conf names none.  A principal
+    of a realm that only trusts ours (cross-realm) is never taken for the local user of the same name."""
+    realm = krb5_default_realm()
+    return frozenset({realm}) if realm else frozenset()
+
+
+#: The server's principals: the users of krb5.conf's default realm (read once, at start) are local users.
+PRINCIPALS = Principals(realms=local_realms())
 
 
 def caller_identity(header: CallHeader, options: ExportOptions, principals: Principals = PRINCIPALS) -> Identity:

@@ -11,7 +11,11 @@ The caller is its address without its port: a client whose TCP connection
 broke retransmits on a new connection, from another port, and a REMOVE
 (RFC 1813 section 3.3.12) whose first reply was lost must not then answer
 NFS3ERR_NOENT.  Two clients behind one address are still told apart by
-xid, procedure and the checksum of the arguments.
+xid, procedure and the checksum of the arguments, and by who they are
+(:func:`caller`): a call of another user, or in another security flavour,
+never gets this user's reply (knfsd tells them apart by port; without the
+port, an AUTH_NONE call with the same xid and arguments would otherwise get a
+krb5p user's reply, in clear, or answer for it first).
 """
 
 from __future__ import annotations
@@ -26,10 +30,22 @@ IN_PROGRESS = object()
 CacheKey = tuple
 
 
-def request_key(peer: tuple, netid: str, xid: int, prog: int, vers: int, proc: int, args: bytes) -> CacheKey:
+def caller(header) -> Hashable:
+    """Who made a call (a :class:`~nfsstack.rpc.message.CallHeader`), as far as a retransmission shows it
+    again: the Kerberos flavour and principal (the credential's sequence number changes with every
+    retransmission, RFC 2203 section 5.3.3.1), else the flavour and the AUTH_SYS ids (not the stamp nor the
+    machine name, which a client may write anew)."""
+    if header.pseudoflavor:
+        return (header.pseudoflavor, header.principal)
+    cred = header.credential
+    return (header.cred.flavor,) if cred is None else (1, cred.uid, cred.gid, cred.gids)
+
+
+def request_key(peer: tuple, netid: str, xid: int, prog: int, vers: int, proc: int, args: bytes,
+                who: Hashable = None) -> CacheKey:
     """Identify a call: caller address (not its port: a reconnect comes from another one), transport, xid,
-    procedure, and a checksum of the arguments."""
-    return (peer[0], netid, xid, prog, vers, proc, len(args), zlib.crc32(args))
+    procedure, a checksum of the arguments, and who made it (:func:`caller`)."""
+    return (peer[0], netid, xid, prog, vers, proc, len(args), zlib.crc32(args), who)
 
 
 class ReplyCache:

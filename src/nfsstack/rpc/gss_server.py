@@ -91,6 +91,10 @@ INIT_TIMEOUT = 60.0
 #: Contexts being created held at most, apart from the established ones, so that INIT calls that never finish
 #: cannot push established contexts out.
 MAX_CREATING = 256
+#: Established contexts one principal may hold: a kernel client makes one per user, server and service (and
+#: one more after each expiry), so this is far above honest use, and one user making context after context
+#: (each INIT is a fresh AP-REQ from one service ticket) evicts its own, not every other client's.
+MAX_PER_PRINCIPAL = 64
 #: The lifetime of a context whose mechanism does not say (GSS_C_INDEFINITE, or an error asking).
 DEFAULT_LIFETIME = 10 * 3600.0
 
@@ -318,8 +322,14 @@ class GssServer:
         return float(lifetime)
 
     def _store(self, context: GssContext, now: float) -> None:
-        """Keep ``context``, making room by forgetting the expired, the idle, then the least recently used."""
+        """Keep ``context``, making room by forgetting the principal's least recently used beyond
+        :data:`MAX_PER_PRINCIPAL`, then the expired, the idle, then the least recently used of all."""
         contexts = self.contexts
+        if context.handle not in contexts:
+            own = [handle for handle, old in contexts.items() if old.principal == context.principal]
+            for handle in own[:max(0, len(own) - MAX_PER_PRINCIPAL + 1)]:
+                del contexts[handle]
+                self.counters["contexts evicted"] += 1
         if context.handle not in contexts and len(contexts) >= self.max_contexts:
             for handle, old in list(contexts.items()):
                 if not self._alive(old, now):

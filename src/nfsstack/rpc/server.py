@@ -19,7 +19,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from nfsstack.logs import logger
-from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, request_key
+from nfsstack.rpc.drc import IN_PROGRESS, ReplyCache, caller, request_key
 from nfsstack.rpc.fileslice import FileSlice, ShortFile
 from nfsstack.rpc.gss_server import GssCall, GssServer
 from nfsstack.rpc.message import (
@@ -224,8 +224,20 @@ class Dispatcher:
             return accepted
         reply = self._dispatch(header, accepted.args, 0, netid, peer, local, len(data))
         if reply is None or type(reply) is bytes or type(reply) is list:
-            return accepted.seal(joined(reply))
-        return reply.addCallback(lambda late: accepted.seal(joined(late)))
+            return self._sealed(accepted, reply)
+        return reply.addCallback(lambda late: self._sealed(accepted, late))
+
+    @staticmethod
+    def _sealed(accepted: GssCall, reply) -> Optional[bytes]:
+        """``reply`` checksummed or encrypted for its call; None (no reply: the client retransmits and is
+        answered from what the file holds then) when a file shrank under a READ whose reply promised its bytes,
+        as the connection is closed for such a READ without Kerberos."""
+        try:
+            body = joined(reply)
+        except ShortFile:
+            log.warn("a file was truncated while its READ was being sealed; the client will retransmit")
+            return None
+        return accepted.seal(body)
 
     def _dispatch(self, header: CallHeader, data, offset: int, netid: str, peer: tuple[str, int],
                   local: tuple[str, int], size: int) -> Reply:
@@ -251,7 +263,8 @@ class Dispatcher:
 
         key = None
         if not procedure.idempotent:
-            key = request_key(peer, netid, xid, header.prog, header.vers, header.proc, bytes(data[offset:]))
+            key = request_key(peer, netid, xid, header.prog, header.vers, header.proc, bytes(data[offset:]),
+                              caller(header))
             cached = self.reply_cache.begin(key)
             if cached is IN_PROGRESS:
                 return None
