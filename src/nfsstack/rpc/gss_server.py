@@ -113,6 +113,11 @@ def _pad(n: int) -> int:
     return n + ((-n) & 3)
 
 
+def _gss_verified_head(xid: int, mic: bytes) -> bytes:
+    """An accepted reply's header up to its accept_stat, with ``mic`` as its RPCSEC_GSS verifier."""
+    return _VERF_HEAD.pack(xid, REPLY, MSG_ACCEPTED, AuthFlavor.RPCSEC_GSS, len(mic)) + mic + b"\0" * ((-len(mic)) & 3)
+
+
 class GssContext:
     """One security context: its GSS-API context, who the client is, how long it lives, and its sequence window."""
 
@@ -156,10 +161,9 @@ class GssCall:
     """A DATA call whose credential, verifier and arguments checked out: ``args`` are the procedure's arguments
     unwrapped; :meth:`seal` makes its reply an RPCSEC_GSS one."""
 
-    __slots__ = ("server", "context", "seq", "service", "args")
+    __slots__ = ("context", "seq", "service", "args")
 
-    def __init__(self, server: "GssServer", context: GssContext, seq: int, service: int, args: bytes) -> None:
-        self.server = server
+    def __init__(self, context: GssContext, seq: int, service: int, args: bytes) -> None:
         self.context = context
         self.seq = seq
         self.service = service
@@ -185,7 +189,7 @@ class GssCall:
         except Exception as e:  # GSS_GetMIC failed: the context is unusable
             log.debug("GSS_GetMIC for the reply to xid {xid} failed: {e}", xid=xid, e=e)
             return auth_error_reply(xid, AuthStat.RPCSEC_GSS_CTXPROBLEM)
-        head = _VERF_HEAD.pack(xid, REPLY, MSG_ACCEPTED, AuthFlavor.RPCSEC_GSS, len(mic)) + mic + b"\0" * ((-len(mic)) & 3)
+        head = _gss_verified_head(xid, mic)
         accept_stat = reply[rest:rest + 4]
         if accept_stat != b"\0\0\0\0" or self.service == GssService.NONE:
             return head + reply[rest:]
@@ -308,7 +312,7 @@ class GssServer:
     def _init_reply(xid: int, result: GssInitResult, mic: Optional[bytes] = None) -> bytes:
         if mic is None:
             return accepted_reply(xid) + result.encode()
-        head = _VERF_HEAD.pack(xid, REPLY, MSG_ACCEPTED, AuthFlavor.RPCSEC_GSS, len(mic)) + mic + b"\0" * ((-len(mic)) & 3)
+        head = _gss_verified_head(xid, mic)
         return head + _U32.pack(AcceptStat.SUCCESS) + result.encode()
 
     @staticmethod
@@ -380,10 +384,10 @@ class GssServer:
             # 5.4: the reply is void and carries the verifier; like knfsd, the void result is not wrapped.
             del self.contexts[cred.handle]
             self.counters["contexts destroyed"] += 1
-            return GssCall(self, context, cred.seq, GssService.NONE, b"").seal(accepted_reply(xid))
+            return GssCall(context, cred.seq, GssService.NONE, b"").seal(accepted_reply(xid))
         if cred.service not in PSEUDOFLAVORS:
             return self._refuse(xid, AuthStat.AUTH_BADCRED, f"service {cred.service}")
-        call = GssCall(self, context, cred.seq, cred.service, b"")
+        call = GssCall(context, cred.seq, cred.service, b"")
         if cred.service == GssService.NONE:
             call.args = bytes(data[offset:])
         else:
