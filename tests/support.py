@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,18 +34,38 @@ def server_env() -> dict:
     return env
 
 
+#: Ports handed out by :func:`free_port` in this process: never handed out twice, so two picks in a row
+#: (a portmapper port and a status port, say) cannot be the same port.
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(100):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+    """A port free for both TCP and UDP on 127.0.0.1, below the kernel's ephemeral range.
+
+    Below that range, because a server under test binds its other services to port 0 after the test
+    picked this port and before the server binds it; the kernel never hands out a port below the
+    ephemeral range for port 0, so it cannot take this one in between."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(10000, max(low, 10001))
+        if port in _GIVEN:
+            continue
+        try:
+            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _GIVEN.add(port)
+        return port
     raise RuntimeError("no free port")
 
 
