@@ -159,6 +159,14 @@ SABOTAGES = (
          "tests/integration/test_security_flavors.py"),
     ),
     Sabotage(
+        "crossing-unchecked", "a LOOKUP crossing into another export is admitted by that export's options and sec=",
+        LOCAL,
+        (("        if target is not None:\n            call.enter(target)\n",
+          "        if target is not None:\n"),),
+        ("tests/integration/test_crossmnt.py::"
+         "test_a_lookup_crossing_into_an_export_is_refused_where_that_exports_flavours_refuse_the_call",),
+    ),
+    Sabotage(
         "machine-principal-unsquashed", "root_squash squashes a Kerberos machine principal",
         "src/nfsstack/exports/identity.py",
         (("        who = _squashed(user.uid, user.gid, user.gids, options)\n",

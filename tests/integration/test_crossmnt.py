@@ -208,3 +208,32 @@ def test_nohide_export_is_crossed_into_and_hidden_mounts_show_the_directory_unde
         with pytest.raises(OSError, match="MNT"):
             server.client(a / d / "f")  # inside the hidden filesystem: not exported by A
     c.close()
+
+
+
+def test_a_lookup_crossing_into_an_export_is_refused_where_that_exports_flavours_refuse_the_call(tmp_path, world):
+    """sec= holds across a crossing as on a handle: an AUTH_SYS LOOKUP of a Kerberos-only export's mount point
+    gets NFS3ERR_ACCES, not that export's root handle and attributes; nor does ``..`` lead up into a
+    Kerberos-only export (knfsd's nfsd_lookup: check_nfsd_access after crossing)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a / "krb", a / "sys", b / "sys"):
+        d.mkdir(parents=True)
+    down = world(f"mount -t tmpfs -o size=4m xk {a}/krb\nmount -t tmpfs -o size=4m xs {a}/sys\n",
+                 f"{a} 127.0.0.1(rw,insecure,no_root_squash,crossmnt)\n"
+                 f"{a / 'krb'} 127.0.0.1(rw,insecure,no_root_squash,sec=krb5p)\n")
+    c = down.client(a)
+    r = c("LOOKUP", c.root, b"krb")
+    assert r.status == Stat.ACCES and "object" not in r.fields, r
+    _, sys_attr = lookup(c, c.root, b"sys")  # crossmnt into a mount no line names: A's own flavours, admitted
+    assert sys_attr.fsid != c("GETATTR", c.root).obj_attributes.fsid
+    c.close()
+    down.stop()
+    # Up: a nohide sec=sys export below a Kerberos-only one.
+    up = world(f"mount -t tmpfs -o size=4m xb {b}/sys\n",
+               f"{b} 127.0.0.1(rw,insecure,no_root_squash,sec=krb5)\n"
+               f"{b / 'sys'} 127.0.0.1(rw,insecure,no_root_squash,nohide)\n")
+    s = up.client(b / "sys")
+    assert s("GETATTR", s.root).ok
+    r = s("LOOKUP", s.root, b"..")
+    assert r.status == Stat.ACCES and "object" not in r.fields, r
+    s.close()

@@ -105,11 +105,7 @@ class Call:
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
-            ctx = self.ctx
-            verdict = self.nfsd.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
-            if verdict.__class__ is Refused:
-                self.nfsd.refusals.refused(self.ctx.peer[0], verdict.reason, export.path)
-                raise NFSError(Stat[verdict.status])
+            verdict = self.enter(export)
             self.export, self.options, self.who = export, verdict.options, verdict.identity
         elif export.export_id != self.export.export_id:
             raise NFSError(Stat.XDEV)
@@ -118,6 +114,21 @@ class Call:
             self.watched.append((obj, attrs))  # the failure reply still carries its attributes
             raise NFSError(Stat.ROFS)
         return obj, attrs
+
+    def enter(self, export: Export):
+        """This call's admission to ``export`` (exports/policy.py), or NFSError with the refusal's status.
+
+        Asked for the export of the call's first handle, and by a backend whose LOOKUP crosses into another
+        export (a mount point, or ``..`` at a crossed root): such a crossing is refused as a handle of that
+        export would be, so that it hands out no handle or attributes the caller could not have from that
+        export itself, in its flavour for instance (knfsd's ``nfsd_lookup`` calls ``check_nfsd_access`` after
+        crossing)."""
+        ctx = self.ctx
+        verdict = self.nfsd.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+        if verdict.__class__ is Refused:
+            self.nfsd.refusals.refused(ctx.peer[0], verdict.reason, export.path)
+            raise NFSError(Stat[verdict.status])
+        return verdict
 
     def watch(self, obj: Any, attrs: Any) -> Any:
         """Include the object in the reply's attributes (post_op_attr, or wcc_data with ``attrs`` as "before")."""

@@ -29,7 +29,10 @@ The terms are NFS's, so a backend needs no protocol knowledge beyond them:
   export and options (``call.export``, ``call.options``: ``read_only``,
   ``sync``), its transport (``call.ctx.netid``, ``call.ctx.peer``), and
   ``call.held``, a list the backend may fill with what the call opened:
-  :meth:`IFilesystem.release` lets go of it once the reply is made.
+  :meth:`IFilesystem.release` lets go of it once the reply is made.  A
+  backend whose LOOKUP answers an object of another export (crossing a mount
+  point) asks ``call.enter(export)`` first: it raises the refusal that export
+  has for this caller.
 
 Failures: a method raises :class:`nfsstack.nfs3.codec.NFSError` with the status
 the client gets, or an :class:`OSError`, which nfsd maps to its NFS status

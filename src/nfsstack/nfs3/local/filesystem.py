@@ -217,6 +217,7 @@ class LocalFilesystem:
             else:
                 target, upfd = up
                 call.held.append(upfd)
+                call.enter(target)
                 return Found(self.table.handle(target, upfd), os.fstat(upfd), target.export_id)
         try:
             with self.caller.run_as(call.who):  # the kernel checks search permission on the directory
@@ -236,6 +237,7 @@ class LocalFilesystem:
         call.held.append(fd)
         target = self.table.cross(call.export, call.options, fd, call.ctx.peer[0])
         if target is not None:
+            call.enter(target)
             return Found(self.table.handle(target, fd), os.fstat(fd), target.export_id)
         handle, fd = self.table.covered(call.export, dirfd, name)
         call.held.append(fd)
