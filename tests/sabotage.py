@@ -167,6 +167,15 @@ SABOTAGES = (
          "test_a_lookup_crossing_into_an_export_is_refused_where_that_exports_flavours_refuse_the_call",),
     ),
     Sabotage(
+        "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
+        "src/nfsstack/exports/identity.py",
+        (("        self._state.groups = None\n", "        self._state.groups = ()\n"),
+         ("            current = state.who = ROOT\n            state.groups = None\n",
+          "            current = state.who = ROOT\n            state.groups = ()\n")),
+        ("tests/integration/test_privileges.py::test_a_server_started_with_supplementary_groups_lends_them_to_no_caller",
+         "tests/unit/test_paths.py::test_groups_a_thread_started_with_are_not_lent_to_a_caller_without_any"),
+    ),
+    Sabotage(
         "machine-principal-unsquashed", "root_squash squashes a Kerberos machine principal",
         "src/nfsstack/exports/identity.py",
         (("        who = _squashed(user.uid, user.gid, user.gids, options)\n",

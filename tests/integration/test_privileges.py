@@ -132,3 +132,35 @@ def test_a_switch_that_did_not_happen_fails_the_call():
         assert not (export / "made").exists()
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_server_started_with_supplementary_groups_lends_them_to_no_caller():
+    """Started as root with groups (Docker's root has 0 to 27, "disk" among them), the stack serves a squashed
+    caller, whose group list is empty, with no groups: a file only group 27 may read stays unreadable."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-privileges-"))
+    top.chmod(0o755)
+    export = top / "export"
+    export.mkdir()
+    secret = export / "video-only"
+    secret.write_bytes(b"for group 27\n")
+    os.chown(secret, 0, 27)
+    secret.chmod(0o060)
+    (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure,all_squash)\n")
+    port = free_port()
+    stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                  "--exports", str(top / "exports"), "--state-dir", str(top / "state"), workdir=str(top),
+                  prefix=("setpriv", "--groups", "0,6,27", "--"))
+    stack.start(port, timeout=30)
+    try:
+        c = NfsClient(str(export), port, uid=USER)
+        try:
+            fh = c("LOOKUP", c.root, b"video-only")
+            assert fh.ok, fh.status
+            for _ in range(3):  # each worker's first calls, and later ones
+                r = c("READ", fh.object, 0, 100)
+                assert r.status == Stat.ACCES, (r.status, r.fields)
+        finally:
+            c.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(top, ignore_errors=True)

@@ -5,16 +5,19 @@ Handles are made and resolved through nfsd's dispatcher, as a client sees them; 
 (the test suite does) but never call open_by_handle_at: the table cannot.
 """
 
+import ctypes
 import os
+import platform
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from nfsstack.exports import ExportsError, parse_exports
 from nfsstack.exports.handles import HandleCodec
-from nfsstack.exports.identity import ROOT, Identity, NoSwitching, unhonoured_as_plain_user
+from nfsstack.exports.identity import ROOT, Identity, NoSwitching, Switcher, _libc, unhonoured_as_plain_user
 from nfsstack.exports.pathmap import Place, map_key, open_beneath
 from nfsstack.exports.paths import PathHandles, refuse_crossing
 from nfsstack.nfs3.client import Sattr3
@@ -302,3 +305,31 @@ def test_the_rows_of_many_calls_are_written_together(server, monkeypatch):
     server.restart()  # what was written serves after a restart, without a search
     assert server.nfs("GETATTR", made[0]).status == Stat.STALE
     assert all(server.nfs("GETATTR", fh).ok for fh in made[1:]) and server.table.searches == 0
+
+
+def _thread_groups() -> list[int]:
+    with open("/proc/thread-self/status") as f:
+        return [int(g) for line in f if line.startswith("Groups:") for g in line.split()[1:]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set a thread's groups")
+def test_groups_a_thread_started_with_are_not_lent_to_a_caller_without_any():
+    """A server started with supplementary groups (Docker gives its root 0 to 27, "disk" among them): a
+    caller whose list is empty (a squashed or anonymous user) acts with none, from the thread's first call."""
+    seen = {}
+
+    def thread():
+        nr = {"x86_64": 116, "aarch64": 159}[platform.machine()]
+        groups = (ctypes.c_uint32 * 2)(6, 27)
+        assert _libc.syscall(nr, 2, groups) == 0  # this thread only, as the raw call does
+        ids = Switcher()
+        with ids.acting_as(Identity(1000, 1000, ())):
+            seen["first"] = _thread_groups()
+        seen["root"] = ids.current
+        with ids.acting_as(Identity(1000, 1000, ())):
+            seen["again"] = _thread_groups()
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join()
+    assert seen == {"first": [], "root": ROOT, "again": []}

@@ -23,6 +23,11 @@ CAP_SETUID) would then serve every client with its own rights, so every switch
 is read back (``setfsuid(-1)`` answers the current id) and one that did not
 take effect fails the call; :func:`can_switch` tells at start-up whether this
 process can switch at all.
+
+A thread's supplementary groups are not assumed: a server started with some
+(Docker gives its root 0, 1, 2, 3, 4, 6 "disk", 10, 11, 20, 26, 27) would
+otherwise lend them to every caller whose own list is empty (a squashed or
+anonymous user), so the first switch in each thread sets them.
 """
 
 from __future__ import annotations
@@ -246,6 +251,7 @@ class Switcher:
     def __init__(self) -> None:
         self._state = threading.local()
         self._state.who = ROOT
+        self._state.groups = None
         self._main = self._state  # the thread that made the switcher (the reactor's) starts as root
         nrs = _NR.get(platform.machine())
         if nrs is None:
@@ -257,28 +263,32 @@ class Switcher:
         return getattr(self._state, "who", ROOT)
 
     def become(self, who: Identity) -> None:
+        state = self._state
         try:
-            current = self._state.who
-        except AttributeError:  # a thread's first call: threads start as root
-            current = ROOT
+            current = state.who
+        except AttributeError:  # a thread's first call: threads start as root, with groups not known here
+            current = state.who = ROOT
+            state.groups = None
         if who is current or who == current:
             return
         try:
-            self._switch(who, current)
+            self._switch(who, current, state)
         except OSError:
-            self._state.who = _UNSURE
+            state.who, state.groups = _UNSURE, None
             if who != ROOT:
                 try:
-                    self._switch(ROOT, _UNSURE)
-                    self._state.who = ROOT
+                    self._switch(ROOT, _UNSURE, state)
+                    state.who = ROOT
                 except OSError:
                     pass  # stays _UNSURE: every later switch tries everything again, and checks it
             raise
-        self._state.who = who
+        state.who = who
 
-    def _switch(self, who: Identity, current: Identity) -> None:
+    def _switch(self, who: Identity, current: Identity, state) -> None:
+        """Set the thread's groups (where they are not ``who``'s, or not known: ``state.groups`` None), fsgid
+        and fsuid (where ``current``'s differ), each checked."""
         syscall = _libc.syscall
-        if who.gids != current.gids:
+        if who.gids != state.groups:
             array = _GROUP_ARRAYS.get(who.gids)
             if array is None:
                 if len(_GROUP_ARRAYS) >= 4096:
@@ -287,6 +297,7 @@ class Switcher:
             if syscall(self._setgroups, len(who.gids), array) != 0:
                 e = ctypes.get_errno()
                 raise OSError(e, "setgroups failed")
+            state.groups = who.gids
         if who.gid != current.gid:
             syscall(self._setfsgid, who.gid)
             if syscall(self._setfsgid, -1) != who.gid:  # -1 is no id: the call only answers the current one
