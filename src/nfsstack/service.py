@@ -553,6 +553,20 @@ DEFAULT_EXPORT = "export"
 DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")
 
 
+def kerberos_engine(keytab: str, explicit: bool = False, quiet: bool = False):
+    """The process's RPCSEC_GSS engine from ``keytab`` (None when Kerberos cannot be served here: logged why,
+    unless ``quiet``), with each new context's principal looked up in the name service in a thread before its
+    creation is answered (:meth:`nfsstack.exports.identity.Principals.prefetch`)."""
+    from nfsstack.exports.identity import PRINCIPALS
+    from nfsstack.rpc.gss_server import load_gss_server
+
+    gss = load_gss_server(keytab, explicit=explicit, quiet=quiet)
+    if gss is not None:
+        PRINCIPALS.in_thread = threads.deferToThread
+        gss.on_established = PRINCIPALS.prefetch
+    return gss
+
+
 def check_default_export(path: str) -> None:
     """Refuse a ``./export`` that is not a plain directory of the server's own user: a symlink would export
     whatever it points to (a link to / exported the whole root filesystem), and another user's directory is

@@ -41,7 +41,7 @@ from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
 from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsStackService, build_nfsd,
-                              check_default_export, default_export_list)
+                              check_default_export, default_export_list, kerberos_engine)
 from nfsstack.startup import UnavailableServices
 
 log = logger("nfsstack")
@@ -337,10 +337,10 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
 
 def _kerberos(options: Options):
     """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
-    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
+    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB
 
     keytab = options.get("keytab")
-    return load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab))
+    return kerberos_engine(keytab or DEFAULT_KEYTAB, explicit=bool(keytab))
 
 
 #: The option that sets each RPC service's port.

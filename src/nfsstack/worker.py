@@ -36,7 +36,7 @@ from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger, set_level
 from nfsstack.rpc.server import ReplyBatcher
 from nfsstack.rpc.service import RPCService
-from nfsstack.service import ExportsReloader, NfsStackService, build_nfsd, default_export_list
+from nfsstack.service import ExportsReloader, NfsStackService, build_nfsd, default_export_list, kerberos_engine
 
 log = logger("nfsstack.worker")
 
@@ -146,9 +146,9 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
 def _kerberos(config: dict):
     """The worker's own RPCSEC_GSS engine, from the stack's ``--keytab``: its contexts are its own (a client is
     steered to one worker by its address).  The stack's process said already whether Kerberos is on."""
-    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
+    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB
 
-    return load_gss_server(config.get("keytab") or DEFAULT_KEYTAB, quiet=True)
+    return kerberos_engine(config.get("keytab") or DEFAULT_KEYTAB, quiet=True)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -362,6 +362,30 @@ def test_a_deferred_result_is_sealed(realm):
     assert Unpacker(rig.session.reply_results(replies[0], seq)).unpack_uint() == 42
 
 
+def test_a_context_is_answered_once_its_principal_is_looked_up(realm):
+    """on_established hears each new context's principal; the creation's reply waits for what it returns (the
+    stack's name-service lookup in a thread), and the context then serves calls."""
+    from twisted.internet import defer
+
+    from nfsstack.rpc.gss_client import GssSession
+
+    rig = Rig(realm)
+    heard, lookup = [], defer.Deferred()
+    rig.gss.on_established = lambda principal: heard.append(principal) or lookup
+    session = GssSession("nfs@nfsserver", GssService.NONE)
+    rig.xid += 1
+    later = rig.handle(session.init_message(rig.xid, PROG, VERS))
+    assert isinstance(later, defer.Deferred) and heard == [f"alice@{heard[0].split('@')[1]}"]
+    replies = []
+    later.addCallback(replies.append)
+    assert not replies
+    lookup.callback(None)
+    assert session.init_reply(replies[0])
+    assert Unpacker(rig.call(1, session=session)).unpack_opaque(1024).startswith(b"alice@")
+    rig.gss.on_established = lambda principal: None  # nothing to wait for: the reply at once
+    assert rig.new_session()
+
+
 def test_without_an_engine_rpcsec_gss_is_rejectedcred():
     cred = OpaqueAuth(AuthFlavor.RPCSEC_GSS, GssCredential(GssProc.INIT, 0, GssService.NONE).encode())
     reply = Dispatcher([Who().program]).handle(encode_call(5, PROG, VERS, 0, cred) + encode_init_arg(b"x"), "tcp",

@@ -122,6 +122,70 @@ def test_a_lookup_is_kept_for_its_lifetime_then_done_again():
     assert asked == ["alice", "bob", "alice"]
 
 
+class Threads:
+    """``in_thread`` for Principals: records each function given to "a thread" and runs it when told."""
+
+    def __init__(self) -> None:
+        self.queued = []
+
+    def __call__(self, f, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.queued.append((f, args, d))
+        return d
+
+    def run(self) -> None:
+        queued, self.queued = self.queued, []
+        for f, args, d in queued:
+            d.callback(f(*args))
+
+
+def test_with_threads_a_principal_is_looked_up_when_its_context_is_made_and_again_without_holding_calls():
+    """A slow directory server never holds up the reactor's thread: the lookup runs in a thread when the
+    context is made (prefetch), the calls find it known, and once it is old, calls get the old answer while a
+    thread looks it up again (once, however many calls ask meanwhile)."""
+    asked = []
+    groups = {"alice": [1500]}
+
+    def getpwnam(name):
+        asked.append(name)
+        return pwd.struct_passwd((name, "x", 1500, 1500, "", "/", "/bin/sh"))
+
+    clock = Clock()
+    threads = Threads()
+    principals = Principals(clock=clock, lifetime=60.0, getpwnam=getpwnam,
+                            getgrouplist=lambda n, g: list(groups[n]))
+    principals.in_thread = threads
+    options = ExportOptions()
+    made = principals.prefetch("alice@R")
+    fired = []
+    made.addCallback(fired.append)
+    assert asked == [] and not fired  # not inline: queued for a thread
+    assert principals.prefetch("alice@R") is not None and len(threads.queued) == 1  # one lookup at a time
+    threads.run()
+    assert asked == ["alice"] and fired == [None]
+    assert principals.prefetch("alice@R") is None  # known: nothing to wait for
+    for _ in range(10):
+        assert caller_identity(gss_call("alice@R"), options, principals) == Identity(1500, 1500, (1500,))
+    assert asked == ["alice"]
+    groups["alice"] = [1500, 27]  # added to a group
+    clock.now += 61
+    for _ in range(10):  # the old answer, at once; one lookup queued
+        assert caller_identity(gss_call("alice@R"), options, principals) == Identity(1500, 1500, (1500,))
+    assert asked == ["alice"] and len(threads.queued) == 1
+    threads.run()
+    assert caller_identity(gss_call("alice@R"), options, principals) == Identity(1500, 1500, (1500, 27))
+    assert asked == ["alice", "alice"] and not threads.queued
+
+
+def test_without_threads_prefetch_waits_for_nothing_and_calls_look_up_inline():
+    principals = Principals(getpwnam=lambda n: pwd.struct_passwd((n, "x", 7, 7, "", "/", "/bin/sh")),
+                            getgrouplist=lambda n, g: [g])
+    assert principals.prefetch("carol@R") is None
+    assert principals.user("carol@R")[0] == Identity(7, 7, (7,))
+
+
 def test_the_cache_is_bounded():
     principals = Principals(size=8, getpwnam=lambda n: (_ for _ in ()).throw(KeyError(n)))
     for i in range(100):

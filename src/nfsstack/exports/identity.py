@@ -40,10 +40,15 @@ import platform
 import pwd
 import threading
 import time
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
+
+from twisted.internet.defer import Deferred
 
 from nfsstack.exports.file import ANON_ID, ExportOptions
+from nfsstack.logs import logger
 from nfsstack.rpc.message import CallHeader, Credential
+
+log = logger("nfsstack.exports")
 
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -145,6 +150,11 @@ class Principals:
     :attr:`lifetime` (60 s: a user added to a group is seen within a minute), negative answers too, and the
     cache is bounded (:attr:`size` entries, then emptied).  The lookups (``getpwnam``, ``getgrouplist``) and
     the ``clock`` are parameters, for tests.
+
+    With :attr:`in_thread` (the stack sets it: ``deferToThread``), a slow directory server never holds up the
+    reactor's thread: :meth:`prefetch` looks a principal up in a thread when its security context is made
+    (before the client's first call), and an answer past its lifetime is still given while a thread looks
+    the principal up again.  Only a principal never seen (the cache was emptied) is looked up inline.
     """
 
     def __init__(self, realms: Optional[Iterable[str]] = None, clock: Callable[[], float] = time.monotonic,
@@ -159,19 +169,67 @@ class Principals:
         self._getgrouplist = getgrouplist
         #: principal -> (local identity, unsquashed, or UNKNOWN; when the entry expires)
         self._users: dict[str, tuple[Optional[Identity], float]] = {}
+        #: Runs ``f(*args)`` in a thread: ``in_thread(f, *args)`` -> Deferred of its result.  None: inline.
+        self.in_thread: Optional[Callable[..., Any]] = None
+        #: principal -> the Deferreds waiting for the lookup of it running in a thread
+        self._looking: dict[str, list] = {}
 
     def user(self, principal: Optional[str]) -> tuple[Optional[Identity], float]:
         """The local user ``principal`` is (unsquashed; :data:`ROOT` for a machine principal; UNKNOWN for none)
-        and until when that answer holds (:attr:`clock` time)."""
+        and until when that answer holds (:attr:`clock` time; already past for an answer given while it is
+        looked up again)."""
         now = self.clock()
-        entry = self._users.get(principal) if principal is not None else (UNKNOWN, now + self.lifetime)
-        if entry is not None and now < entry[1]:
+        if principal is None:
+            return UNKNOWN, now + self.lifetime
+        entry = self._users.get(principal)
+        if entry is not None and (now < entry[1] or self._look_up_in_thread(principal) is not None):
             return entry
         entry = (self._lookup(principal), now + self.lifetime)
+        self._keep(principal, entry)
+        return entry
+
+    def prefetch(self, principal: str):
+        """Look ``principal`` up in a thread unless its answer is fresh: a Deferred firing (with None) once it
+        is known, or None when nothing need be waited for (known, or no :attr:`in_thread`: it is looked up
+        inline when a call needs it)."""
+        entry = self._users.get(principal)
+        if entry is not None and self.clock() < entry[1]:
+            return None
+        waiters = self._look_up_in_thread(principal)
+        if waiters is None:
+            return None
+        waiting = Deferred()
+        waiters.append(waiting)
+        return waiting
+
+    def _look_up_in_thread(self, principal: str) -> Optional[list]:
+        """Start a lookup of ``principal`` in a thread, unless one runs: the list of its waiters (None without
+        :attr:`in_thread`)."""
+        if self.in_thread is None:
+            return None
+        waiters = self._looking.get(principal)
+        if waiters is not None:
+            return waiters
+        waiters = self._looking[principal] = []
+        started = self.clock()
+
+        def found(user: Optional[Identity]) -> None:
+            self._keep(principal, (user, started + self.lifetime))
+
+        def failed(failure) -> None:  # _lookup catches what the name service raises: this is a bug, said once
+            log.failure("looking up the Kerberos principal {principal}", failure, principal=principal)
+
+        def done(_) -> None:
+            for waiting in self._looking.pop(principal, ()):
+                waiting.callback(None)
+
+        self.in_thread(self._lookup, principal).addCallbacks(found, failed).addBoth(done)
+        return waiters
+
+    def _keep(self, principal: str, entry: tuple[Optional[Identity], float]) -> None:
         if len(self._users) >= self.size:
             self._users.clear()
         self._users[principal] = entry
-        return entry
 
     def _lookup(self, principal: str) -> Optional[Identity]:
         name, at, realm = principal.rpartition("@")

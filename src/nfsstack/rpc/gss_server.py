@@ -44,6 +44,8 @@ import struct
 import time
 from typing import Callable, Optional, Union
 
+from twisted.internet.defer import Deferred
+
 from nfsstack.logs import logger
 from nfsstack.rpc.gss import (
     GSS_S_COMPLETE,
@@ -205,8 +207,9 @@ class GssCall:
         return head + accept_stat + wrapped
 
 
-#: What :meth:`GssServer.accept` answers: a reply to send, None (no reply), or a call for the program.
-Accepted = Union[bytes, None, GssCall]
+#: What :meth:`GssServer.accept` answers: a reply to send, None (no reply), a call for the program, or a
+#: Deferred firing with the reply (a context's creation waiting on :attr:`GssServer.on_established`).
+Accepted = Union[bytes, None, GssCall, Deferred]
 
 
 class GssServer:
@@ -229,6 +232,11 @@ class GssServer:
         self.creating: "collections.OrderedDict[bytes, GssContext]" = collections.OrderedDict()
         #: What happened, by name ("contexts made", "replays dropped", ...), for the status report.
         self.counters: collections.Counter = collections.Counter()
+        #: Called with the principal of each context made; a Deferred it returns holds the creation's reply
+        #: back until it fires.  The stack looks the principal up in the name service there, in a thread, as
+        #: knfsd's rpc.svcgssd / gssproxy map it when the context is made: the client's first call finds its
+        #: local user known, and no call waits on a directory server on the reactor's thread.
+        self.on_established: Optional[Callable[[str], Optional[Deferred]]] = None
 
     # -- the entry point ---------------------------------------------------------------------------------------
 
@@ -260,7 +268,7 @@ class GssServer:
 
     # -- context creation (RFC 2203 section 5.2) --------------------------------------------------------------
 
-    def _init(self, data, header: CallHeader, offset: int, cred: GssCredential) -> bytes:
+    def _init(self, data, header: CallHeader, offset: int, cred: GssCredential) -> Union[bytes, Deferred]:
         xid = header.xid
         # 5.2.2: creation goes through procedure 0 with an AUTH_NONE verifier (knfsd: AUTH_BADCRED otherwise).
         if header.proc != 0:
@@ -306,7 +314,11 @@ class GssServer:
         log.debug("RPCSEC_GSS context for {principal}", principal=context.principal)
         # 5.2.3.1: the verifier of a successful creation reply is the MIC of the window.
         mic = context.gss.get_signature(seq_bytes(SEQ_WINDOW))
-        return self._init_reply(xid, GssInitResult(context.handle, GSS_S_COMPLETE, 0, SEQ_WINDOW, out), mic)
+        reply = self._init_reply(xid, GssInitResult(context.handle, GSS_S_COMPLETE, 0, SEQ_WINDOW, out), mic)
+        waiting = self.on_established(context.principal) if self.on_established is not None else None
+        if waiting is None:
+            return reply
+        return waiting.addBoth(lambda _: reply)  # whatever the lookup found: calls are admitted by what it kept
 
     @staticmethod
     def _init_reply(xid: int, result: GssInitResult, mic: Optional[bytes] = None) -> bytes:

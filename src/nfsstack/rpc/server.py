@@ -219,7 +219,7 @@ class Dispatcher:
             return auth_error_reply(header.xid, AuthStat.AUTH_REJECTEDCRED)
         accepted = self.gss.accept(data, header, offset)
         if type(accepted) is not GssCall:
-            if accepted is not None and accepted[8:12] != b"\0\0\0\0":
+            if type(accepted) is bytes and accepted[8:12] != b"\0\0\0\0":
                 self.errors["AUTH_ERROR"] += 1
             return accepted
         reply = self._dispatch(header, accepted.args, 0, netid, peer, local, len(data))
