@@ -173,7 +173,38 @@ SABOTAGES = (
          ("            current = state.who = ROOT\n            state.groups = None\n",
           "            current = state.who = ROOT\n            state.groups = ()\n")),
         ("tests/integration/test_privileges.py::test_a_server_started_with_supplementary_groups_lends_them_to_no_caller",
-         "tests/unit/test_paths.py::test_groups_a_thread_started_with_are_not_lent_to_a_caller_without_any"),
+         "tests/unit/test_paths.py::test_groups_a_thread_started_with_are_not_lent_to_a_caller_without_any",
+         "tests/unit/test_paths.py::test_a_pool_threads_groups_are_set_on_its_first_switch"),
+    ),
+    Sabotage(
+        "thread-groups-assumed-in-pool", "a pool thread's first switch sets its groups, whatever it started with",
+        "src/nfsstack/exports/identity.py",
+        (("            current = state.who = ROOT\n            state.groups = None\n",
+          "            current = state.who = ROOT\n            state.groups = ()\n"),),
+        ("tests/unit/test_paths.py::test_a_pool_threads_groups_are_set_on_its_first_switch",),
+    ),
+    Sabotage(
+        "crossing-up-unchecked", "LOOKUP of .. at a crossed root is admitted by the export above as its handle would be",
+        LOCAL,
+        (("                call.held.append(upfd)\n                call.enter(target)\n",
+          "                call.held.append(upfd)\n"),),
+        ("tests/integration/test_crossmnt.py::"
+         "test_a_lookup_crossing_into_an_export_is_refused_where_that_exports_flavours_refuse_the_call",),
+    ),
+    Sabotage(
+        "access-without-faccessat2-as-root", "without faccessat2, ACCESS still gives a user its own rights, not root's",
+        "src/nfsstack/nfs3/local/as_caller.py",
+        (("        acl = get_acl(path, ACCESS_XATTR)\n",
+          "        return (os.access(path, os.R_OK, effective_ids=True), not read_only and os.access(path, os.W_OK),\n"
+          "                os.access(path, os.X_OK, effective_ids=True))\n"),),
+        ("tests/unit/test_kernel_access.py",),
+    ),
+    Sabotage(
+        "principal-lookup-from-a-pool-thread", "principal lookups in threads start from the reactor's thread only",
+        "src/nfsstack/exports/identity.py",
+        (("        if self.in_thread is None or threading.get_ident() != self._home:\n",
+          "        if self.in_thread is None:\n"),),
+        ("tests/unit/test_principals.py",),
     ),
     Sabotage(
         "machine-principal-unsquashed", "root_squash squashes a Kerberos machine principal",

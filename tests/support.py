@@ -53,9 +53,12 @@ def free_port() -> int:
     picked this port and before the server binds it; the kernel never hands out a port below the
     ephemeral range for port 0, so it cannot take this one in between."""
     low = _ephemeral_low()
+    first = 10000 if low > 11000 else 1024  # a machine whose ephemeral range starts low: what is below it
+    if low <= first + 1:
+        raise RuntimeError(f"no ports below the ephemeral range ({low}): widen net.ipv4.ip_local_port_range")
     rng = random.SystemRandom()
     for _ in range(1000):
-        port = rng.randrange(10000, max(low, 10001))
+        port = rng.randrange(first, low)
         if port in _GIVEN:
             continue
         try:

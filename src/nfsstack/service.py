@@ -562,7 +562,7 @@ def kerberos_engine(keytab: str, explicit: bool = False, quiet: bool = False):
 
     gss = load_gss_server(keytab, explicit=explicit, quiet=quiet)
     if gss is not None:
-        PRINCIPALS.in_thread = threads.deferToThread
+        PRINCIPALS.look_up_in_threads(threads.deferToThread)
         gss.on_established = PRINCIPALS.prefetch
     return gss
 

@@ -333,3 +333,22 @@ def test_groups_a_thread_started_with_are_not_lent_to_a_caller_without_any():
     t.start()
     t.join()
     assert seen == {"first": [], "root": ROOT, "again": []}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set a thread's groups")
+def test_a_pool_threads_groups_are_set_on_its_first_switch():
+    """The switcher is made on the reactor's thread; a pool thread (a large READ's) holding the server's groups
+    uses it for the first time: the caller without groups gets none there too."""
+    ids = Switcher()
+    seen = {}
+
+    def pool_thread():
+        nr = {"x86_64": 116, "aarch64": 159}[platform.machine()]
+        assert _libc.syscall(nr, 2, (ctypes.c_uint32 * 2)(6, 27)) == 0
+        with ids.acting_as(Identity(1000, 1000, ())):
+            seen["first"] = _thread_groups()
+
+    t = threading.Thread(target=pool_thread)
+    t.start()
+    t.join()
+    assert seen == {"first": []}

@@ -156,7 +156,7 @@ def test_with_threads_a_principal_is_looked_up_when_its_context_is_made_and_agai
     threads = Threads()
     principals = Principals(clock=clock, lifetime=60.0, getpwnam=getpwnam,
                             getgrouplist=lambda n, g: list(groups[n]))
-    principals.in_thread = threads
+    principals.look_up_in_threads(threads)
     options = ExportOptions()
     made = principals.prefetch("alice@R")
     fired = []
@@ -177,6 +177,54 @@ def test_with_threads_a_principal_is_looked_up_when_its_context_is_made_and_agai
     threads.run()
     assert caller_identity(gss_call("alice@R"), options, principals) == Identity(1500, 1500, (1500, 27))
     assert asked == ["alice", "alice"] and not threads.queued
+
+
+def test_lookups_in_threads_start_only_from_the_reactors_thread_and_never_hang():
+    """A call in one of nfsd's pool threads (a large READ) looks up inline; an ``in_thread`` that answers at once
+    leaves nothing to wait for; one that raises leaves the lookup inline; creations waiting are bounded."""
+    import threading
+
+    from twisted.internet import defer
+
+    from nfsstack.exports.identity import MAX_WAITING
+
+    asked = []
+
+    def getpwnam(name):
+        asked.append((name, threading.current_thread().name))
+        return pwd.struct_passwd((name, "x", 1600, 1600, "", "/", "/bin/sh"))
+
+    clock = Clock()
+    threads = Threads()
+    principals = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
+    principals.look_up_in_threads(threads)
+    principals.prefetch("dave@R")
+    threads.run()
+    assert asked == [("dave", "MainThread")]
+    clock.now += 61  # old: a pool thread asking now looks up inline, starting nothing on the reactor's behalf
+    seen = []
+    pool = threading.Thread(target=lambda: seen.append(principals.user("dave@R")), name="nfsd-pool-0")
+    pool.start()
+    pool.join()
+    assert seen == [(Identity(1600, 1600, (1600,)), clock.now + 60.0)]
+    assert asked[1:] == [("dave", "nfsd-pool-0")] and not threads.queued and not principals._looking
+
+    at_once = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
+    at_once.look_up_in_threads(lambda f, *a: defer.succeed(f(*a)))
+    assert at_once.prefetch("erin@R") is None and at_once.user("erin@R")[0].uid == 1600
+    assert not at_once._looking
+
+    broken = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
+    broken.look_up_in_threads(lambda f, *a: 1 / 0)
+    assert broken.prefetch("fay@R") is None and broken.user("fay@R")[0].uid == 1600
+
+    waiting = [principals.prefetch("gus@R") for _ in range(MAX_WAITING + 5)]
+    assert sum(w is not None for w in waiting) == MAX_WAITING and len(threads.queued) == 1
+    fired = []
+    for w in waiting[:MAX_WAITING]:
+        w.addCallback(fired.append)
+    threads.run()
+    assert len(fired) == MAX_WAITING and not principals._looking
 
 
 def test_without_threads_prefetch_waits_for_nothing_and_calls_look_up_inline():

@@ -139,6 +139,11 @@ def krb5_default_realm(path: Optional[str] = None) -> Optional[str]:
     return None
 
 
+#: Context creations that wait for one principal's lookup at most; more are answered at once (a name service
+#: that never answers must not gather every retried creation).
+MAX_WAITING = 64
+
+
 class Principals:
     """Kerberos principals -> local users, looked up in the name service and kept :attr:`lifetime` seconds.
 
@@ -169,10 +174,20 @@ class Principals:
         self._getgrouplist = getgrouplist
         #: principal -> (local identity, unsquashed, or UNKNOWN; when the entry expires)
         self._users: dict[str, tuple[Optional[Identity], float]] = {}
-        #: Runs ``f(*args)`` in a thread: ``in_thread(f, *args)`` -> Deferred of its result.  None: inline.
+        #: Runs ``f(*args)`` in a thread: ``in_thread(f, *args)`` -> Deferred of its result; None: every lookup
+        #: inline (:meth:`look_up_in_threads` sets it).
         self.in_thread: Optional[Callable[..., Any]] = None
+        #: The thread that may start lookups in threads and gets their answers: the reactor's.
+        self._home: Optional[int] = None
         #: principal -> the Deferreds waiting for the lookup of it running in a thread
         self._looking: dict[str, list] = {}
+
+    def look_up_in_threads(self, in_thread: Callable[..., Any]) -> None:
+        """From now on, principals are looked up with ``in_thread`` (``deferToThread``), started from the thread
+        calling this (the reactor's) only: a call running in one of nfsd's pool threads (a large READ or WRITE)
+        is off the reactor already, and looks up inline what it needs."""
+        self.in_thread = in_thread
+        self._home = threading.get_ident()
 
     def user(self, principal: Optional[str]) -> tuple[Optional[Identity], float]:
         """The local user ``principal`` is (unsquashed; :data:`ROOT` for a machine principal; UNKNOWN for none)
@@ -182,36 +197,45 @@ class Principals:
         if principal is None:
             return UNKNOWN, now + self.lifetime
         entry = self._users.get(principal)
-        if entry is not None and (now < entry[1] or self._look_up_in_thread(principal) is not None):
-            return entry
+        if entry is not None:
+            if now < entry[1]:
+                return entry
+            if self._look_up_in_thread(principal):
+                return self._users.get(principal, entry)  # the old answer while a thread looks again
         entry = (self._lookup(principal), now + self.lifetime)
         self._keep(principal, entry)
         return entry
 
     def prefetch(self, principal: str):
         """Look ``principal`` up in a thread unless its answer is fresh: a Deferred firing (with None) once it
-        is known, or None when nothing need be waited for (known, or no :attr:`in_thread`: it is looked up
-        inline when a call needs it)."""
+        is known, or None when nothing need be waited for (known, looked up inline when a call needs it
+        without :attr:`in_thread`, or too many creations already waiting for it)."""
         entry = self._users.get(principal)
         if entry is not None and self.clock() < entry[1]:
             return None
-        waiters = self._look_up_in_thread(principal)
-        if waiters is None:
+        if not self._look_up_in_thread(principal):
+            return None
+        waiters = self._looking.get(principal)
+        if waiters is None or len(waiters) >= MAX_WAITING:  # answered at once (None: it already was)
             return None
         waiting = Deferred()
         waiters.append(waiting)
         return waiting
 
-    def _look_up_in_thread(self, principal: str) -> Optional[list]:
-        """Start a lookup of ``principal`` in a thread, unless one runs: the list of its waiters (None without
-        :attr:`in_thread`)."""
-        if self.in_thread is None:
-            return None
-        waiters = self._looking.get(principal)
-        if waiters is not None:
-            return waiters
-        waiters = self._looking[principal] = []
+    def _look_up_in_thread(self, principal: str) -> bool:
+        """Start a lookup of ``principal`` in a thread unless one runs: whether one was started or runs (False
+        without :attr:`in_thread`, or off the thread that may start them)."""
+        if self.in_thread is None or threading.get_ident() != self._home:
+            return False
+        if principal in self._looking:
+            return True
         started = self.clock()
+        try:
+            looking = self.in_thread(self._lookup, principal)
+        except Exception:
+            log.failure("starting the lookup of the Kerberos principal {principal}", principal=principal)
+            return False
+        self._looking[principal] = []
 
         def found(user: Optional[Identity]) -> None:
             self._keep(principal, (user, started + self.lifetime))
@@ -223,8 +247,8 @@ class Principals:
             for waiting in self._looking.pop(principal, ()):
                 waiting.callback(None)
 
-        self.in_thread(self._lookup, principal).addCallbacks(found, failed).addBoth(done)
-        return waiters
+        looking.addCallbacks(found, failed).addBoth(done)
+        return True
 
     def _keep(self, principal: str, entry: tuple[Optional[Identity], float]) -> None:
         if len(self._users) >= self.size:

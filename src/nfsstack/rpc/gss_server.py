@@ -315,7 +315,12 @@ class GssServer:
         # 5.2.3.1: the verifier of a successful creation reply is the MIC of the window.
         mic = context.gss.get_signature(seq_bytes(SEQ_WINDOW))
         reply = self._init_reply(xid, GssInitResult(context.handle, GSS_S_COMPLETE, 0, SEQ_WINDOW, out), mic)
-        waiting = self.on_established(context.principal) if self.on_established is not None else None
+        waiting = None
+        if self.on_established is not None:
+            try:
+                waiting = self.on_established(context.principal)
+            except Exception:  # the context is made: it is answered, whatever the hook did
+                log.failure("on_established for {principal}", principal=context.principal)
         if waiting is None:
             return reply
         return waiting.addBoth(lambda _: reply)  # whatever the lookup found: calls are admitted by what it kept

@@ -15,8 +15,9 @@ import os
 import stat
 from typing import Optional
 
-from nfsstack.exports.identity import ROOT, Identity, Switcher
-from nfsstack.nfs3.local.acls import DEFAULT_XATTR
+from nfsstack.exports.identity import ROOT, Identity, NoSwitching, Switcher
+from nfsstack.nfs3.interface import ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_USER, Acl
+from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, get_acl
 from nfsstack.nfs3.codec import (
     ACCESS_EXECUTE, ACCESS_READ, NFSError, Sattr, Stat, access_bits,
 )
@@ -121,6 +122,42 @@ def _timespec(value) -> _Timespec:
     return _Timespec(value // 1_000_000_000, value % 1_000_000_000)
 
 
+def permitted(who: Identity, st: os.stat_result, acl: Acl, want: int) -> bool:
+    """Whether a caller without capabilities has the ``want`` bits (``os.R_OK``...) on an object of mode, owner
+    and group ``st`` and access ACL ``acl`` (None: none), decided as Linux's ``acl_permission_check`` and
+    ``posix_acl_permission`` do.  The caller's groups are its fsgid (``who.gid``) and ``who.gids``."""
+    mode = st.st_mode
+    if who.uid == st.st_uid:  # the owner: ACLs do not matter
+        return not want & ~(mode >> 6) & 7
+    if acl is not None and mode & 0o070:  # with the group class (the mask) empty, the ACL grants nobody more
+        return _acl_permits(who, st, acl, want)
+    if want & (mode ^ (mode >> 3)) & 7 and (st.st_gid == who.gid or st.st_gid in who.gids):
+        mode >>= 3
+    return not want & ~mode & 7
+
+
+def _acl_permits(who: Identity, st: os.stat_result, acl: Acl, want: int) -> bool:
+    """``posix_acl_permission`` for a caller who is not the owner: the first entry that names it decides (a
+    named user's, through the mask); of the group entries naming it, the first that has ``want``, through the
+    mask; if group entries name it but none has ``want``, no; else the other entry."""
+    mask = next((e.perm for e in acl if e.tag == ACL_MASK), 7)
+    found = False
+    for e in acl:  # sorted: owner, named users, owning group, named groups, mask, other (the kernel's order)
+        tag = e.tag
+        if tag == ACL_USER:
+            if who.uid == e.id:
+                return e.perm & mask & want == want
+        elif tag == ACL_GROUP_OBJ or tag == ACL_GROUP:
+            gid = st.st_gid if tag == ACL_GROUP_OBJ else e.id
+            if gid == who.gid or gid in who.gids:
+                found = True
+                if e.perm & want == want:
+                    return e.perm & mask & want == want
+        elif tag == ACL_OTHER:
+            return not found and e.perm & want == want
+    return False
+
+
 class LocalFS:
     """Filesystem calls as a caller; descriptors it opens go to the ``keep`` list the caller closes."""
 
@@ -150,7 +187,7 @@ class LocalFS:
     def access(self, who: Identity, fd: int, st: os.stat_result, read_only: bool) -> int:
         """The ACCESS bits (RFC 1813 section 3.3.4) the kernel grants ``who`` on the object at ``fd``.
 
-        ``faccessat(AT_EACCESS)`` with the caller's filesystem identity: the
+        ``faccessat2(AT_EACCESS)`` with the caller's filesystem identity: the
         mode bits, ACLs and capabilities decide, as for a local process.
         """
         is_dir = stat.S_ISDIR(st.st_mode)
@@ -160,24 +197,31 @@ class LocalFS:
             # What the kernel grants CAP_DAC_OVERRIDE, without asking it three times: read and write
             # everything, execute what has an x bit (and search every directory).
             r, w, x = True, not read_only, is_dir or bool(st.st_mode & 0o111)
-        else:
-            r, w, x = self._kernel_access(who, fd, read_only)
-        return access_bits(r, w, x, is_dir)
-
-    def _kernel_access(self, who: Identity, fd: int, read_only: bool) -> tuple[bool, bool, bool]:
-        if _FD_ACCESS:
+        elif _FD_ACCESS:
             syscall, flags = _libc.syscall, _AT_EACCESS | _AT_EMPTY_PATH
             with self.ids.acting_as(who):
                 r = syscall(_NR_FACCESSAT2, fd, b"", os.R_OK, flags) == 0
                 w = not read_only and syscall(_NR_FACCESSAT2, fd, b"", os.W_OK, flags) == 0
                 x = syscall(_NR_FACCESSAT2, fd, b"", os.X_OK, flags) == 0
-            return r, w, x
+        else:
+            r, w, x = self._access_without_faccessat2(who, fd, st, read_only)
+        return access_bits(r, w, x, is_dir)
+
+    def _access_without_faccessat2(self, who: Identity, fd: int, st: os.stat_result,
+                                   read_only: bool) -> tuple[bool, bool, bool]:
+        """ACCESS where the kernel cannot be asked with the caller's identity: glibc's ``faccessat(AT_EACCESS)``
+        without faccessat2 checks the *effective* ids, root's here (ENOSYS: it grants root's rights), or fails
+        outright (EPERM from an older container profile: it grants nothing).  A plain user's server acts as
+        itself, whose real ids the old ``access`` checks; a root server decides as the kernel would for a
+        caller without capabilities: the mode bits or the access ACL (``posix_acl_permission``), and no
+        write on a read-only filesystem."""
         path = proc_path(fd)
-        with self.ids.acting_as(who):
-            r = os.access(path, os.R_OK, effective_ids=True)
-            w = not read_only and os.access(path, os.W_OK, effective_ids=True)
-            x = os.access(path, os.X_OK, effective_ids=True)
-        return r, w, x
+        if isinstance(self.ids, NoSwitching):
+            return (os.access(path, os.R_OK), not read_only and os.access(path, os.W_OK),
+                    os.access(path, os.X_OK))
+        acl = get_acl(path, ACCESS_XATTR)
+        w = not read_only and permitted(who, st, acl, os.W_OK) and not os.statvfs(path).f_flag & os.ST_RDONLY
+        return permitted(who, st, acl, os.R_OK), w, permitted(who, st, acl, os.X_OK)
 
     def setattr(self, who: Identity, fd: int, attrs: Sattr, st: os.stat_result, read_only: bool,
                 keep: list[int]) -> None:
