@@ -18,6 +18,7 @@ import socket
 import stat
 import time
 from pathlib import Path
+from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -27,6 +28,7 @@ from nfsstack.cluster.metrics import CallStats
 from nfsstack.cluster.service import Node
 from nfsstack.exports import Exports, load_exports, parse_exports
 from nfsstack.exports.handles import HandleCodec, load_key
+from nfsstack.exports.identity import PRINCIPALS
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
@@ -37,6 +39,7 @@ from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
 from nfsstack.nsm.program import Nsm
 from nfsstack.portmap.program import Portmapper
+from nfsstack.rpc.gss_server import DEFAULT_KEYTAB, load_gss_server
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import ReplyBatcher
 from nfsstack.rpc.service import RPCService
@@ -553,14 +556,12 @@ DEFAULT_EXPORT = "export"
 DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")
 
 
-def kerberos_engine(keytab: str, explicit: bool = False, quiet: bool = False):
-    """The process's RPCSEC_GSS engine from ``keytab`` (None when Kerberos cannot be served here: logged why,
-    unless ``quiet``), with each new context's principal looked up in the name service in a thread before its
-    creation is answered (:meth:`nfsstack.exports.identity.Principals.prefetch`)."""
-    from nfsstack.exports.identity import PRINCIPALS
-    from nfsstack.rpc.gss_server import load_gss_server
-
-    gss = load_gss_server(keytab, explicit=explicit, quiet=quiet)
+def kerberos_engine(keytab: Optional[str], quiet: bool = False):
+    """The process's RPCSEC_GSS engine from ``keytab`` (``--keytab``; None: the default, /etc/krb5.keytab), or
+    None when Kerberos cannot be served here (logged why unless ``quiet``: as a warning for a keytab given),
+    with each new context's principal looked up in the name service in a thread before its creation is
+    answered (:meth:`nfsstack.exports.identity.Principals.prefetch`)."""
+    gss = load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
     if gss is not None:
         PRINCIPALS.look_up_in_threads(threads.deferToThread)
         gss.on_established = PRINCIPALS.prefetch

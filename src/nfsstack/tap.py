@@ -337,10 +337,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
 
 def _kerberos(options: Options):
     """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
-    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB
-
-    keytab = options.get("keytab")
-    return kerberos_engine(keytab or DEFAULT_KEYTAB, explicit=bool(keytab))
+    return kerberos_engine(options.get("keytab"))
 
 
 #: The option that sets each RPC service's port.

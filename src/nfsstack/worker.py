@@ -146,9 +146,7 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
 def _kerberos(config: dict):
     """The worker's own RPCSEC_GSS engine, from the stack's ``--keytab``: its contexts are its own (a client is
     steered to one worker by its address).  The stack's process said already whether Kerberos is on."""
-    from nfsstack.rpc.gss_server import DEFAULT_KEYTAB
-
-    return kerberos_engine(config.get("keytab") or DEFAULT_KEYTAB, quiet=True)
+    return kerberos_engine(config.get("keytab"), quiet=True)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import stat
 from typing import Optional
 
@@ -57,7 +58,7 @@ def stat_or_none(fd: Optional[int]) -> Optional[os.stat_result]:
 
 
 _AT_EACCESS = 0x200
-_NR_FACCESSAT2 = {"x86_64": 439, "aarch64": 439}.get(__import__("platform").machine())
+_NR_FACCESSAT2 = {"x86_64": 439, "aarch64": 439}.get(platform.machine())
 
 
 def _faccessat2_works() -> bool:
@@ -78,7 +79,7 @@ def _faccessat2_works() -> bool:
 _FD_ACCESS = _faccessat2_works()
 
 
-_NR_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(__import__("platform").machine())
+_NR_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(platform.machine())
 _PAGE = os.sysconf("SC_PAGESIZE")
 
 
