@@ -17,8 +17,9 @@ the portmapper on HOST, mounts EXPORT with MNT v3 (AUTH_SYS, root), and runs one
 
 The working set is made first and is not measured: CREATE pipelined (64 in flight) into the client's own
 directory, in subdirectories of 10,000 files; how long it took is reported.  With --clients K, K processes
-each open their own TCP connection (one Python process cannot keep 8 connections busy) and have their own
-working set of --files/K files (at least one) or their own file; they start each workload at the same moment
+each open their own TCP connection (one Python process cannot keep 8 connections busy), from an address of
+their own on loopback (127.0.0.1, .2, ...: K client machines, as a server that steers clients by address sees
+them; --one-address for one machine's K connections), and have their own working set of --files/K files (at least one) or their own file; they start each workload at the same moment
 and their figures are summed.  GETATTR, LOOKUP and ACCESS run --warmup then --seconds; REMOVE, READ and WRITE
 stop when their calls run out or at --seconds.  With --watch-pid, the CPU seconds and peak RSS of the server's
 process tree over each measured part are reported too (bench/proctree.py).
@@ -69,8 +70,8 @@ LEAD = 0.3
 class Pipe:
     """One TCP connection; calls carry a callback run with (reply bytes, offset of the result)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=10)
+    def __init__(self, host: str, port: int, source: str = "") -> None:
+        self.sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.sel = selectors.DefaultSelector()
@@ -161,8 +162,17 @@ class Pipe:
             self.poll()
 
 
-def getport(host: str, prog: int, vers: int) -> int:
-    pipe = Pipe(host, 111)
+def source_address(host: str, index: int, one_address: bool) -> str:
+    """The address client ``index`` calls from: on loopback, 127.0.0.1 + index, as K client machines would
+    (a server that steers clients by address, as nfsstack's workers are, sees K clients, not one machine's K
+    connections); elsewhere, or with --one-address, what the kernel picks."""
+    if one_address or not host.startswith("127.") or index == 0:
+        return ""
+    return f"127.0.{(1 + index) >> 8 & 0xFF}.{(1 + index) & 0xFF}"
+
+
+def getport(host: str, prog: int, vers: int, source: str = "") -> int:
+    pipe = Pipe(host, 111, source)
     got = []
     p = Packer()
     for v in (prog, vers, 6, 0):
@@ -173,8 +183,8 @@ def getport(host: str, prog: int, vers: int) -> int:
     return got[0]
 
 
-def mount(host: str, path: str) -> bytes:
-    pipe = Pipe(host, getport(host, MOUNT, 3))
+def mount(host: str, path: str, source: str = "") -> bytes:
+    pipe = Pipe(host, getport(host, MOUNT, 3, source), source)
     got = []
     p = Packer()
     p.pack_string(path)
@@ -194,8 +204,9 @@ class Run:
         self.args = args
         #: Which of the --clients this is: its directory, its file and its random offsets are its own.
         self.index = index
-        self.root = mount(args.host, args.export)
-        self.pipe = Pipe(args.host, getport(args.host, NFS, 3))
+        source = source_address(args.host, index, args.one_address)
+        self.root = mount(args.host, args.export, source)
+        self.pipe = Pipe(args.host, getport(args.host, NFS, 3, source), source)
         self.failed = 0
         self.statuses: dict[str, int] = {}
 
@@ -629,6 +640,8 @@ def main(argv=None) -> int:
     p.add_argument("--ops", type=lambda s: s.split(","), default=list(METADATA),
                    help="the metadata workloads of `meta`, in this order, on one working set (remove last)")
     p.add_argument("--clients", type=int, default=1, help="client processes, each with its own TCP connection")
+    p.add_argument("--one-address", action="store_true",
+                   help="every client calls from the same address (one machine's connections), not 127.0.0.1+i")
     p.add_argument("--watch-pid", type=int, help="the server: CPU and peak RSS of its process tree are reported")
     p.add_argument("--tag", default=str(os.getpid()), help="names this run's directories")
     p.add_argument("--entries", type=int, default=10000)

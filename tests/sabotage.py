@@ -167,6 +167,20 @@ SABOTAGES = (
          "test_a_lookup_crossing_into_an_export_is_refused_where_that_exports_flavours_refuse_the_call",),
     ),
     Sabotage(
+        "directory-changes-unsynced", "a directory change answered on a sync export survives a power cut",
+        LOCAL,
+        (("        if not call.options.sync:\n            return answer\n        if isinstance(answer, defer.Deferred):",
+          "        if True:\n            return answer\n        if isinstance(answer, defer.Deferred):"),),
+        ("tests/integration/test_durability.py::test_directory_changes_survive_a_power_cut",),
+    ),
+    Sabotage(
+        "directory-sync-shared-early", "a directory sync already running answers no change made after it started",
+        "src/nfsstack/nfs3/local/dirsync.py",
+        (("            waiting.append(d)\n            return d\n",
+          "            return defer.succeed(None)\n"),),
+        ("tests/unit/test_dirsync.py",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

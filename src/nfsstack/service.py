@@ -543,6 +543,8 @@ def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher
     resources: list = []
     timers: list = []
     if local is not None:
+        # Directory syncs start once the reactor has handled the calls it has read: they share one (dirsync.py).
+        local.directories.later = reactor.callLater
         resources.append(NfsdCaches(local))
         if not options["no-aio-fsync"]:
             resources.append(NfsdRing(local, reactor, reply_batcher))

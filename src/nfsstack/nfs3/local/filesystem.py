@@ -31,6 +31,7 @@ from nfsstack.nfs3.interface import (
 )
 from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, get_acl, set_acl
 from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
+from nfsstack.nfs3.local.dirsync import DirectorySyncs
 from nfsstack.nfs3.local.filecache import FileCache, OpenFile
 from nfsstack.nfs3.local.readdir import Lister
 from nfsstack.rpc.fileslice import FileSlice
@@ -72,6 +73,8 @@ class LocalFilesystem:
         #: Descriptors a CREATE or WRITE opened for writing, kept for the calls that follow (reactor thread only).
         self.files = FileCache()
         self.lister = Lister(table, self.caller)
+        #: Directory changes made stable before their reply on sync exports (:meth:`_stable`).
+        self.directories = DirectorySyncs(self._fsync)
 
     def close(self) -> None:
         """Close the kept descriptors and the listing cache (its inotify descriptor)."""
@@ -334,28 +337,50 @@ class LocalFilesystem:
         the system call.  A failure may have lost data the client thinks written, so a new write verifier makes
         it resend."""
 
-        def synced(_=None) -> Any:
-            return then()
-
-        def failed(failure: Failure) -> Failure:
-            self.write_verifier = secrets.token_bytes(8)
-            log.error("fsync failed: {e}", e=failure.value)
-            return failure
-
-        sync = os.fdatasync if datasync else os.fsync
         if call.threaded:
             try:
-                sync(fd)
+                (os.fdatasync if datasync else os.fsync)(fd)
             except OSError:
-                failed(Failure())
+                self._sync_failed(Failure())
                 raise
             return then()
+        return self._fsync(fd, datasync).addCallback(lambda _: then())
+
+    def _fsync(self, fd: int, datasync: bool = False) -> defer.Deferred:
+        """fsync (fdatasync) ``fd`` off the reactor thread: by the kernel's asynchronous fsync, else in the pool."""
         if self.syncer is not None:
             try:
-                return self.syncer(fd, datasync).addCallbacks(synced, failed)
+                return self.syncer(fd, datasync).addErrback(self._sync_failed)
             except OSError:
                 pass  # no room, or refused: the thread pool does it
-        return self.in_thread(sync, fd).addCallbacks(synced, failed)
+        return self.in_thread(os.fdatasync if datasync else os.fsync, fd).addErrback(self._sync_failed)
+
+    def _sync_failed(self, failure: Failure) -> Failure:
+        """A failed sync may have lost what was answered as stable: a new write verifier makes clients resend."""
+        self.write_verifier = secrets.token_bytes(8)
+        log.error("fsync failed: {e}", e=failure.value)
+        return failure
+
+    def _stable(self, call, answer: Any, *dirfds: int) -> Any:
+        """``answer`` once the change just made in the directories ``dirfds`` is on stable storage, on a sync
+        export (RFC 1813 section 3.3.7, as knfsd's commit_metadata: dirsync.py); at once on an async one."""
+        if not call.options.sync:
+            return answer
+        if isinstance(answer, defer.Deferred):
+            return answer.addCallback(lambda made: self._stable(call, made, *dirfds))
+        if call.threaded:
+            for dirfd in dirfds:
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+                call.held.append(fd)
+                self._sync(call, False, fd, lambda: None)
+            return answer
+        first = os.fstat(dirfds[0])
+        synced = self.directories(dirfds[0], first)
+        if len(dirfds) > 1:
+            other = os.fstat(dirfds[1])
+            if (other.st_dev, other.st_ino) != (first.st_dev, first.st_ino):
+                synced.addCallback(lambda _: self.directories(dirfds[1], other))
+        return synced.addCallback(lambda _: answer)
 
     # -- directory changes --------------------------------------------------------------
 
@@ -375,7 +400,7 @@ class LocalFilesystem:
     def create(self, call, dirfd: int, name: bytes, how: int, attrs) -> Any:
         if how == EXCLUSIVE:
             self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held)
-            return self._made(call, dirfd, name)
+            return self._stable(call, self._made(call, dirfd, name), dirfd)
         opener = None
         if getattr(self.syncer, "can_open", False) and not call.threaded:
             self._creates += 1
@@ -388,32 +413,34 @@ class LocalFilesystem:
         if made is None:
             if opener is None:
                 self.create_cost += (perf_counter() - started - self.create_cost) / 8
-            return self._made(call, dirfd, name, opened)
+            return self._stable(call, self._made(call, dirfd, name, opened), dirfd)
 
         def done(_) -> Made:
             self.lister.touched(call)  # now the file is there
             return self._made(call, dirfd, name, opened)
 
-        return made.addCallback(done)
+        return self._stable(call, made.addCallback(done), dirfd)
 
     def mkdir(self, call, dirfd: int, name: bytes, attrs) -> Made:
         self.caller.mkdir(call.who, dirfd, name, attrs, call.held)
-        return self._made(call, dirfd, name)
+        return self._stable(call, self._made(call, dirfd, name), dirfd)
 
     def symlink(self, call, dirfd: int, name: bytes, attrs, target: bytes) -> Made:
         with self.caller.run_as(call.who):
             os.symlink(target, name, dir_fd=dirfd)
-        return self._made(call, dirfd, name)
+        return self._stable(call, self._made(call, dirfd, name), dirfd)
 
     def mknod(self, call, dirfd: int, name: bytes, ftype: int, attrs, device: tuple) -> Made:
         self.caller.mknod(call.who, dirfd, name, S_IFMT_OF[ftype], attrs, device, call.held)
-        return self._made(call, dirfd, name)
+        return self._stable(call, self._made(call, dirfd, name), dirfd)
 
-    def remove(self, call, dirfd: int, name: bytes) -> None:
+    def remove(self, call, dirfd: int, name: bytes) -> Any:
         self._unlink(call, dirfd, name, rmdir=False)
+        return self._stable(call, None, dirfd)
 
-    def rmdir(self, call, dirfd: int, name: bytes) -> None:
+    def rmdir(self, call, dirfd: int, name: bytes) -> Any:
         self._unlink(call, dirfd, name, rmdir=True)
+        return self._stable(call, None, dirfd)
 
     def _unlink(self, call, dirfd: int, name: bytes, rmdir: bool) -> None:
         with self.caller.run_as(call.who):
@@ -425,7 +452,7 @@ class LocalFilesystem:
         if rmdir or gone.st_nlink <= 1:
             self._forget(call, gone)
 
-    def rename(self, call, from_fd: int, from_name: bytes, to_fd: int, to_name: bytes) -> None:
+    def rename(self, call, from_fd: int, from_name: bytes, to_fd: int, to_name: bytes) -> Any:
         try:
             replaced = os.stat(to_name, dir_fd=to_fd, follow_symlinks=False)
         except OSError:
@@ -435,10 +462,12 @@ class LocalFilesystem:
         self.table.renamed(call.export, to_fd, to_name)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             self._forget(call, replaced)
+        return self._stable(call, None, from_fd, to_fd)
 
-    def link(self, call, fd: int, dirfd: int, name: bytes) -> None:
+    def link(self, call, fd: int, dirfd: int, name: bytes) -> Any:
         with self.caller.run_as(call.who):
             os.link(proc_path(fd), name, dst_dir_fd=dirfd, follow_symlinks=True)
+        return self._stable(call, None, dirfd)
 
     # -- listings and the filesystem -----------------------------------------------------
 

@@ -1,0 +1,120 @@
+"""DirectorySyncs: one fsync of a directory at a time, each answering only the changes made before it started."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet import defer
+
+from nfsstack.nfs3.local.dirsync import DirectorySyncs
+
+
+class Disk:
+    """A sync whose completion the test decides: each sync's descriptor and Deferred, in order."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[int, defer.Deferred]] = []
+
+    def __call__(self, fd: int) -> defer.Deferred:
+        os.fstat(fd)  # a descriptor open while its sync runs
+        d: defer.Deferred = defer.Deferred()
+        self.started.append((fd, d))
+        return d
+
+
+@pytest.fixture
+def directory(tmp_path):
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    yield fd, os.fstat(fd)
+    os.close(fd)
+
+
+def fired(d: defer.Deferred) -> list:
+    out: list = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_a_change_made_while_a_sync_runs_waits_for_the_next_one(directory):
+    disk = Disk()
+    syncs = DirectorySyncs(disk)
+    first = fired(syncs(*directory))
+    assert len(disk.started) == 1
+    # Made after the first sync started: the first sync may not have seen it.
+    second, third = fired(syncs(*directory)), fired(syncs(*directory))
+    assert len(disk.started) == 1, "two syncs of one directory at once"
+    disk.started[0][1].callback(None)
+    assert first == [None]
+    assert second == [] and third == [], "a change was answered by a sync that started before it was made"
+    assert len(disk.started) == 2, "the changes that waited got no sync of their own"
+    disk.started[1][1].callback(None)
+    assert second == [None] and third == [None]
+    assert syncs.syncs == 2
+
+
+def test_the_descriptor_is_closed_when_no_change_waits_and_a_new_change_starts_a_new_sync(directory):
+    disk = Disk()
+    syncs = DirectorySyncs(disk)
+    syncs(*directory)
+    fd = disk.started[0][0]
+    disk.started[0][1].callback(None)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    done = fired(syncs(*directory))
+    assert len(disk.started) == 2 and done == []
+    disk.started[1][1].callback(None)
+    assert done == [None]
+
+
+def test_a_failed_sync_fails_every_change_it_answers_and_the_next_ones_get_theirs(directory):
+    disk = Disk()
+    syncs = DirectorySyncs(disk)
+    first = fired(syncs(*directory))
+    second = fired(syncs(*directory))
+    disk.started[0][1].errback(OSError(5, "I/O error"))
+    assert first[0].check(OSError) and second == []
+    disk.started[1][1].callback(None)
+    assert second == [None]
+
+
+def test_directories_are_synced_apart(tmp_path):
+    disk = Disk()
+    syncs = DirectorySyncs(disk)
+    fds = []
+    for name in ("a", "b"):
+        os.mkdir(tmp_path / name)
+        fds.append(os.open(tmp_path / name, os.O_PATH | os.O_DIRECTORY))
+    try:
+        a, b = (fired(syncs(fd, os.fstat(fd))) for fd in fds)
+        assert len(disk.started) == 2
+        disk.started[1][1].callback(None)
+        assert b == [None] and a == []
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_sync_that_raises_fails_its_change(directory):
+    def refuses(fd: int) -> defer.Deferred:
+        raise OSError(22, "refused")
+
+    failed = fired(DirectorySyncs(refuses)(*directory))
+    assert failed[0].check(OSError)
+
+
+def test_with_later_the_changes_made_before_the_first_sync_starts_share_it(directory):
+    disk = Disk()
+    starts: list = []
+    syncs = DirectorySyncs(disk, later=lambda delay, f, *args: starts.append((f, args)))
+    answers = [fired(syncs(*directory)) for _ in range(5)]  # the calls of one read, before the reactor goes on
+    assert disk.started == [] and len(starts) == 1
+    f, args = starts.pop()
+    f(*args)
+    assert len(disk.started) == 1
+    late = fired(syncs(*directory))
+    disk.started[0][1].callback(None)
+    assert all(a == [None] for a in answers) and late == []
+    assert len(disk.started) == 2 and not starts
+    disk.started[1][1].callback(None)
+    assert late == [None] and syncs.syncs == 2
