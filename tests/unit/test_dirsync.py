@@ -23,6 +23,10 @@ class Disk:
         return d
 
 
+def never() -> defer.Deferred:
+    raise AssertionError("the whole system was synced")
+
+
 @pytest.fixture
 def directory(tmp_path):
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
@@ -38,7 +42,7 @@ def fired(d: defer.Deferred) -> list:
 
 def test_a_change_made_while_a_sync_runs_waits_for_the_next_one(directory):
     disk = Disk()
-    syncs = DirectorySyncs(disk)
+    syncs = DirectorySyncs(disk, never)
     first = fired(syncs(*directory))
     assert len(disk.started) == 1
     # Made after the first sync started: the first sync may not have seen it.
@@ -55,7 +59,7 @@ def test_a_change_made_while_a_sync_runs_waits_for_the_next_one(directory):
 
 def test_the_descriptor_is_closed_when_no_change_waits_and_a_new_change_starts_a_new_sync(directory):
     disk = Disk()
-    syncs = DirectorySyncs(disk)
+    syncs = DirectorySyncs(disk, never)
     syncs(*directory)
     fd = disk.started[0][0]
     disk.started[0][1].callback(None)
@@ -69,7 +73,7 @@ def test_the_descriptor_is_closed_when_no_change_waits_and_a_new_change_starts_a
 
 def test_a_failed_sync_fails_every_change_it_answers_and_the_next_ones_get_theirs(directory):
     disk = Disk()
-    syncs = DirectorySyncs(disk)
+    syncs = DirectorySyncs(disk, never)
     first = fired(syncs(*directory))
     second = fired(syncs(*directory))
     disk.started[0][1].errback(OSError(5, "I/O error"))
@@ -80,7 +84,7 @@ def test_a_failed_sync_fails_every_change_it_answers_and_the_next_ones_get_their
 
 def test_directories_are_synced_apart(tmp_path):
     disk = Disk()
-    syncs = DirectorySyncs(disk)
+    syncs = DirectorySyncs(disk, never)
     fds = []
     for name in ("a", "b"):
         os.mkdir(tmp_path / name)
@@ -99,14 +103,14 @@ def test_a_sync_that_raises_fails_its_change(directory):
     def refuses(fd: int) -> defer.Deferred:
         raise OSError(22, "refused")
 
-    failed = fired(DirectorySyncs(refuses)(*directory))
+    failed = fired(DirectorySyncs(refuses, never)(*directory))
     assert failed[0].check(OSError)
 
 
 def test_with_later_the_changes_made_before_the_first_sync_starts_share_it(directory):
     disk = Disk()
     starts: list = []
-    syncs = DirectorySyncs(disk, later=lambda delay, f, *args: starts.append((f, args)))
+    syncs = DirectorySyncs(disk, never, later=lambda delay, f, *args: starts.append((f, args)))
     answers = [fired(syncs(*directory)) for _ in range(5)]  # the calls of one read, before the reactor goes on
     assert disk.started == [] and len(starts) == 1
     f, args = starts.pop()
@@ -118,3 +122,49 @@ def test_with_later_the_changes_made_before_the_first_sync_starts_share_it(direc
     assert len(disk.started) == 2 and not starts
     disk.started[1][1].callback(None)
     assert late == [None] and syncs.syncs == 2
+
+
+def test_a_directory_the_server_cannot_read_gets_the_whole_system_synced(directory, monkeypatch):
+    """A plain user's server may write in a directory it may not read (mode 0333): it cannot open it to sync it,
+    so everything is synced instead, one sync(2) at a time as for a directory."""
+    from nfsstack.nfs3.local import dirsync
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    everything: list[defer.Deferred] = []
+
+    def sync_all() -> defer.Deferred:
+        everything.append(defer.Deferred())
+        return everything[-1]
+
+    syncs = DirectorySyncs(Disk(), sync_all)
+    monkeypatch.setattr(dirsync.os, "open", refused)
+    first = fired(syncs(*directory))
+    second = fired(syncs(*directory))
+    monkeypatch.undo()
+    assert len(everything) == 1, "two syncs of everything at once"
+    everything[0].callback(None)
+    assert first == [None] and second == [] and len(everything) == 2
+    everything[1].callback(None)
+    assert second == [None] and syncs.syncs == 2
+
+
+def test_a_sync_that_ends_at_once_still_answers_a_change_made_while_it_started(directory):
+    """A sync whose Deferred has fired when it is handed back (a pool that runs at once): a change made during
+    it gets a round of its own, and each round's descriptor is closed once."""
+    syncs = None
+    rounds: list[int] = []
+    inner: list = []
+
+    def at_once(fd: int) -> defer.Deferred:
+        rounds.append(fd)
+        if len(rounds) == 1:
+            inner.append(fired(syncs(*directory)))  # made while the first sync runs
+        return defer.succeed(None)
+
+    syncs = DirectorySyncs(at_once, never)
+    outer = fired(syncs(*directory))
+    assert outer == [None] and inner == [[None]] and len(rounds) == 2 and syncs.syncs == 2
+    with pytest.raises(OSError):
+        os.fstat(rounds[0])

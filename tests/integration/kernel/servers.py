@@ -278,6 +278,15 @@ class NfsStackContainer(NfsStack):
     prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-all," + ",".join(f"+{cap}" for cap in DOCKER_CAPS))
 
 
+class NfsStackAsync(NfsStack):
+    """nfsstack with its exports ``async`` (exports(5)): stable WRITEs, COMMIT and directory changes answered
+    without a sync.  For bench/nfs_bench.py, to show what a ``sync`` export's syncs cost."""
+
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
+        super().__init__(netns, export_dir, extra_args)
+        self.exports.write_text(self.exports.read_text().replace("(rw,", "(rw,async,"))
+
+
 class NfsStackUser(NfsStack):
     """nfsstack as a plain user (uid 65534, no capabilities): high ports, mounted with port= and mountport=,
     the local backend without open_by_handle_at, every client acting as the server's user."""
@@ -320,4 +329,5 @@ ZIP_TREE = {"hello.txt": "hello from a zip\n", "photos/": "", "photos/2026/beach
 
 
 SERVERS = {"nfsstack": NfsStack, "nfsstack-memory": NfsStackMemory, "nfsstack-container": NfsStackContainer,
+           "nfsstack-async": NfsStackAsync,
            "nfsstack-user": NfsStackUser, "nfsstack-zip": NfsStackZip, "ganesha": Ganesha}

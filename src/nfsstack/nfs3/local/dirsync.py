@@ -22,6 +22,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: The key of the syncs of everything (``sync_all``), for the directories the server may not open.
+EVERYTHING = "everything"
 
 
 class DirectorySyncs:
@@ -29,11 +31,14 @@ class DirectorySyncs:
 
     ``sync(fd)`` fsyncs a descriptor and answers a Deferred (the kernel's asynchronous fsync, or a pool thread);
     ``later(0, f, *args)`` (the reactor's ``callLater``) runs ``f`` once the reactor has handled what it has read;
-    None starts each first sync at once.  Reactor thread only.
+    None starts each first sync at once.  ``sync_all()`` (a ``sync(2)`` of everything, answering a Deferred) is
+    for a directory the server may not open for reading.  Reactor thread only.
     """
 
-    def __init__(self, sync: Callable[[int], defer.Deferred], later: Optional[Callable[..., Any]] = None) -> None:
+    def __init__(self, sync: Callable[[int], defer.Deferred], sync_all: Callable[[], defer.Deferred],
+                 later: Optional[Callable[..., Any]] = None) -> None:
         self.sync = sync
+        self.sync_all = sync_all
         self.later = later
         #: (device, inode) of a directory being synced, or about to be -> the Deferreds of the changes waiting for
         #: the next sync (for the first one, until it starts).
@@ -44,7 +49,7 @@ class DirectorySyncs:
     def __call__(self, dirfd: int, st: os.stat_result) -> defer.Deferred:
         """A Deferred that fires once a sync of the directory ``dirfd`` (whose fstat is ``st``), started after
         now, has ended; it fails with the sync's error."""
-        key = (st.st_dev, st.st_ino)
+        key: Any = (st.st_dev, st.st_ino)
         d: defer.Deferred = defer.Deferred()
         waiting = self._running.get(key)
         if waiting is not None:
@@ -53,7 +58,16 @@ class DirectorySyncs:
             return d
         # An O_PATH descriptor cannot be synced: the directory is opened again, as the server, and kept while
         # syncs of it follow one another.
-        fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
+        try:
+            fd: Optional[int] = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
+        except OSError:
+            # A plain user's server in a directory it may write but not read: everything is synced instead (slow and
+            # rare), one sync(2) at a time as for a directory.
+            key, fd = EVERYTHING, None
+            waiting = self._running.get(key)
+            if waiting is not None:
+                waiting.append(d)
+                return d
         self._running[key] = [d]
         if self.later is None:
             self._round(key, fd)
@@ -61,25 +75,29 @@ class DirectorySyncs:
             self.later(0, self._round, key, fd)
         return d
 
-    def _round(self, key: tuple[int, int], fd: int) -> None:
-        """Sync the directory for the changes waiting now; the changes made meanwhile wait for the next round."""
+    def _round(self, key: Any, fd: Optional[int]) -> None:
+        """Sync the directory (``fd`` None: everything) for the changes waiting now; the changes made meanwhile
+        wait for the next round."""
         answers, self._running[key] = self._running[key], []
         self.syncs += 1
 
         def ended(result: Any) -> None:
-            if self._running[key]:
-                self._round(key, fd)
-            else:
-                del self._running[key]
-                os.close(fd)
-            for d in answers:
-                if isinstance(result, Failure):
-                    d.errback(result)
+            try:
+                if self._running[key]:
+                    self._round(key, fd)
                 else:
-                    d.callback(None)
+                    del self._running[key]
+                    if fd is not None:
+                        os.close(fd)
+            finally:  # whatever happened above, every change this sync answers gets its answer
+                for d in answers:
+                    if isinstance(result, Failure):
+                        d.errback(result)
+                    else:
+                        d.callback(None)
 
         try:
-            synced = self.sync(fd)
+            synced = self.sync(fd) if fd is not None else self.sync_all()
         except Exception:
             synced = defer.fail(Failure())
         synced.addBoth(ended)

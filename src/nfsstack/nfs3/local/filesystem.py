@@ -74,7 +74,7 @@ class LocalFilesystem:
         self.files = FileCache()
         self.lister = Lister(table, self.caller)
         #: Directory changes made stable before their reply on sync exports (:meth:`_stable`).
-        self.directories = DirectorySyncs(self._fsync)
+        self.directories = DirectorySyncs(self._fsync, lambda: self.in_thread(os.sync).addErrback(self._sync_failed))
 
     def close(self) -> None:
         """Close the kept descriptors and the listing cache (its inotify descriptor)."""
@@ -368,18 +368,23 @@ class LocalFilesystem:
             return answer
         if isinstance(answer, defer.Deferred):
             return answer.addCallback(lambda made: self._stable(call, made, *dirfds))
-        if call.threaded:
+        if call.threaded:  # no directory change runs in the pool today; if one did, it would wait here
             for dirfd in dirfds:
-                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+                try:
+                    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+                except OSError:
+                    os.sync()  # a directory the server may not read (dirsync.py)
+                    continue
                 call.held.append(fd)
                 self._sync(call, False, fd, lambda: None)
             return answer
         first = os.fstat(dirfds[0])
         synced = self.directories(dirfds[0], first)
-        if len(dirfds) > 1:
+        if len(dirfds) > 1:  # RENAME: both directories at once
             other = os.fstat(dirfds[1])
             if (other.st_dev, other.st_ino) != (first.st_dev, first.st_ino):
-                synced.addCallback(lambda _: self.directories(dirfds[1], other))
+                synced = defer.gatherResults([synced, self.directories(dirfds[1], other)], consumeErrors=True)
+                synced.addErrback(lambda failure: failure.value.subFailure)
         return synced.addCallback(lambda _: answer)
 
     # -- directory changes --------------------------------------------------------------
