@@ -252,7 +252,7 @@ def test_async_export_loses_file_sync_writes(disk, server_of, mode):
 
 
 def _change_the_namespace(disk: PowercutMount, server: Server) -> tuple[NfsClient, dict[str, Stat]]:
-    """Every synchronous directory change of RFC 1813 section 3.3.7, each answered and followed by no other sync:
+    """Every synchronous directory change of RFC 1813 section 1.6, each answered and followed by no other sync:
     what LOOKUP of each name should answer after a power cut."""
     for name in ("to-remove", "to-rename", "to-link", "dir-to-remove", "dropbox", "dir-renamed-into"):
         path = os.path.join(disk.export, name)
@@ -306,7 +306,7 @@ def _looked_up(c: NfsClient, paths) -> dict[str, Stat]:
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_directory_changes_survive_a_power_cut(disk, server_of, mode):
     """CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME and LINK answered on a sync export, then the power
-    cut with no other sync: each change is there (RFC 1813 section 3.3.7; knfsd's commit_metadata).  A directory
+    cut with no other sync: each change is there (RFC 1813 section 1.6; knfsd's commit_metadata).  A directory
     sync per change, or per group of changes made while one ran (nfs3/local/dirsync.py)."""
     server = server_of("rw,sync", MODES[mode])
     c, expected = _change_the_namespace(disk, server)

@@ -1,6 +1,6 @@
 """Directory changes on stable storage before their reply, on ``sync`` exports.
 
-RFC 1813 section 3.3.7 (WRITE, "stable storage") lists the procedures that are synchronous: besides a FILE_SYNC
+RFC 1813 section 1.6 lists the data-modifying procedures that are synchronous: besides a FILE_SYNC
 WRITE and COMMIT, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME and LINK; their reply says the change
 survives a crash of the server.  knfsd does it for a ``sync`` export by ``commit_metadata`` on the directory (and
 skips it on an ``async`` one, exports(5)); so does this backend, by an fsync of the directory: on a journaling

@@ -363,7 +363,7 @@ class LocalFilesystem:
 
     def _stable(self, call, answer: Any, *dirfds: int) -> Any:
         """``answer`` once the change just made in the directories ``dirfds`` is on stable storage, on a sync
-        export (RFC 1813 section 3.3.7, as knfsd's commit_metadata: dirsync.py); at once on an async one."""
+        export (RFC 1813 section 1.6, as knfsd's commit_metadata: dirsync.py); at once on an async one."""
         if not call.options.sync:
             return answer
         if isinstance(answer, defer.Deferred):
