@@ -20,9 +20,10 @@ directory, in subdirectories of 10,000 files; how long it took is reported.  Wit
 each open their own TCP connection (one Python process cannot keep 8 connections busy), from an address of
 their own on loopback (127.0.0.1, .2, ...: K client machines, as a server that steers clients by address sees
 them; --one-address for one machine's K connections), and have their own working set of --files/K files (at
-least one) or their own file; they start each workload at the same moment and their figures are summed.  GETATTR, LOOKUP and ACCESS run --warmup then --seconds; REMOVE, READ and WRITE
-stop when their calls run out or at --seconds.  With --watch-pid, the CPU seconds and peak RSS of the server's
-process tree over each measured part are reported too (bench/proctree.py).
+least one) or their own file; they start each workload at the same moment and their figures are summed.
+GETATTR, LOOKUP and ACCESS run --warmup then --seconds; REMOVE, READ and WRITE stop when their calls run out
+or at --seconds.  With --watch-pid, the CPU seconds and peak RSS of the server's process tree over each
+measured part are reported too (bench/proctree.py).
 
 Every reply is checked (RPC accepted, NFS3_OK); a failed call is counted and reported.  It connects only
 to HOST (the benchmark runs it inside the server's own network namespace, on 127.0.0.1).

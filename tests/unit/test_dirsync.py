@@ -168,3 +168,13 @@ def test_a_sync_that_ends_at_once_still_answers_a_change_made_while_it_started(d
     assert outer == [None] and inner == [[None]] and len(rounds) == 2 and syncs.syncs == 2
     with pytest.raises(OSError):
         os.fstat(rounds[0])
+
+
+def test_sync_here_syncs_the_directory_opened_for_reading_and_closes_it(directory):
+    from nfsstack.nfs3.local.dirsync import sync_here
+
+    synced: list[int] = []
+    sync_here(directory[0], lambda fd: synced.append((fd, os.fstat(fd).st_ino)))
+    assert [ino for _, ino in synced] == [directory[1].st_ino]
+    with pytest.raises(OSError):
+        os.fstat(synced[0][0])

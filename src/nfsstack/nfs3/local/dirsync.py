@@ -42,7 +42,7 @@ class DirectorySyncs:
         self.later = later
         #: (device, inode) of a directory being synced, or about to be -> the Deferreds of the changes waiting for
         #: the next sync (for the first one, until it starts).
-        self._running: dict[tuple[int, int], list[defer.Deferred]] = {}
+        self._running: dict[Any, list[defer.Deferred]] = {}
         #: fsyncs started: for the tests and the figures (how many changes each one answered).
         self.syncs = 0
 
@@ -101,3 +101,17 @@ class DirectorySyncs:
         except Exception:
             synced = defer.fail(Failure())
         synced.addBoth(ended)
+
+
+def sync_here(dirfd: int, sync: Callable[[int], Any]) -> None:
+    """Sync the directory ``dirfd`` in this (pool) thread, waiting: ``sync(fd)`` on it opened for reading, or a
+    ``sync(2)`` of everything where the server may not read it."""
+    try:
+        fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
+    except OSError:
+        os.sync()
+        return
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)

@@ -31,7 +31,7 @@ from nfsstack.nfs3.interface import (
 )
 from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, get_acl, set_acl
 from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
-from nfsstack.nfs3.local.dirsync import DirectorySyncs
+from nfsstack.nfs3.local.dirsync import DirectorySyncs, sync_here
 from nfsstack.nfs3.local.filecache import FileCache, OpenFile
 from nfsstack.nfs3.local.readdir import Lister
 from nfsstack.rpc.fileslice import FileSlice
@@ -370,13 +370,7 @@ class LocalFilesystem:
             return answer.addCallback(lambda made: self._stable(call, made, *dirfds))
         if call.threaded:  # no directory change runs in the pool today; if one did, it would wait here
             for dirfd in dirfds:
-                try:
-                    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
-                except OSError:
-                    os.sync()  # a directory the server may not read (dirsync.py)
-                    continue
-                call.held.append(fd)
-                self._sync(call, False, fd, lambda: None)
+                sync_here(dirfd, lambda fd: self._sync(call, False, fd, lambda: None))
             return answer
         first = os.fstat(dirfds[0])
         synced = self.directories(dirfds[0], first)
