@@ -181,6 +181,12 @@ SABOTAGES = (
         ("tests/unit/test_dirsync.py",),
     ),
     Sabotage(
+        "full-cache-keeps-nothing-new", "a full descriptor cache keeps no object just made and no directory",
+        "src/nfsstack/exports/table.py",
+        (("            if not fresh or not room:\n", "            if True:\n"),),
+        ("tests/unit/test_nfs3.py::test_a_full_descriptor_cache_still_keeps_new_objects_and_directories",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

@@ -1089,7 +1089,7 @@ def test_the_descriptor_cache_forgets_a_removed_object_by_its_inode(env):
     handles = [create(nfs, roots["data"], f"f{i}".encode()) for i in range(40)]
     for h in handles[-10:]:
         assert nfs("GETATTR", h).ok
-    assert len(table._fds) == 16
+    assert len(table._fds) == 16 + 1  # and the one place (16 // 16) for the last object made
     assert nfs("LINK", handles[0], roots["data"], b"alias").ok
     gone = os.stat(tmp / "data" / "f0")
     assert handles[0] in table._fds
@@ -1115,9 +1115,46 @@ def test_a_working_set_larger_than_the_descriptor_cache_still_hits_it(env, monke
         for h in handles:
             assert nfs("GETATTR", h).ok
     kept = sum(h in table._fds for h in handles)  # the export's directory holds one place
-    assert len(table._fds) == 16 and kept == 15
+    assert len(table._fds) == 17 and kept == 16  # 15, and the last one made in the place beyond the 16
+    assert list(table._fresh) == [handles[-1]]  # going round files does not churn that place
     assert len(opened) == 3 * (40 - kept)
     assert len(macs) == 40 - kept  # the first time each is opened only
     later = time.monotonic() + 60
     monkeypatch.setattr(time, "monotonic", lambda: later)
-    assert table.sweep(idle=30) == 16 and not table._fds and not table._inodes
+    assert table.sweep(idle=30) == 17 and not table._fds and not table._inodes and not table._fresh
+
+
+def test_a_full_descriptor_cache_still_keeps_new_objects_and_directories(env, monkeypatch):
+    """Once the cache is full of older objects, an object just made and a directory in use are still kept, in
+    cache_size // 16 places of their own where the least recently used goes: the WRITE and COMMIT after a CREATE
+    and the next CREATE in the same directory find them without opening their handle again."""
+    tmp, table, _, nfs, roots = env
+    table.cache_size = 32
+    for i in range(40):  # made on the server, not through NFS
+        (tmp / "data" / f"old{i}").write_bytes(b"")
+    old = [nfs("LOOKUP", roots["data"], f"old{i}".encode()).object for i in range(40)]
+    assert all(nfs("GETATTR", h).ok for h in old)
+    assert len(table._fds) == 32 and not table._fresh
+    opened = []
+    resolve = table._resolve
+    monkeypatch.setattr(table, "_resolve", lambda *a: opened.append(a[0]) or resolve(*a))
+    d = nfs("MKDIR", roots["data"], b"d", Sattr3(mode=0o755)).obj
+    made = []
+    for i in range(5):
+        made.append(create(nfs, d, f"new{i}".encode()))
+        assert nfs("WRITE", made[-1], 0, b"x" * 10, 2).ok
+        assert nfs("COMMIT", made[-1], 0, 0).ok
+    assert not opened  # the directory and each new file were found kept
+    assert list(table._fresh) == [d, made[-1]]  # 2 places: the least recently used files went
+    assert all(h not in table._fds for h in made[:-1])
+    assert len(table._fds) == 32 + 2
+    # Plain files of a cyclic working set beyond the cache are not taken in: they would evict each other.
+    for h in old[-8:]:
+        assert nfs("GETATTR", h).ok
+    assert list(table._fresh) == [d, made[-1]]
+    # A directory opened by its handle is kept there too, and REMOVE frees its place.
+    assert nfs("GETATTR", old[-1]).ok and nfs("REMOVE", d, b"new4").ok
+    assert list(table._fresh) == [d]
+    table._evict(d)
+    assert nfs("GETATTR", d).ok and list(table._fresh) == [d]
+    assert {e[3] for e in table._fds.values()} == set(table._inodes)

@@ -93,6 +93,8 @@ class ExportTable:
         self.recheck = recheck
         #: handle -> (export, O_PATH fd, when last checked, (st_dev, st_ino))
         self._fds: dict[bytes, tuple[Export, int, float, tuple[int, int]]] = {}
+        #: The handles of ``_fds`` kept beyond ``cache_size`` (:meth:`_keep`), least recently used first.
+        self._fresh: dict[bytes, None] = {}
         #: (device, inode) -> the handle in ``_fds`` naming it (a set in the rare case of several, e.g. one
         #: object reached through two exports): REMOVE forgets an object without a scan.
         self._inodes: dict[tuple[int, int], "bytes | set[bytes]"] = {}
@@ -159,6 +161,7 @@ class ExportTable:
         for entry in self._fds.values():
             os.close(entry[1])
         self._fds.clear()
+        self._fresh.clear()
         self._inodes.clear()
         self._opened.clear()
         self._options.clear()
@@ -307,9 +310,14 @@ class ExportTable:
             entry = self._fds.get(handle)
             if entry is None:
                 export, fd, st = self._resolve(handle, os.O_PATH)
-                self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
+                self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic(),
+                           fresh=stat.S_ISDIR(st.st_mode))
                 return export, fd, st
             export, cached, checked, _ = entry
+            fresh = self._fresh
+            if fresh and handle in fresh:  # used again: the last of them to go
+                del fresh[handle]
+                fresh[handle] = None
             st = os.fstat(cached)
             if st.st_nlink == 0:
                 self._evict(handle)
@@ -324,18 +332,32 @@ class ExportTable:
                 self._fds[handle] = (export, cached, now, entry[3])
             return export, os.dup(cached), st
 
-    def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float) -> None:
+    def _keep(self, handle: bytes, export: Export, fd: int, inode: tuple[int, int], now: float,
+              fresh: bool = False) -> None:
         """Cache a copy of ``fd`` for ``handle`` (under the lock), if there is room.
 
-        When full, nothing is evicted to make room: a client going round more objects than there is room for
-        would evict each one before it came back (an LRU hits nothing under a cyclic pattern), while kept ones
-        keep hitting and the others are opened by handle (:meth:`_resolve`, without the MAC).  Room is made by
-        :meth:`sweep`, which closes what has not been used for a while."""
+        When ``cache_size`` are kept, nothing of them is evicted to make room: a client going round more objects
+        than there is room for would evict each one before it came back (an LRU hits nothing under a cyclic
+        pattern), while kept ones keep hitting and the others are opened by handle (:meth:`_resolve`, without
+        the MAC).  Room is made by :meth:`sweep`, which closes what has not been used for a while.
+
+        But an object just made (``fresh``: :meth:`remember`) or a directory is kept even then, in a few more
+        places (``cache_size // 16``, least recently used out): the calls that follow a CREATE (WRITE, COMMIT,
+        SETATTR) and the names made in a directory would otherwise each open their handle again, for as long as
+        a full cache keeps older objects (a client unpacking a tree after another went round 100,000 files)."""
         size = self.cache_size
         if size is None:
             size = self.cache_size = descriptor_budget()
-        if len(self._fds) >= size or handle in self._fds:
+        if handle in self._fds:
             return
+        kept = self._fresh
+        if len(self._fds) - len(kept) >= size:
+            room = size // 16
+            if not fresh or not room:
+                return
+            if len(kept) >= room:
+                self._evict(next(iter(kept)))
+            kept[handle] = None
         self._fds[handle] = (export, os.dup(fd), now, inode)
         others = self._inodes.get(inode)
         if others is None:
@@ -349,7 +371,7 @@ class ExportTable:
         """Keep a descriptor of an object just made in ``export`` (a copy of the O_PATH ``fd``): the calls that
         follow a CREATE (WRITE, SETATTR, COMMIT) find it without opening the handle."""
         with self._lock:
-            self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
+            self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic(), fresh=True)
 
     def forget(self, st: os.stat_result) -> None:
         """An object was removed through NFS: close the cached descriptors that would keep its blocks, and
@@ -393,6 +415,7 @@ class ExportTable:
         entry = self._fds.pop(handle, None)
         if entry is not None:
             os.close(entry[1])
+            self._fresh.pop(handle, None)
             inode = entry[3]
             handles = self._inodes.get(inode)
             if handles == handle:
