@@ -187,6 +187,18 @@ SABOTAGES = (
         ("tests/unit/test_nfs3.py::test_a_full_descriptor_cache_still_keeps_new_objects_and_directories",),
     ),
     Sabotage(
+        "principal-looked-up-on-the-reactor", "a call of a principal not known asks the name service inline",
+        "src/nfsstack/exports/identity.py",
+        (("        elif self._look_up_in_thread(principal):\n", "        elif False:\n"),),
+        ("tests/unit/test_principals.py::test_a_principal_not_known_is_never_looked_up_on_the_reactors_thread_and_waits_are_bounded",),
+    ),
+    Sabotage(
+        "principal-waits-unbounded", "creations and calls wait for a principal's lookup however long it takes",
+        "src/nfsstack/exports/identity.py",
+        (("        if self._call_later is not None:\n", "        if False:\n"),),
+        ("tests/unit/test_principals.py::test_nfsd_answers_jukebox_while_a_principal_is_looked_up_and_waits_for_it_first",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

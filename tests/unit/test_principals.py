@@ -2,6 +2,7 @@
 of the admission policy (nfsstack.exports.policy): RPCSEC_GSS calls built here with their principal and
 pseudoflavour set, as the RPCSEC_GSS engine hands them to the programs."""
 
+import errno
 import os
 import pwd
 
@@ -336,3 +337,99 @@ def test_the_servers_principals_are_those_of_krb5_confs_default_realm_only(tmp_p
     monkeypatch.setenv("KRB5_CONFIG", str(tmp_path / "none.conf"))
     assert local_realms() == frozenset()
     assert Principals(realms=local_realms()).user("root@OUR.REALM")[0] is None
+
+
+def test_a_principal_not_known_is_never_looked_up_on_the_reactors_thread_and_waits_are_bounded():
+    """A name service that does not answer: the creation of a context and the calls of a principal not known
+    wait for its lookup in a thread at most WAIT_LIMIT seconds, then go on; the reactor's thread never asks
+    the name service itself (a call whose principal is still not known gets LookupPending, EAGAIN)."""
+    from twisted.internet import task
+
+    from nfsstack.exports.identity import MAX_WAITING, WAIT_LIMIT, LookupPending
+
+    asked = []
+
+    def getpwnam(name):
+        asked.append(name)
+        return pwd.struct_passwd((name, "x", 1700, 1700, "", "/", "/bin/sh"))
+
+    timers = task.Clock()
+    threads = Threads()  # never run until told: a name service that hangs
+    principals = Principals(clock=Clock(), getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
+    principals.look_up_in_threads(threads, call_later=timers.callLater)
+    made = principals.prefetch("hank@R")  # the context's creation waits
+    call = principals.pending("hank@R")  # and so does a call
+    fired = []
+    made.addCallback(lambda _: fired.append("made"))
+    call.addCallback(lambda _: fired.append("call"))
+    assert len(threads.queued) == 1 and not fired
+    with pytest.raises(LookupPending) as raised:
+        caller_identity(gss_call("hank@R"), ExportOptions(), principals)
+    assert raised.value.errno == errno.EAGAIN
+    timers.advance(WAIT_LIMIT - 0.1)
+    assert not fired
+    timers.advance(0.1)
+    assert fired == ["made", "call"] and asked == []  # they went on; nobody asked on this thread
+    with pytest.raises(LookupPending):
+        principals.user("hank@R")
+    waiting = [principals.pending("hank@R") for _ in range(MAX_WAITING + 3)]
+    assert sum(w is not None for w in waiting) == MAX_WAITING and len(threads.queued) == 1
+    threads.run()  # the name service answers at last
+    assert asked == ["hank"] and all(w.called for w in waiting if w is not None)
+    assert principals.pending("hank@R") is None
+    assert caller_identity(gss_call("hank@R"), ExportOptions(), principals) == Identity(1700, 1700, (1700,))
+    assert not timers.getDelayedCalls()  # the waits' timers went with them
+
+
+def test_nfsd_answers_jukebox_while_a_principal_is_looked_up_and_waits_for_it_first(tmp_path):
+    """nfsd's frame waits for the principal's lookup before admitting a Kerberos call, and answers
+    NFS3ERR_JUKEBOX (the client tries again) if the name service has not answered within WAIT_LIMIT."""
+    from twisted.internet import task
+
+    from nfsstack.exports.identity import WAIT_LIMIT
+    from nfsstack.nfs3.codec import Stat
+    from nfsstack.nfs3.local.filesystem import LocalFilesystem
+    from nfsstack.nfs3.program import Nfsd
+    from nfsstack.rpc.program import CallContext
+    from nfsstack.rpc.server import joined
+    from nfsstack.xdr import Packer, Unpacker
+    from twisted.internet import defer
+
+    (tmp_path / "krb").mkdir()
+    table = ExportTable(parse_exports(f"{tmp_path / 'krb'} *(rw,sec=krb5)\n", "exports", resolve=lambda h: []),
+                        HandleCodec(b"k" * 32), HostNames(300.0, lookup=lambda a: None))
+    in_thread = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
+    nfsd = Nfsd(table, LocalFilesystem(table, in_thread), in_thread=in_thread)
+    timers, threads = task.Clock(), Threads()
+    principals = Principals(clock=Clock(), getpwnam=lambda n: pwd.struct_passwd((n, "x", 0, 0, "", "/", "/")),
+                            getgrouplist=lambda n, g: [g])
+    principals.look_up_in_threads(threads, call_later=timers.callLater)
+    nfsd.admission.principals = principals
+    export = next(iter(table.exports))
+    fd = os.open(export.path, os.O_RDONLY)
+    root = table.handle(export, fd)
+    os.close(fd)
+    getattr3 = nfsd.program.versions[3][1]
+    p = Packer()
+    p.pack_opaque(root)
+    args = getattr3.decode(Unpacker(b"".join(p.parts())))
+    ctx = CallContext(gss_call("ivy@R"), "tcp", ("127.0.0.1", 900), ("127.0.0.1", 2049))
+
+    def status(reply) -> int:
+        return int.from_bytes(joined(reply)[:4], "big")
+
+    try:
+        replies = []
+        waited = getattr3.handler(ctx, args)
+        assert isinstance(waited, defer.Deferred) and len(threads.queued) == 1
+        waited.addCallback(replies.append)
+        timers.advance(WAIT_LIMIT)
+        assert [status(r) for r in replies] == [Stat.JUKEBOX]
+        again = getattr3.handler(ctx, args)  # still looked up: waits again
+        threads.run()
+        assert status(again.result) == Stat.OK  # looked up: admitted as its user
+        assert status(getattr3.handler(ctx, args)) == Stat.OK  # known: nothing to wait for
+    finally:
+        nfsd.fs.files.close()
+        nfsd.fs.lister.listings.close()
+        table.close()

@@ -139,9 +139,21 @@ def krb5_default_realm(path: Optional[str] = None) -> Optional[str]:
     return None
 
 
-#: Context creations that wait for one principal's lookup at most; more are answered at once (a name service
-#: that never answers must not gather every retried creation).
+#: Context creations (and calls) that wait for one principal's lookup at most; more are answered at once (a name
+#: service that never answers must not gather every retried creation).
 MAX_WAITING = 64
+#: Seconds a context creation or a call waits for its principal's lookup at most (with :attr:`Principals.in_thread`):
+#: a name service that does not answer delays them no longer; a call whose principal is still not known then
+#: gets :class:`LookupPending` (NFS3ERR_JUKEBOX: the client tries again later).
+WAIT_LIMIT = 10.0
+
+
+class LookupPending(OSError):
+    """A principal's user is being looked up in a thread and is not known yet: the call is to be tried again
+    later (EAGAIN: NFS3ERR_JUKEBOX), rather than looked up here, which would hold up the reactor's thread."""
+
+    def __init__(self, principal: str) -> None:
+        super().__init__(errno.EAGAIN, f"the local user of {principal} is still being looked up")
 
 
 class Principals:
@@ -158,8 +170,11 @@ class Principals:
 
     With :attr:`in_thread` (the stack sets it: ``deferToThread``), a slow directory server never holds up the
     reactor's thread: :meth:`prefetch` looks a principal up in a thread when its security context is made
-    (before the client's first call), and an answer past its lifetime is still given while a thread looks
-    the principal up again.  Only a principal never seen (the cache was emptied) is looked up inline.
+    (before the client's first call), an answer past its lifetime is still given while a thread looks the
+    principal up again, and a call of a principal not known (the cache was emptied, or the creation stopped
+    waiting) waits for the lookup (:meth:`pending`).  Nobody waits longer than :data:`WAIT_LIMIT`: a call
+    whose principal is still not known then gets :class:`LookupPending`.  Only the threads of nfsd's pool,
+    off the reactor already, look up inline.
     """
 
     def __init__(self, realms: Optional[Iterable[str]] = None, clock: Callable[[], float] = time.monotonic,
@@ -181,13 +196,22 @@ class Principals:
         self._home: Optional[int] = None
         #: principal -> the Deferreds waiting for the lookup of it running in a thread
         self._looking: dict[str, list] = {}
+        #: ``call_later(seconds, f)`` (the reactor's callLater): ends a wait of :data:`WAIT_LIMIT`.
+        self._call_later: Optional[Callable[..., Any]] = None
+        self.wait_limit = WAIT_LIMIT
 
-    def look_up_in_threads(self, in_thread: Callable[..., Any]) -> None:
+    def look_up_in_threads(self, in_thread: Callable[..., Any], call_later: Optional[Callable[..., Any]] = None) -> None:
         """From now on, principals are looked up with ``in_thread`` (``deferToThread``), started from the thread
         calling this (the reactor's) only: a call running in one of nfsd's pool threads (a large READ or WRITE)
-        is off the reactor already, and looks up inline what it needs."""
+        is off the reactor already, and looks up inline what it needs.  ``call_later`` (the reactor's
+        ``callLater``; None: the global reactor's) bounds the waits (:data:`WAIT_LIMIT`)."""
         self.in_thread = in_thread
         self._home = threading.get_ident()
+        if call_later is None:
+            from twisted.internet import reactor
+
+            call_later = reactor.callLater
+        self._call_later = call_later
 
     def user(self, principal: Optional[str]) -> tuple[Optional[Identity], float]:
         """The local user ``principal`` is (unsquashed; :data:`ROOT` for a machine principal; UNKNOWN for none)
@@ -202,9 +226,45 @@ class Principals:
                 return entry
             if self._look_up_in_thread(principal):
                 return self._users.get(principal, entry)  # the old answer while a thread looks again
+        elif self._look_up_in_thread(principal):
+            entry = self._users.get(principal)  # an in_thread that answered at once
+            if entry is None:
+                raise LookupPending(principal)
+            return entry
         entry = (self._lookup(principal), now + self.lifetime)
         self._keep(principal, entry)
         return entry
+
+    def pending(self, principal: Optional[str]):
+        """A Deferred to wait for before a call of ``principal`` is admitted: None when its answer is known
+        (fresh or old: :meth:`user` gives it at once) or is looked up inline (no :attr:`in_thread`, or off the
+        reactor's thread); else it fires (with None) once a thread has looked it up, or after
+        :data:`WAIT_LIMIT` seconds, whichever comes first."""
+        if principal is None or principal in self._users:
+            return None
+        return self._wait_for(principal)
+
+    def _wait_for(self, principal: str):
+        """Start a lookup of ``principal`` in a thread unless one runs, and a Deferred of its end (bounded in
+        time and in number: None when :data:`MAX_WAITING` already wait, or when nothing can be waited for)."""
+        if not self._look_up_in_thread(principal):
+            return None
+        waiters = self._looking.get(principal)
+        if waiters is None or len(waiters) >= MAX_WAITING:  # answered at once (None: it already was)
+            return None
+        waiting = Deferred()
+        waiters.append(waiting)
+        if self._call_later is not None:
+            timer = self._call_later(self.wait_limit, self._stop_waiting, principal, waiting)
+            waiting.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return waiting
+
+    def _stop_waiting(self, principal: str, waiting: Deferred) -> None:
+        waiters = self._looking.get(principal)
+        if waiters is not None and waiting in waiters:
+            waiters.remove(waiting)
+        if not waiting.called:
+            waiting.callback(None)
 
     def prefetch(self, principal: str):
         """Look ``principal`` up in a thread unless its answer is fresh: a Deferred firing (with None) once it
@@ -213,14 +273,7 @@ class Principals:
         entry = self._users.get(principal)
         if entry is not None and self.clock() < entry[1]:
             return None
-        if not self._look_up_in_thread(principal):
-            return None
-        waiters = self._looking.get(principal)
-        if waiters is None or len(waiters) >= MAX_WAITING:  # answered at once (None: it already was)
-            return None
-        waiting = Deferred()
-        waiters.append(waiting)
-        return waiting
+        return self._wait_for(principal)
 
     def _look_up_in_thread(self, principal: str) -> bool:
         """Start a lookup of ``principal`` in a thread unless one runs: whether one was started or runs (False
@@ -245,7 +298,8 @@ class Principals:
 
         def done(_) -> None:
             for waiting in self._looking.pop(principal, ()):
-                waiting.callback(None)
+                if not waiting.called:
+                    waiting.callback(None)
 
         looking.addCallbacks(found, failed).addBoth(done)
         return True

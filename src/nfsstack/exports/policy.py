@@ -113,12 +113,17 @@ class Admission:
         #: longer than the name service's answer (:class:`~nfsstack.exports.identity.Principals`).
         self._verdicts: dict[tuple, tuple] = {}
 
-    def lookup(self, address: str) -> Optional[defer.Deferred]:
-        """None if :meth:`admit` can decide for ``address`` now; else the Deferred of the reverse lookup a
-        wildcard client specification needs, which fires (with the name, or None) once it is done."""
+    def lookup(self, address: str, header: Optional[CallHeader] = None) -> Optional[defer.Deferred]:
+        """None if :meth:`admit` can decide for ``address`` (and the call of ``header``) now; else a Deferred
+        to wait for first, which fires once what it needs is known: the reverse lookup a wildcard client
+        specification needs (it fires with the name, or None), or the local user of an RPCSEC_GSS call's
+        principal, looked up in a thread (:meth:`~nfsstack.exports.identity.Principals.pending`: bounded in
+        time, after which the call gets NFS3ERR_JUKEBOX rather than wait on)."""
         table = self.table
         if table.needs_names and not table.names.known(address):
             return table.names.resolve(address)
+        if header is not None and header.pseudoflavor:
+            return self.principals.pending(header.principal)
         return None
 
     def admit(self, export: Export, address: str, privileged_port: bool, header: CallHeader) -> Verdict:

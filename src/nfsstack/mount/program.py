@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from twisted.internet import defer
 
+from nfsstack.exports.identity import LookupPending
 from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, MountRefused, Refused
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
@@ -127,7 +128,7 @@ class Mountd:
         return Program(MOUNT_PROG, "mountd", {1: v1, 2: dict(v1), 3: v3})
 
     def mnt(self, ctx: CallContext, path: str) -> defer.Deferred | tuple:
-        named = self.admission.lookup(ctx.peer[0])
+        named = self.admission.lookup(ctx.peer[0], ctx.header)
         if named is not None:  # a wildcard client specification needs the caller's name: looked up first
             return named.addCallback(lambda _: self._mnt(ctx, path))
         return self._mnt(ctx, path)
@@ -139,7 +140,11 @@ class Mountd:
             status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
             self.refusals.refused(address, "mount request: not exported", path)
             return status, b"", ()
-        verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
+        try:
+            verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
+        except LookupPending as e:  # the name service has not answered in time: the client asks again
+            log.warn("mount request from {addr} for {path}: {e}", addr=address, path=path, e=e)
+            return MountStat.MNT3ERR_SERVERFAULT, b"", ()
         if isinstance(verdict, Refused):
             self.refusals.refused(address, _REFUSED.get(verdict, "mount request: " + verdict.reason), path)
             return MountStat.MNT3ERR_ACCES, b"", ()

@@ -221,7 +221,7 @@ class Frame:
         blocking = row.blocking if fs.blocking else None
 
         def run(ctx: CallContext, args: Any):
-            named = lookup(ctx.peer[0])
+            named = lookup(ctx.peer[0], ctx.header)
             if named is not None:
                 # A wildcard client specification needs the caller's name: look it up first.
                 return named.addBoth(lambda _: start(ctx, args))

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from nfsstack.exports import ExportOptions
 from nfsstack.exports.handles import BadHandle, StaleHandle
+from nfsstack.exports.identity import LookupPending
 from nfsstack.exports.policy import Admission, Admitted
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
@@ -142,7 +143,7 @@ class Nlm:
     def _call(self, handler, version: int, ctx: CallContext, args):
         """Run ``handler``, after the reverse lookup the admission policy may need; a :class:`Refused` becomes
         the reply of the procedure's result type."""
-        named = self.admission.lookup(ctx.peer[0])
+        named = self.admission.lookup(ctx.peer[0], ctx.header)
         if named is not None:  # a wildcard client specification needs the caller's name: looked up first
             return named.addBoth(lambda _: self._answer(handler, version, ctx, args))
         return self._answer(handler, version, ctx, args)
@@ -159,7 +160,7 @@ class Nlm:
 
     def _message(self, handler, version: int, res_proc: Proc, encode, ctx: CallContext, args) -> None:
         """A _MSG procedure: no reply; the result goes to the caller's lock manager as a _RES call."""
-        named = self.admission.lookup(ctx.peer[0])
+        named = self.admission.lookup(ctx.peer[0], ctx.header)
         if named is not None:  # looked up first, as in _call; no reply waits for it
             named.addBoth(lambda _: self._send_result(handler, version, res_proc, encode, ctx, args))
             named.addErrback(lambda f: log.failure("{proc} from {host}", f, proc=res_proc.name, host=ctx.peer[0]))
@@ -193,7 +194,10 @@ class Nlm:
             export, key = self.fs.lock_key(fh)
         except (BadHandle, StaleHandle):
             raise Refused(NlmStat.STALE_FH) from None
-        verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+        try:
+            verdict = self.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+        except LookupPending:  # the name service has not answered in time (Principals.pending)
+            raise Refused(NlmStat.FAILED) from None
         if not isinstance(verdict, Admitted):
             raise Refused(NlmStat.FAILED)
         return key, verdict.options
