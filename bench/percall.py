@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 bench/percall.py                       # us per call, best of --repeat runs
     PYTHONPATH=src python3 bench/percall.py --callgrind -n 200    # + instructions per call (valgrind)
+    PYTHONPATH=src python3 bench/percall.py --cache-size 1        # handles opened again (open_by_handle_at)
 
 Needs root (open_by_handle_at).  One local export in a temporary directory (``--dir``, default the system's temp
 dir), ``rw,no_root_squash``, called from a privileged port over "tcp", as AUTH_SYS uid 0 and uid 1000 (who owns
@@ -54,6 +55,8 @@ LOCAL = ("127.0.0.1", 2049)
 CALLS = ("GETATTR", "ACCESS", "LOOKUP", "READ", "WRITE", "WRITE_SYNC", "REMOVE")
 BLOCK = 4096
 USER = 1000
+#: Descriptors the export table keeps (--cache-size); None: its own budget.
+CACHE_SIZE = None
 
 
 class Rig:
@@ -79,7 +82,7 @@ class Rig:
                 f.write(b"x" * (files * BLOCK))
             os.chown(path, uid, uid)
         exports = parse_exports(f"{self.export_dir} 127.0.0.1(rw,no_root_squash)\n")
-        self.table = ExportTable(exports, HandleCodec(b"k" * 32))
+        self.table = ExportTable(exports, HandleCodec(b"k" * 32), cache_size=CACHE_SIZE)
         # A kept descriptor is looked at again (readlink) 2 s after its last look: once per handle per 2 s when
         # served, but whether a run of the loop meets it would depend on how slow the run is (valgrind): never.
         self.table.recheck = float("inf")
@@ -199,6 +202,8 @@ def callgrind(call: str, uid: int, n: int, files: int, observer: bool, where: st
                "--repeat", "1", "--files", str(files), "--dir", where, "--quiet"]
         if not observer:
             cmd.append("--no-observer")
+        if CACHE_SIZE is not None:
+            cmd += ["--cache-size", str(CACHE_SIZE)]
         # One hash seed: dicts keyed by bytes and str then probe alike from run to run (about 1 % otherwise).
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -226,8 +231,12 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the export is made")
     ap.add_argument("--no-observer", action="store_true", help="no call observer on the dispatcher")
     ap.add_argument("--callgrind", action="store_true", help="also instructions per call, under valgrind")
+    ap.add_argument("--cache-size", type=int, help="descriptors the export table keeps (1: every handle but the "
+                    "export's is opened again, as beyond the cache of a large working set)")
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global CACHE_SIZE
+    CACHE_SIZE = a.cache_size
     if os.geteuid() != 0:
         raise SystemExit("needs root (open_by_handle_at)")
     if not a.quiet:
