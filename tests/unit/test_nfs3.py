@@ -1074,6 +1074,30 @@ def test_a_users_write_clears_set_id_bits_as_locally(env, size):
     assert os.stat(tmp / "squash" / "prog").st_mode & 0o7777 == 0o755
     r = nfs("READ", f, 0, size, cred=USER)
     assert r.ok and r.data == b"x" * size and r.eof
+    assert nfs("SETATTR", f, Sattr3(mode=0o2775), cred=USER).ok  # set-group-id with group execute: cleared too
+    assert nfs("WRITE", f, 0, b"y" * size, 0, cred=USER).ok
+    assert os.stat(tmp / "squash" / "prog").st_mode & 0o7777 == 0o775
+
+
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
+def test_a_users_write_switches_identity_only_for_a_file_with_set_id_bits(env, monkeypatch):
+    """Once a user's file is open for writing, its WRITEs run as the server (nothing but the set-id bits depends
+    on who writes), and as the user while the file has set-id bits, which the kernel then clears."""
+    tmp, _, nfsd, nfs, roots = env
+    f = create(nfs, roots["squash"], b"plain", mode=0o644, cred=USER)
+    assert nfs("WRITE", f, 0, b"a" * 100, 0, cred=USER).ok  # opened (as the user) and kept
+    ids = nfsd.fs.caller.ids
+    switched = []
+    become = ids.become
+    monkeypatch.setattr(ids, "become", lambda who: (switched.append(who), become(who))[1])
+    assert nfs("WRITE", f, 100, b"b" * 100, 0, cred=USER).ok
+    assert (tmp / "squash" / "plain").read_bytes() == b"a" * 100 + b"b" * 100
+    assert all(who == ROOT for who in switched)
+    assert nfs("SETATTR", f, Sattr3(mode=0o4755), cred=USER).ok
+    switched.clear()
+    assert nfs("WRITE", f, 200, b"c" * 100, 0, cred=USER).ok
+    assert any(who != ROOT for who in switched)
+    assert os.stat(tmp / "squash" / "plain").st_mode & 0o7777 == 0o755
 
 
 def _kept(table) -> int:
