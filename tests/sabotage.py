@@ -199,12 +199,6 @@ SABOTAGES = (
         ("tests/unit/test_principals.py::test_nfsd_answers_jukebox_while_a_principal_is_looked_up_and_waits_for_it_first",),
     ),
     Sabotage(
-        "write-never-as-caller", "a user's WRITE runs as the server even on a set-id file (the bits stay)",
-        "src/nfsstack/nfs3/local/filesystem.py",
-        (("        who = call.who if st.st_mode & _SET_ID else ROOT\n", "        who = ROOT\n"),),
-        ("tests/unit/test_nfs3.py::test_a_users_write_clears_set_id_bits_as_locally",),
-    ),
-    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

@@ -310,8 +310,7 @@ class ExportTable:
             entry = self._fds.get(handle)
             if entry is None:
                 export, fd, st = self._resolve(handle, os.O_PATH)
-                self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic(),
-                           fresh=stat.S_ISDIR(st.st_mode))
+                self._keep(handle, export, fd, (st.st_dev, st.st_ino), time.monotonic())
                 return export, fd, st
             export, cached, checked, _ = entry
             fresh = self._fresh
@@ -341,10 +340,11 @@ class ExportTable:
         pattern), while kept ones keep hitting and the others are opened by handle (:meth:`_resolve`, without
         the MAC).  Room is made by :meth:`sweep`, which closes what has not been used for a while.
 
-        But an object just made (``fresh``: :meth:`remember`) or a directory is kept even then, in a few more
-        places (``cache_size // 16``, least recently used out): the calls that follow a CREATE (WRITE, COMMIT,
-        SETATTR) and the names made in a directory would otherwise each open their handle again, for as long as
-        a full cache keeps older objects (a client unpacking a tree after another went round 100,000 files)."""
+        But an object just made (``fresh``: :meth:`remember`, after CREATE, MKDIR, ...) is kept even then, in a
+        few more places (``cache_size // 16``, least recently used out): the calls that follow a CREATE (WRITE,
+        COMMIT, SETATTR) and the names made in a new directory would otherwise each open their handle again, for
+        as long as a full cache keeps older objects (a client unpacking a tree after another went round 100,000
+        files).  Directories and files merely looked up are not: a walk of many would churn those places."""
         size = self.cache_size
         if size is None:
             size = self.cache_size = descriptor_budget()
@@ -355,10 +355,17 @@ class ExportTable:
             room = size // 16
             if not fresh or not room:
                 return
+            copy = os.dup(fd)
             if len(kept) >= room:
                 self._evict(next(iter(kept)))
             kept[handle] = None
+            self._fds[handle] = (export, copy, now, inode)
+            self._index(handle, inode)
+            return
         self._fds[handle] = (export, os.dup(fd), now, inode)
+        self._index(handle, inode)
+
+    def _index(self, handle: bytes, inode: tuple[int, int]) -> None:
         others = self._inodes.get(inode)
         if others is None:
             self._inodes[inode] = handle
@@ -412,10 +419,10 @@ class ExportTable:
         return closed
 
     def _evict(self, handle: bytes) -> None:
+        self._fresh.pop(handle, None)
         entry = self._fds.pop(handle, None)
         if entry is not None:
             os.close(entry[1])
-            self._fresh.pop(handle, None)
             inode = entry[3]
             handles = self._inodes.get(inode)
             if handles == handle:

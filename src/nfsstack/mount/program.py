@@ -142,7 +142,7 @@ class Mountd:
             return status, b"", ()
         try:
             verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
-        except LookupPending as e:  # the name service has not answered in time: the client asks again
+        except LookupPending as e:  # the name service has not answered in time: this mount fails
             log.warn("mount request from {addr} for {path}: {e}", addr=address, path=path, e=e)
             return MountStat.MNT3ERR_SERVERFAULT, b"", ()
         if isinstance(verdict, Refused):

@@ -45,8 +45,6 @@ log = logger("nfsstack.nfs3")
 SLOW_CREATE = 0.0002
 RESAMPLE_CREATE = 16
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-#: The mode bits a write by a caller without CAP_FSETID clears (WRITE switches to the caller for a file with them).
-_SET_ID = stat.S_ISUID | stat.S_ISGID
 
 
 @implementer(IFilesystem, IAccessControlLists)
@@ -313,12 +311,9 @@ class LocalFilesystem:
                 return self._sync(call, stable == DATA_SYNC, wfd, lambda: (written, stable, after))
             return written, stable, after
 
-        # As the caller where it matters: a write by someone without CAP_FSETID clears the file's set-id bits
-        # (the kernel's should_remove_suid), as it would locally.  The descriptor was opened as the caller, and
-        # nothing else of a write depends on who makes it (file capabilities go whoever writes; quotas charge
-        # the owner), so a file without those bits is written as the server: two identity switches saved.
-        who = call.who if st.st_mode & _SET_ID else ROOT
-        with self.caller.run_as(who):
+        # As the caller, whatever the file: a write clears set-id bits as it would locally, and the filesystem's
+        # reserve for root (ext4's s_resuid, fsuid 0) is not the caller's to fill.
+        with self.caller.run_as(call.who):
             if call.ring:
                 try:
                     ringed = self.syncer.pwrite(wfd, data, offset)
