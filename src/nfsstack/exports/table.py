@@ -355,17 +355,13 @@ class ExportTable:
             room = size // 16
             if not fresh or not room:
                 return
-            copy = os.dup(fd)
+            copy = os.dup(fd)  # first: a failed dup leaves everything as it was
             if len(kept) >= room:
                 self._evict(next(iter(kept)))
             kept[handle] = None
-            self._fds[handle] = (export, copy, now, inode)
-            self._index(handle, inode)
-            return
-        self._fds[handle] = (export, os.dup(fd), now, inode)
-        self._index(handle, inode)
-
-    def _index(self, handle: bytes, inode: tuple[int, int]) -> None:
+        else:
+            copy = os.dup(fd)
+        self._fds[handle] = (export, copy, now, inode)
         others = self._inodes.get(inode)
         if others is None:
             self._inodes[inode] = handle
