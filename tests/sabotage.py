@@ -199,6 +199,19 @@ SABOTAGES = (
         ("tests/unit/test_principals.py::test_nfsd_answers_jukebox_while_a_principal_is_looked_up_and_waits_for_it_first",),
     ),
     Sabotage(
+        "principal-cache-emptied", "a full principal cache keeps the principals of the last minutes",
+        "src/nfsstack/exports/identity.py",
+        (("                for name in list(users)[: len(users) - self.size // 2]:\n",
+          "                for name in list(users):\n"),),
+        ("tests/unit/test_principals.py::test_the_cache_is_bounded_and_a_full_one_keeps_the_principals_of_the_last_minutes",),
+    ),
+    Sabotage(
+        "principal-failure-retried-for-ever", "a lookup that fails in its thread gives the anonymous user for a while",
+        "src/nfsstack/exports/identity.py",
+        (("            self._keep(principal, (UNKNOWN, started + self.lifetime))\n", "            pass\n"),),
+        ("tests/unit/test_principals.py::test_a_lookup_that_fails_in_its_thread_gives_the_anonymous_user_for_its_lifetime_not_jukebox_for_ever",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

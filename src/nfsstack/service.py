@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -558,14 +559,16 @@ DEFAULT_EXPORT = "export"
 DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")
 
 
-def kerberos_engine(keytab: Optional[str], quiet: bool = False):
+def kerberos_engine(keytab: Optional[str], reactor, quiet: bool = False):
     """The process's RPCSEC_GSS engine from ``keytab`` (``--keytab``; None: the default, /etc/krb5.keytab), or
     None when Kerberos cannot be served here (logged why unless ``quiet``: as a warning for a keytab given),
-    with each new context's principal looked up in the name service in a thread before its creation is
-    answered (:meth:`nfsstack.exports.identity.Principals.prefetch`)."""
+    with each new context's principal looked up in the name service in a thread of ``reactor``'s pool before
+    its creation is answered (:meth:`nfsstack.exports.identity.Principals.prefetch`), waits bounded by
+    ``reactor``'s timers."""
     gss = load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
     if gss is not None:
-        PRINCIPALS.look_up_in_threads(threads.deferToThread)
+        PRINCIPALS.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
+                                      reactor.callLater)
         gss.on_established = PRINCIPALS.prefetch
     return gss
 

@@ -270,7 +270,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         reply_batcher=stack.reply_batcher,
-        gss=_kerberos(options),
+        gss=_kerberos(options, reactor),
     )
     from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
 
@@ -335,9 +335,9 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     return stack
 
 
-def _kerberos(options: Options):
+def _kerberos(options: Options, reactor):
     """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
-    return kerberos_engine(options.get("keytab"))
+    return kerberos_engine(options.get("keytab"), reactor)
 
 
 #: The option that sets each RPC service's port.

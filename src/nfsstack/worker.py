@@ -136,17 +136,17 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
     served = LentSockets("nfsd", nfsd_port_programs(nfsd.nfsd), config["sockets"], reactor=reactor,
                          max_record=config["max-record"], idle_timeout=config["idle-timeout"],
                          max_connections=config["max-connections"], reply_batcher=top.reply_batcher,
-                         gss=_kerberos(config))
+                         gss=_kerberos(config, reactor))
     calls = CallStats()
     served.dispatcher.observer = calls
     served.setServiceParent(top)
     return top, lambda: counters(nfsd.nfsd, served.dispatcher, calls, served.stream_factory)
 
 
-def _kerberos(config: dict):
+def _kerberos(config: dict, reactor):
     """The worker's own RPCSEC_GSS engine, from the stack's ``--keytab``: its contexts are its own (a client is
     steered to one worker by its address).  The stack's process said already whether Kerberos is on."""
-    return kerberos_engine(config.get("keytab"), quiet=True)
+    return kerberos_engine(config.get("keytab"), reactor, quiet=True)
 
 
 def _die_with_parent(parent: int) -> None:

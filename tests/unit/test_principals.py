@@ -10,6 +10,8 @@ import pytest
 
 from nfsstack.exports import ANON_ID, parse_exports
 from nfsstack.exports.handles import HandleCodec
+from twisted.internet import task
+
 from nfsstack.exports.identity import ROOT, Identity, Principals, caller_identity, krb5_default_realm
 from nfsstack.exports.names import HostNames
 from nfsstack.exports.policy import INSECURE_PORT, Admission, Admitted, Refused, wrong_security
@@ -157,7 +159,7 @@ def test_with_threads_a_principal_is_looked_up_when_its_context_is_made_and_agai
     threads = Threads()
     principals = Principals(clock=clock, lifetime=60.0, getpwnam=getpwnam,
                             getgrouplist=lambda n, g: list(groups[n]))
-    principals.look_up_in_threads(threads)
+    principals.look_up_in_threads(threads, task.Clock().callLater)
     options = ExportOptions()
     made = principals.prefetch("alice@R")
     fired = []
@@ -198,7 +200,7 @@ def test_lookups_in_threads_start_only_from_the_reactors_thread_and_never_hang()
     clock = Clock()
     threads = Threads()
     principals = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
-    principals.look_up_in_threads(threads)
+    principals.look_up_in_threads(threads, task.Clock().callLater)
     principals.prefetch("dave@R")
     threads.run()
     assert asked == [("dave", "MainThread")]
@@ -211,12 +213,12 @@ def test_lookups_in_threads_start_only_from_the_reactors_thread_and_never_hang()
     assert asked[1:] == [("dave", "nfsd-pool-0")] and not threads.queued and not principals._looking
 
     at_once = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
-    at_once.look_up_in_threads(lambda f, *a: defer.succeed(f(*a)))
+    at_once.look_up_in_threads(lambda f, *a: defer.succeed(f(*a)), task.Clock().callLater)
     assert at_once.prefetch("erin@R") is None and at_once.user("erin@R")[0].uid == 1600
     assert not at_once._looking
 
     broken = Principals(clock=clock, getpwnam=getpwnam, getgrouplist=lambda n, g: [g])
-    broken.look_up_in_threads(lambda f, *a: 1 / 0)
+    broken.look_up_in_threads(lambda f, *a: 1 / 0, task.Clock().callLater)
     assert broken.prefetch("fay@R") is None and broken.user("fay@R")[0].uid == 1600
 
     waiting = [principals.prefetch("gus@R") for _ in range(MAX_WAITING + 5)]
@@ -235,11 +237,33 @@ def test_without_threads_prefetch_waits_for_nothing_and_calls_look_up_inline():
     assert principals.user("carol@R")[0] == Identity(7, 7, (7,))
 
 
-def test_the_cache_is_bounded():
-    principals = Principals(size=8, getpwnam=lambda n: (_ for _ in ()).throw(KeyError(n)))
+def test_the_cache_is_bounded_and_a_full_one_keeps_the_principals_of_the_last_minutes():
+    """A full cache drops the expired answers first, then the older half; never all of them, which would make
+    every Kerberos client at work wait for a new lookup at once."""
+    asked = []
+
+    def getpwnam(name):
+        asked.append(name)
+        raise KeyError(name)
+
+    clock = Clock()
+    principals = Principals(size=8, clock=clock, lifetime=60.0, getpwnam=getpwnam)
     for i in range(100):
         principals.user(f"u{i}@R")
-    assert len(principals._users) <= 8
+        assert min(i + 1, 5) <= len(principals._users) <= 8  # never emptied: the newer half stays
+    assert {f"u{i}@R" for i in range(96, 100)} <= set(principals._users)
+    asked.clear()
+    principals.user("u99@R")
+    assert asked == []
+    old = sorted(principals._users)
+    clock.now += 30
+    for name in ("a@R", "b@R", "c@R", "d@R"):  # fill it again, nothing expired yet
+        principals.user(name)
+    clock.now += 45  # the first ones' answers (75 s old) expired; the four new ones (45 s) have not
+    principals.user("e@R")
+    principals.user("f@R")
+    kept = set(principals._users)
+    assert {"a@R", "b@R", "c@R", "d@R", "e@R", "f@R"} <= kept and not kept & set(old)
 
 
 def test_an_auth_sys_call_keeps_its_credential():
@@ -433,3 +457,29 @@ def test_nfsd_answers_jukebox_while_a_principal_is_looked_up_and_waits_for_it_fi
         nfsd.fs.files.close()
         nfsd.fs.lister.listings.close()
         table.close()
+
+
+def test_a_lookup_that_fails_in_its_thread_gives_the_anonymous_user_for_its_lifetime_not_jukebox_for_ever():
+    """A lookup's thread that raises (a bug: the name service's errors are caught) is logged, and the principal
+    is the anonymous user until the answer's lifetime ends, as a name service's error makes it: its calls are
+    not answered JUKEBOX (LookupPending) again and again while each starts a new lookup."""
+    from twisted.internet import defer
+
+    from nfsstack.exports.identity import UNKNOWN
+
+    clock = Clock()
+    started = []
+
+    def failing(f, *args):
+        started.append(args)
+        return defer.fail(RuntimeError("bug"))
+
+    principals = Principals(clock=clock, lifetime=60.0, getpwnam=lambda n: 1 / 0)
+    principals.look_up_in_threads(failing, task.Clock().callLater)
+    for _ in range(5):
+        assert principals.user("hal@R")[0] is UNKNOWN
+    assert len(started) == 1
+    assert caller_identity(gss_call("hal@R"), ExportOptions(), principals) == ANON
+    clock.now += 61
+    principals.user("hal@R")  # the old answer while a new lookup starts
+    assert len(started) == 2

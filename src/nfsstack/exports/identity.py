@@ -165,7 +165,7 @@ class Principals:
 
     A lookup may reach a directory server (LDAP, sssd), so each principal is looked up once per
     :attr:`lifetime` (60 s: a user added to a group is seen within a minute), negative answers too, and the
-    cache is bounded (:attr:`size` entries, then emptied).  The lookups (``getpwnam``, ``getgrouplist``) and
+    cache is bounded (:attr:`size` entries: the expired ones, then the older half, go).  The lookups (``getpwnam``, ``getgrouplist``) and
     the ``clock`` are parameters, for tests.
 
     With :attr:`in_thread` (the stack sets it: ``deferToThread``), a slow directory server never holds up the
@@ -200,17 +200,13 @@ class Principals:
         self._call_later: Optional[Callable[..., Any]] = None
         self.wait_limit = WAIT_LIMIT
 
-    def look_up_in_threads(self, in_thread: Callable[..., Any], call_later: Optional[Callable[..., Any]] = None) -> None:
+    def look_up_in_threads(self, in_thread: Callable[..., Any], call_later: Callable[..., Any]) -> None:
         """From now on, principals are looked up with ``in_thread`` (``deferToThread``), started from the thread
         calling this (the reactor's) only: a call running in one of nfsd's pool threads (a large READ or WRITE)
-        is off the reactor already, and looks up inline what it needs.  ``call_later`` (the reactor's
-        ``callLater``; None: the global reactor's) bounds the waits (:data:`WAIT_LIMIT`)."""
+        is off the reactor already, and looks up inline what it needs.  ``call_later`` (the same reactor's
+        ``callLater``) bounds the waits (:data:`WAIT_LIMIT`)."""
         self.in_thread = in_thread
         self._home = threading.get_ident()
-        if call_later is None:
-            from twisted.internet import reactor
-
-            call_later = reactor.callLater
         self._call_later = call_later
 
     def user(self, principal: Optional[str]) -> tuple[Optional[Identity], float]:
@@ -295,6 +291,9 @@ class Principals:
 
         def failed(failure) -> None:  # _lookup catches what the name service raises: this is a bug, said once
             log.failure("looking up the Kerberos principal {principal}", failure, principal=principal)
+            # The answer a name service's error gives (the anonymous user), for the lifetime: else each call
+            # would start the lookup again and get JUKEBOX, and its client would retry for ever.
+            self._keep(principal, (UNKNOWN, started + self.lifetime))
 
         def done(_) -> None:
             for waiting in self._looking.pop(principal, ()):
@@ -305,9 +304,19 @@ class Principals:
         return True
 
     def _keep(self, principal: str, entry: tuple[Optional[Identity], float]) -> None:
-        if len(self._users) >= self.size:
-            self._users.clear()
-        self._users[principal] = entry
+        """Keep ``entry`` as the newest answer; when :attr:`size` are kept, the expired ones go, and if that is
+        not enough, the older half (the order answers came in): the principals of the last minutes stay, so the
+        clients at work do not all wait for a new lookup at once, as they would if the cache were emptied."""
+        users = self._users
+        users.pop(principal, None)
+        if len(users) >= self.size:
+            now = self.clock()
+            for name in [name for name, (_, expires) in users.items() if expires <= now]:
+                del users[name]
+            if len(users) >= self.size:
+                for name in list(users)[: len(users) - self.size // 2]:
+                    del users[name]
+        users[principal] = entry
 
     def _lookup(self, principal: str) -> Optional[Identity]:
         name, at, realm = principal.rpartition("@")
