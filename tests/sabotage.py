@@ -212,6 +212,13 @@ SABOTAGES = (
         ("tests/unit/test_principals.py::test_a_lookup_that_fails_in_its_thread_gives_the_anonymous_user_for_its_lifetime_not_jukebox_for_ever",),
     ),
     Sabotage(
+        "udp-too-large-reply-unverified", "a UDP reply too large to send is SYSTEM_ERR with the call's verifier",
+        "src/nfsstack/rpc/server.py",
+        (("    return reply[:end] + U32.pack(AcceptStat.SYSTEM_ERR)\n",
+          "    return accepted_reply(xid, AcceptStat.SYSTEM_ERR)\n"),),
+        ("tests/unit/test_gss.py::test_a_reply_too_large_for_udp_is_system_err_with_the_verifier_the_client_checks",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

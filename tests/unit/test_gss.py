@@ -126,7 +126,7 @@ class Clock:
 
 class Who:
     """A program 200000 v1: NULL, WHO (the principal and flavour the handler saw), ECHO (opaque), BUMP
-    (non-idempotent: counts its runs)."""
+    (non-idempotent: counts its runs), BIG (100,000 bytes: more than a UDP datagram holds)."""
 
     def __init__(self) -> None:
         self.runs = 0
@@ -144,6 +144,7 @@ class Who:
             1: Procedure("WHO", who, None, pack_opaque),
             2: Procedure("ECHO", lambda ctx, a: a, lambda u: u.unpack_opaque(1 << 20), pack_opaque),
             3: Procedure("BUMP", bump, None, Packer.pack_uint, idempotent=False),
+            4: Procedure("BIG", lambda ctx, a: b"b" * 100_000, None, pack_opaque),
         }
         self.program = Program(PROG, "who", {VERS: procs})
 
@@ -225,6 +226,33 @@ def test_privacy_hides_the_arguments_and_the_results(realm):
     reply = rig.handle(message)
     assert b"secret words" not in reply
     assert Unpacker(rig.session.reply_results(reply, seq)).unpack_opaque(1000) == secret
+
+
+@pytest.mark.parametrize("service", [GssService.NONE, GssService.INTEGRITY, GssService.PRIVACY])
+def test_a_reply_too_large_for_udp_is_system_err_with_the_verifier_the_client_checks(realm, service):
+    """Over UDP, a reply larger than a datagram is answered SYSTEM_ERR (rather than nothing), and for an
+    RPCSEC_GSS call with the checksum of its sequence number as the verifier, which the client checks on every
+    accepted reply (RFC 2203 section 5.3.3.2): an AUTH_NONE verifier there reads as a forged reply."""
+    from nfsstack.rpc.server import RPCDatagramProtocol
+
+    rig = Rig(realm, service)
+    sent = []
+
+    class Transport:
+        def write(self, data, peer):
+            sent.append(data)
+
+    udp = RPCDatagramProtocol(rig.dispatcher)
+    udp.transport = Transport()
+    message, seq = rig.message(4)
+    udp.datagramReceived(message, PEER)
+    assert len(sent) == 1 and len(sent[0]) < 1000
+    header = decode_reply(sent[0])
+    assert header.verf.flavor == AuthFlavor.RPCSEC_GSS  # the Linux client drops any other as garbage
+    with pytest.raises(AcceptedError) as refused:
+        rig.session.reply_results(sent[0], seq)  # the verifier checked first
+    assert refused.value.stat == AcceptStat.SYSTEM_ERR
+    assert len(Unpacker(rig.call(4)).unpack_opaque(1 << 20)) == 100_000  # over TCP it goes whole
 
 
 def test_a_replayed_call_gets_no_reply_and_the_next_works(realm):

@@ -38,6 +38,7 @@ from nfsstack.rpc.message import (
     CALL,
     RPC_VERSION,
     AuthFlavor,
+    DeniedError,
     OpaqueAuth,
     RPCError,
     decode_reply,
@@ -158,7 +159,7 @@ class GssSession:
 
         Raises the reply's :class:`RPCError`, or :class:`GssReplyError` when it does not check out."""
         header = decode_reply(data)
-        if header.error is not None and header.verf.flavor != AuthFlavor.RPCSEC_GSS:
+        if isinstance(header.error, DeniedError):
             raise header.error  # refused (MSG_DENIED): no verifier to check
         if header.verf.flavor != AuthFlavor.RPCSEC_GSS or not self._verified(seq_bytes(seq), header.verf.body):
             raise GssReplyError(f"the verifier of the reply to seq {seq} is wrong")

@@ -11,6 +11,7 @@ order; :class:`RPCDatagramProtocol` carries it over UDP.
 from __future__ import annotations
 
 import collections
+import struct
 from time import perf_counter
 from typing import Callable, Iterable, Optional, Union
 
@@ -28,6 +29,7 @@ from nfsstack.rpc.message import (
     AuthStat,
     CallHeader,
     CallRejected,
+    MSG_ACCEPTED,
     NotACall,
     accepted_reply,
     auth_error_reply,
@@ -90,6 +92,21 @@ SMALL_READ = 1 << 18
 FLUSH_EVERY = 8
 #: ... or as soon as this many seconds of work are waiting to leave (one READDIRPLUS of a large directory).
 FLUSH_AFTER = 0.0005
+
+
+def too_large_reply(reply: bytes) -> bytes:
+    """SYSTEM_ERR in place of an accepted ``reply`` too large to send (a UDP datagram), with the reply's own
+    verifier: an RPCSEC_GSS reply's is the checksum of the call's sequence number (RFC 2203 section 5.3.3.2),
+    which a client checks on every accepted reply, an error too; an AUTH_NONE one would fail that check."""
+    xid, _, stat, _, length = _REPLY_HEAD.unpack_from(reply, 0)
+    if stat != MSG_ACCEPTED:  # a refusal is never large; kept as it is
+        return reply
+    end = _REPLY_HEAD.size + (length + 3) // 4 * 4
+    return reply[:end] + U32.pack(AcceptStat.SYSTEM_ERR)
+
+
+#: xid, REPLY, reply_stat, and the verifier's flavour and length (RFC 5531 section 9).
+_REPLY_HEAD = struct.Struct(">5I")
 
 
 class ReplyBatcher:
@@ -660,8 +677,7 @@ class RPCDatagramProtocol(protocol.DatagramProtocol):
     def _send(self, reply: bytes, peer) -> None:
         if len(reply) > MAX_UDP_PAYLOAD:
             # The reply does not fit a datagram: say so rather than go silent.
-            xid = U32.unpack_from(reply, 0)[0]
-            reply = accepted_reply(xid, AcceptStat.SYSTEM_ERR)
+            reply = too_large_reply(reply)
         try:
             self.transport.write(reply, peer)
         except OSError as e:
