@@ -219,6 +219,12 @@ SABOTAGES = (
         ("tests/unit/test_gss.py::test_a_reply_too_large_for_udp_is_system_err_with_the_verifier_the_client_checks",),
     ),
     Sabotage(
+        "setattr-without-sync", "SETATTR on a sync export answers once the attributes are on stable storage", LOCAL,
+        (("        if not call.options.sync:\n            return None\n        if attrs.size is not None:",
+          "        if True:\n            return None\n        if attrs.size is not None:"),),
+        ("tests/integration/test_durability.py::test_attributes_set_survive_a_power_cut",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

@@ -177,8 +177,23 @@ class LocalFilesystem:
 
     # -- attributes ---------------------------------------------------------------------
 
-    def setattr(self, call, fd: int, before, attrs) -> None:
+    def setattr(self, call, fd: int, before, attrs) -> Any:
+        """Apply ``attrs``; on a sync export, answer once they are on stable storage, as knfsd's nfsd_setattr
+        does (commit_metadata): a chmod or truncate answered must not come undone on a power cut.  A size is
+        the file's data: the file itself is synced (as COMMIT does).  Other changes are the inode's metadata,
+        which the journal (ext4, XFS) commits whole on any sync: a directory is synced itself, anything else
+        (a file, a symlink, a device: no descriptor of those may always be opened to sync) by a sync of the
+        export's root, shared with the directory changes made meanwhile (dirsync.py)."""
         self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
+        if not call.options.sync:
+            return None
+        if attrs.size is not None:  # a regular file: anything else was refused
+            try:
+                return self.commit(call, fd, before)
+            except PermissionError:  # a server that may not open it (not root): the journal carries the size
+                pass
+        synced = fd if stat.S_ISDIR(before.st_mode) else self.table.root(call.export)[0]
+        return self._stable(call, None, synced)
 
     def access(self, call, fd: int, attrs) -> int:
         return self.caller.access(call.who, fd, attrs, call.options.read_only)
