@@ -483,3 +483,40 @@ def test_a_lookup_that_fails_in_its_thread_gives_the_anonymous_user_for_its_life
     clock.now += 61
     principals.user("hal@R")  # the old answer while a new lookup starts
     assert len(started) == 2
+
+
+def test_mountd_does_not_answer_while_a_principal_is_looked_up_so_that_the_client_asks_again(tmp_path):
+    """A Kerberos MNT whose principal the name service has not named within WAIT_LIMIT gets no reply (the
+    dispatcher's NoReply): mount.nfs sends MNT again, and that one is answered once the principal is known.
+    An error (MNT3ERR_SERVERFAULT) would end the mount at once."""
+    from twisted.internet import task
+
+    from nfsstack.exports.identity import WAIT_LIMIT
+    from nfsstack.mount.mountlist import MountList
+    from nfsstack.mount.program import MountStat, Mountd
+    from nfsstack.nfs3.local.filesystem import LocalFilesystem
+    from nfsstack.rpc.program import CallContext, NoReply
+
+    (tmp_path / "krb").mkdir()
+    table = ExportTable(parse_exports(f"{tmp_path / 'krb'} *(rw,sec=krb5)\n", "exports", resolve=lambda h: []),
+                        HandleCodec(b"k" * 32), HostNames(300.0, lookup=lambda a: None))
+    mountd = Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount)
+    timers, threads = task.Clock(), Threads()
+    principals = Principals(clock=Clock(), getpwnam=lambda n: pwd.struct_passwd((n, "x", 0, 0, "", "/", "/")),
+                            getgrouplist=lambda n, g: [g])
+    principals.look_up_in_threads(threads, call_later=timers.callLater)
+    mountd.admission.principals = principals
+    mnt = mountd.program.versions[3][1]
+    ctx = CallContext(gss_call("ivy@R"), "tcp", ("127.0.0.1", 900), ("127.0.0.1", 635))
+    try:
+        outcomes = []
+        waited = mnt.handler(ctx, str(tmp_path / "krb"))
+        assert len(threads.queued) == 1
+        waited.addCallbacks(outcomes.append, lambda f: outcomes.append(f.type))
+        timers.advance(WAIT_LIMIT)
+        assert outcomes == [NoReply]
+        again = mnt.handler(ctx, str(tmp_path / "krb"))  # the client's next MNT, while the lookup still runs
+        threads.run()
+        assert again.result[0] == MountStat.MNT3_OK
+    finally:
+        table.close()

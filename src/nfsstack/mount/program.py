@@ -22,7 +22,7 @@ from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.refusals import RefusalLog
-from nfsstack.rpc.program import CallContext, Procedure, Program, null_procedure
+from nfsstack.rpc.program import CallContext, NoReply, Procedure, Program, null_procedure
 from nfsstack.xdr import Packer, Unpacker
 
 log = logger("nfsstack.mount")
@@ -142,9 +142,12 @@ class Mountd:
             return status, b"", ()
         try:
             verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
-        except LookupPending as e:  # the name service has not answered in time: this mount fails
-            log.warn("mount request from {addr} for {path}: {e}", addr=address, path=path, e=e)
-            return MountStat.MNT3ERR_SERVERFAULT, b"", ()
+        except LookupPending as e:
+            # The name service has not answered in time: no reply, so that the client sends MNT again (mount.nfs
+            # does, for its retry= minutes) and is answered once the principal is known, as knfsd drops a call
+            # whose upcall is pending; an error would end the mount at once.
+            log.warn("mount request from {addr} for {path}, not answered: {e}", addr=address, path=path, e=e)
+            raise NoReply(str(e)) from None
         if isinstance(verdict, Refused):
             self.refusals.refused(address, _REFUSED.get(verdict, "mount request: " + verdict.reason), path)
             return MountStat.MNT3ERR_ACCES, b"", ()
