@@ -29,7 +29,7 @@ from nfsstack.cluster.metrics import CallStats
 from nfsstack.cluster.service import Node
 from nfsstack.exports import Exports, load_exports, parse_exports
 from nfsstack.exports.handles import HandleCodec, load_key
-from nfsstack.exports.identity import PRINCIPALS
+from nfsstack.exports.identity import PRINCIPALS, Principals, local_realms
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
@@ -72,6 +72,9 @@ class NfsStackService(service.MultiService):
         #: Holds late replies while a batch of io_uring completions is answered: given to every RPC service
         #: (tap.py) and to nfsd's syncer (NfsdRing).
         self.reply_batcher = ReplyBatcher()
+        #: Kerberos principals -> local users (the users of krb5.conf's default realm), for this stack's programs
+        #: and its RPCSEC_GSS engine (:func:`kerberos_engine`), which looks them up in its reactor's threads.
+        self.principals = Principals(realms=local_realms())
         self.started_at = time.time()
         #: ``--partial``: a configured service that cannot start is reported, and the others start anyway.
         self.partial = False
@@ -517,7 +520,7 @@ class NfsdParts:
 
 
 def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher,
-               unprivileged: str | None = None) -> NfsdParts:
+               unprivileged: str | None = None, principals: Principals = PRINCIPALS) -> NfsdParts:
     """nfsd on ``table``, with its backend and resources, from the stack's options (``threads``, ``backend``,
     ``no-aio-fsync``, and the factory of a backend other than the local one as ``options.backend_factory``).
 
@@ -540,7 +543,7 @@ def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher
     fs = IFilesystem(local if factory is None else factory(table, options))
     if factory is not None and callable(getattr(fs, "reload", None)):
         table.reloaded.append(fs.reload)  # a backend with a tree per export follows SIGHUP
-    nfsd = Nfsd(table, fs, in_thread=threads)
+    nfsd = Nfsd(table, fs, in_thread=threads, principals=principals)
     resources: list = []
     timers: list = []
     if local is not None:
@@ -559,17 +562,17 @@ DEFAULT_EXPORT = "export"
 DEFAULT_CLIENTS = ("127.0.0.0/8", "::1")
 
 
-def kerberos_engine(keytab: Optional[str], reactor, quiet: bool = False):
+def kerberos_engine(keytab: Optional[str], reactor, principals: Principals, quiet: bool = False):
     """The process's RPCSEC_GSS engine from ``keytab`` (``--keytab``; None: the default, /etc/krb5.keytab), or
     None when Kerberos cannot be served here (logged why unless ``quiet``: as a warning for a keytab given),
-    with each new context's principal looked up in the name service in a thread of ``reactor``'s pool before
-    its creation is answered (:meth:`nfsstack.exports.identity.Principals.prefetch`), waits bounded by
-    ``reactor``'s timers."""
+    with each new context's principal looked up in ``principals`` (those of the stack's programs) in a thread
+    of ``reactor``'s pool before its creation is answered (:meth:`~nfsstack.exports.identity.Principals.prefetch`),
+    waits bounded by ``reactor``'s timers."""
     gss = load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
     if gss is not None:
-        PRINCIPALS.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
+        principals.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
                                       reactor.callLater)
-        gss.on_established = PRINCIPALS.prefetch
+        gss.on_established = principals.prefetch
     return gss
 
 

@@ -270,7 +270,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         reply_batcher=stack.reply_batcher,
-        gss=_kerberos(options, reactor),
+        gss=_kerberos(options, reactor, stack.principals),
     )
     from nfsstack.portmap.local import DEFAULT_SOCKET, foreign_network_namespace
 
@@ -335,9 +335,9 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     return stack
 
 
-def _kerberos(options: Options, reactor):
+def _kerberos(options: Options, reactor, principals):
     """The process's RPCSEC_GSS engine from ``--keytab`` (default /etc/krb5.keytab), or None (logged why)."""
-    return kerberos_engine(options.get("keytab"), reactor)
+    return kerberos_engine(options.get("keytab"), reactor, principals)
 
 
 #: The option that sets each RPC service's port.
@@ -427,13 +427,14 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged)
+    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged, stack.principals)
     local, fs = nfsd.local, nfsd.fs
     log.info("storage: {backend}", backend=options["backend"] if local is None else
              "local directories" + (" (unprivileged: handles through a map of places)" if unprivileged else ""))
-    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"])
+    stack.nlm = Nlm(stack.exports, reactor, remote, stack.nsm, fs, grace=options["grace-time"],
+                    principals=stack.principals)
     stack.nsm.listeners.append(stack.nlm.host_rebooted)
-    stack.mountd = Mountd(stack.exports, None, fs.mount)
+    stack.mountd = Mountd(stack.exports, None, fs.mount, principals=stack.principals)
     stack.nfsd = nfsd.nfsd
     resources: list = [FileState(state_dir, stack.exports, default_export,
                                  [h for h in (stack, stack.mountd, reloader) if h is not None])]

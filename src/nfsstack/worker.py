@@ -124,7 +124,7 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
     table = ExportTable(exports, HandleCodec(load_key(config["state-dir"])))
     top = NfsStackService()  # for its order: resources first, stopped last
     top.exports = table
-    nfsd = build_nfsd(table, config, reactor, top.reply_batcher)
+    nfsd = build_nfsd(table, config, reactor, top.reply_batcher, principals=top.principals)
     top.nfsd = nfsd.nfsd
     for child in nfsd.resources:
         child.setServiceParent(top)
@@ -136,17 +136,17 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
     served = LentSockets("nfsd", nfsd_port_programs(nfsd.nfsd), config["sockets"], reactor=reactor,
                          max_record=config["max-record"], idle_timeout=config["idle-timeout"],
                          max_connections=config["max-connections"], reply_batcher=top.reply_batcher,
-                         gss=_kerberos(config, reactor))
+                         gss=_kerberos(config, reactor, top.principals))
     calls = CallStats()
     served.dispatcher.observer = calls
     served.setServiceParent(top)
     return top, lambda: counters(nfsd.nfsd, served.dispatcher, calls, served.stream_factory)
 
 
-def _kerberos(config: dict, reactor):
+def _kerberos(config: dict, reactor, principals):
     """The worker's own RPCSEC_GSS engine, from the stack's ``--keytab``: its contexts are its own (a client is
     steered to one worker by its address).  The stack's process said already whether Kerberos is on."""
-    return kerberos_engine(config.get("keytab"), reactor, quiet=True)
+    return kerberos_engine(config.get("keytab"), reactor, principals, quiet=True)
 
 
 def _die_with_parent(parent: int) -> None:

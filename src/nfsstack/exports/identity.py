@@ -356,7 +356,9 @@ def local_realms() -> frozenset[str]:
     return frozenset({realm}) if realm else frozenset()
 
 
-#: The server's principals: the users of krb5.conf's default realm (read once, at start) are local users.
+#: The principals of programs made without a stack's own (tests, embedding): the users of krb5.conf's default
+#: realm (read once, at import) are local users, looked up inline.  A stack has its own
+#: (``NfsStackService.principals``), which its RPCSEC_GSS engine looks up in threads.
 PRINCIPALS = Principals(realms=local_realms())
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from twisted.internet import defer
 
-from nfsstack.exports.identity import LookupPending
+from nfsstack.exports.identity import PRINCIPALS, LookupPending, Principals
 from nfsstack.exports.policy import INSECURE_PORT, NOT_ADMITTED, Admission, MountRefused, Refused
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
@@ -102,12 +102,12 @@ class Mountd:
     """The mount daemon's state; :attr:`program` is its procedure table."""
 
     def __init__(self, table: ExportTable, mounts: MountList, mount: Callable[..., bytes],
-                 refusals: Optional[RefusalLog] = None) -> None:
+                 refusals: Optional[RefusalLog] = None, principals: Principals = PRINCIPALS) -> None:
         self.table = table
         #: mount(export, path, options, address) -> the handle MNT answers: the storage backend's.
         self.mount = mount
         # MNT is not held to the export's sec=: it answers the flavours, and the client picks one (rpc.mountd).
-        self.admission = Admission(table, check_security=False)
+        self.admission = Admission(table, check_security=False, principals=principals)
         self.mounts = mounts
         #: Mount requests refused by export policy, logged per client (rate-limited), as rpc.mountd logs them.
         self.refusals = refusals or RefusalLog(time.monotonic)

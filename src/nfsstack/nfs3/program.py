@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from nfsstack.exports.identity import PRINCIPALS, Principals
 from nfsstack.exports.policy import Admission
 from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3 import attributes, changes, data, directories, fsinfo
@@ -82,10 +83,11 @@ class Nfsd:
 
     def __init__(self, table: ExportTable, fs: IFilesystem,
                  in_thread: Callable[..., defer.Deferred] = threads.deferToThread,
-                 refusals: Optional[RefusalLog] = None) -> None:
+                 refusals: Optional[RefusalLog] = None, principals: Principals = PRINCIPALS) -> None:
         self.table = table
-        #: Who may use which export, as whom (the one policy of mountd, nfsd and nlockmgr).
-        self.admission = Admission(table)
+        #: Who may use which export, as whom (the one policy of mountd, nfsd and nlockmgr); ``principals``: the
+        #: stack's Kerberos principals -> local users.
+        self.admission = Admission(table, principals=principals)
         self.fs = IFilesystem(fs)
         #: Calls refused by export policy, logged per client (rate-limited).
         self.refusals = refusals or RefusalLog(time.monotonic)

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from nfsstack.exports import ExportOptions
 from nfsstack.exports.handles import BadHandle, StaleHandle
-from nfsstack.exports.identity import LookupPending
+from nfsstack.exports.identity import PRINCIPALS, LookupPending, Principals
 from nfsstack.exports.policy import Admission, Admitted
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
@@ -84,11 +84,11 @@ class Nlm:
     """The lock manager; :attr:`program` is its procedure table."""
 
     def __init__(self, exports: ExportTable, reactor, remote, nsm, fs, grace: float = 90.0,
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0, principals: Principals = PRINCIPALS) -> None:
         self.exports = exports
         # Lock calls are not held to the export's sec=: the Linux client makes them with AUTH_SYS whatever the
         # mount's flavour, and knfsd checks no flavour for them (NFSD_MAY_LOCK in fh_verify).
-        self.admission = Admission(exports, check_security=False)
+        self.admission = Admission(exports, check_security=False, principals=principals)
         #: The storage backend (nfs3/interface.py): the files' lock keys, and descriptors for the OFD mirror.
         self.fs = fs
         self.reactor = reactor
