@@ -220,9 +220,15 @@ SABOTAGES = (
     ),
     Sabotage(
         "setattr-without-sync", "SETATTR on a sync export answers once the attributes are on stable storage", LOCAL,
-        (("        if not call.options.sync:\n            return None\n        if attrs.size is not None:",
-          "        if True:\n            return None\n        if attrs.size is not None:"),),
+        (("        if not call.options.sync or not _sets_something(attrs, before):\n",
+          "        if True:\n"),),
         ("tests/integration/test_durability.py::test_attributes_set_survive_a_power_cut",),
+    ),
+    Sabotage(
+        "setattr-of-nothing-syncs", "a SETATTR that sets nothing syncs nothing (a client looping on it)", LOCAL,
+        (("        if not call.options.sync or not _sets_something(attrs, before):\n",
+          "        if not call.options.sync:\n"),),
+        (f"{NFS3}::test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing",),
     ),
     Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",

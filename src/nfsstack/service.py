@@ -29,7 +29,7 @@ from nfsstack.cluster.metrics import CallStats
 from nfsstack.cluster.service import Node
 from nfsstack.exports import Exports, load_exports, parse_exports
 from nfsstack.exports.handles import HandleCodec, load_key
-from nfsstack.exports.identity import PRINCIPALS, Principals, local_realms
+from nfsstack.exports.identity import Principals, local_realms
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
@@ -520,12 +520,13 @@ class NfsdParts:
 
 
 def build_nfsd(table: ExportTable, options, reactor, reply_batcher: ReplyBatcher,
-               unprivileged: str | None = None, principals: Principals = PRINCIPALS) -> NfsdParts:
+               unprivileged: str | None = None, *, principals: Principals) -> NfsdParts:
     """nfsd on ``table``, with its backend and resources, from the stack's options (``threads``, ``backend``,
     ``no-aio-fsync``, and the factory of a backend other than the local one as ``options.backend_factory``).
 
     The one place nfsd is made: the stack's process builds it this way, and so does each nfsd worker process
-    (:mod:`nfsstack.worker`), so that a worker serves exactly what the single process would.
+    (:mod:`nfsstack.worker`), so that a worker serves exactly what the single process would.  ``principals``:
+    the stack's (``NfsStackService.principals``), which its RPCSEC_GSS engine looks up in threads.
     """
     from twisted.application.internet import TimerService
 

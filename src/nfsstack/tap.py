@@ -427,7 +427,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         reloader = ExportsReloader(stack.exports, os.path.abspath(options["exports"]), reactor)
     remote = RemoteCaller(reactor, PortmapClient(reactor).getport)  # a client's portmapper, on 111
     stack.nsm = Nsm(NsmState(state_dir), reactor, remote)
-    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged, stack.principals)
+    nfsd = build_nfsd(stack.exports, options, reactor, stack.reply_batcher, unprivileged,
+                      principals=stack.principals)
     local, fs = nfsd.local, nfsd.fs
     log.info("storage: {backend}", backend=options["backend"] if local is None else
              "local directories" + (" (unprivileged: handles through a map of places)" if unprivileged else ""))

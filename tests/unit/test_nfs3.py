@@ -664,6 +664,29 @@ def test_setattr_of_a_symlink_changes_the_link_not_its_target(env):
     assert nfs("SETATTR", link, Sattr3(uid=0), cred=USER).status == Stat.PERM  # not the owner's to give away
 
 
+def test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing(env, monkeypatch):
+    """On a sync export (the default), SETATTR's change is on stable storage before the reply, as knfsd's
+    nfsd_setattr makes it: a file by its own fsync, a directory by the directory's, a symlink (which the server
+    cannot open to sync) by sync(2).  A SETATTR that sets nothing, or only a mode on a symlink (Linux keeps
+    none), syncs nothing: a client looping on it does not make the server sync."""
+    tmp, _, _, nfs, roots = env
+    (tmp / "data" / "f").write_text("x")
+    (tmp / "data" / "d").mkdir()
+    os.symlink("f", tmp / "data" / "l")
+    handles = {name: lookup(nfs, roots["data"], name.encode()) for name in ("f", "d", "l")}
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(("fsync", os.fstat(fd).st_ino)))
+    monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", None)))
+    ino = {name: os.lstat(tmp / "data" / name).st_ino for name in ("f", "d", "l")}
+    for name, attrs in (("f", Sattr3(mode=0o600)), ("d", Sattr3(mode=0o700)), ("l", Sattr3(uid=1234))):
+        synced.clear()
+        assert nfs("SETATTR", handles[name], attrs).ok
+        assert synced == ([("sync", None)] if name == "l" else [("fsync", ino[name])]), (name, synced)
+    synced.clear()
+    assert nfs("SETATTR", handles["f"], Sattr3()).ok and nfs("SETATTR", handles["l"], Sattr3(mode=0o600)).ok
+    assert synced == []
+
+
 def test_readdir_lists_each_name_exactly_once_across_calls(env):
     tmp, _, _, nfs, roots = env
     names = {f"file-{i}".encode() for i in range(1500)}

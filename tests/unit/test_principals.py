@@ -265,6 +265,18 @@ def test_the_cache_is_bounded_and_a_full_one_keeps_the_principals_of_the_last_mi
     kept = set(principals._users)
     assert {"a@R", "b@R", "c@R", "d@R", "e@R", "f@R"} <= kept and not kept & set(old)
 
+    # Expired answers go first: two expired and six fresh, one more kept: the six fresh stay (the older half
+    # alone would drop two of them).
+    principals = Principals(size=8, clock=clock, lifetime=60.0, getpwnam=getpwnam)
+    principals.user("old1@R")
+    principals.user("old2@R")
+    clock.now += 61
+    fresh = [f"new{i}@R" for i in range(6)]
+    for name in fresh:
+        principals.user(name)
+    principals.user("one-more@R")
+    assert set(principals._users) == {*fresh, "one-more@R"}
+
 
 def test_an_auth_sys_call_keeps_its_credential():
     options = ExportOptions()

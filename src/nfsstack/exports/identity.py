@@ -159,22 +159,22 @@ class LookupPending(OSError):
 class Principals:
     """Kerberos principals -> local users, looked up in the name service and kept :attr:`lifetime` seconds.
 
-    ``realms``: the realms whose ``user@REALM`` is the local ``user`` (the server's :data:`PRINCIPALS` take
-    :func:`local_realms`, krb5's default ``auth_to_local``); None accepts every realm (tests).  A principal of
-    another realm is the anonymous user.
+    ``realms``: the realms whose ``user@REALM`` is the local ``user`` (a stack's take :func:`local_realms`,
+    krb5's default ``auth_to_local``); None accepts every realm (tests).  A principal of another realm is the
+    anonymous user.
 
     A lookup may reach a directory server (LDAP, sssd), so each principal is looked up once per
     :attr:`lifetime` (60 s: a user added to a group is seen within a minute), negative answers too, and the
-    cache is bounded (:attr:`size` entries: the expired ones, then the older half, go).  The lookups (``getpwnam``, ``getgrouplist``) and
-    the ``clock`` are parameters, for tests.
+    cache is bounded (:attr:`size` entries: the expired ones, then the older half, go).  The lookups
+    (``getpwnam``, ``getgrouplist``) and the ``clock`` are parameters, for tests.
 
-    With :attr:`in_thread` (the stack sets it: ``deferToThread``), a slow directory server never holds up the
-    reactor's thread: :meth:`prefetch` looks a principal up in a thread when its security context is made
-    (before the client's first call), an answer past its lifetime is still given while a thread looks the
-    principal up again, and a call of a principal not known (the cache was emptied, or the creation stopped
-    waiting) waits for the lookup (:meth:`pending`).  Nobody waits longer than :data:`WAIT_LIMIT`: a call
-    whose principal is still not known then gets :class:`LookupPending`.  Only the threads of nfsd's pool,
-    off the reactor already, look up inline.
+    With :attr:`in_thread` (a stack's RPCSEC_GSS engine sets it: its reactor's threads), a slow directory server
+    never holds up the reactor's thread: :meth:`prefetch` looks a principal up in a thread when its security
+    context is made (before the client's first call), an answer past its lifetime is still given while a thread
+    looks the principal up again, and a call of a principal not known (dropped from a full cache, or the
+    creation stopped waiting) waits for the lookup (:meth:`pending`).  Nobody waits longer than
+    :data:`WAIT_LIMIT`: a call whose principal is still not known then gets :class:`LookupPending`.  Only the
+    threads of nfsd's pool, off the reactor already, look up inline.
     """
 
     def __init__(self, realms: Optional[Iterable[str]] = None, clock: Callable[[], float] = time.monotonic,
@@ -199,6 +199,7 @@ class Principals:
         #: ``call_later(seconds, f)`` (the reactor's callLater): ends a wait of :data:`WAIT_LIMIT`.
         self._call_later: Optional[Callable[..., Any]] = None
         self.wait_limit = WAIT_LIMIT
+        self._keeping = threading.Lock()
 
     def look_up_in_threads(self, in_thread: Callable[..., Any], call_later: Callable[..., Any]) -> None:
         """From now on, principals are looked up with ``in_thread`` (``deferToThread``), started from the thread
@@ -308,15 +309,16 @@ class Principals:
         not enough, the older half (the order answers came in): the principals of the last minutes stay, so the
         clients at work do not all wait for a new lookup at once, as they would if the cache were emptied."""
         users = self._users
-        users.pop(principal, None)
-        if len(users) >= self.size:
-            now = self.clock()
-            for name in [name for name, (_, expires) in users.items() if expires <= now]:
-                del users[name]
+        with self._keeping:  # nfsd's pool threads keep what they looked up inline, beside the reactor's thread
+            users.pop(principal, None)
             if len(users) >= self.size:
-                for name in list(users)[: len(users) - self.size // 2]:
+                now = self.clock()
+                for name in [name for name, (_, expires) in list(users.items()) if expires <= now]:
                     del users[name]
-        users[principal] = entry
+                if len(users) >= self.size:
+                    for name in list(users)[: len(users) - self.size // 2]:
+                        del users[name]
+            users[principal] = entry
 
     def _lookup(self, principal: str) -> Optional[Identity]:
         name, at, realm = principal.rpartition("@")

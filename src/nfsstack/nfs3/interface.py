@@ -140,7 +140,7 @@ class IFilesystem(Interface):
         """The object's attributes now, or None if they cannot be had (post_op_attr's "no attributes").
         Answers at once: nfsd calls it while it encodes the reply (wcc_data's "after")."""
 
-    def setattr(call, obj, before, attrs) -> None:
+    def setattr(call, obj, before, attrs) -> Any:
         """Apply a sattr3 (:class:`nfsstack.nfs3.codec.Sattr`: mode, uid, gid, size, atime, mtime; None leaves
         one alone, a time may be ``"now"``), as the caller (RFC 1813 section 3.3.2).  ``before``: the object's
         attributes as the call found them."""

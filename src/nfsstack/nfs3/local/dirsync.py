@@ -50,12 +50,8 @@ class DirectorySyncs:
         """A Deferred that fires once a sync of the directory ``dirfd`` (whose fstat is ``st``), started after
         now, has ended; it fails with the sync's error."""
         key: Any = (st.st_dev, st.st_ino)
-        d: defer.Deferred = defer.Deferred()
-        waiting = self._running.get(key)
-        if waiting is not None:
-            # The running sync may have started before this change was made: the next one answers it.
-            waiting.append(d)
-            return d
+        if key in self._running:
+            return self._wait(key, None)
         # An O_PATH descriptor cannot be synced: the directory is opened again, as the server, and kept while
         # syncs of it follow one another.
         try:
@@ -63,11 +59,26 @@ class DirectorySyncs:
         except OSError:
             # A plain user's server in a directory it may write but not read: everything is synced instead (slow and
             # rare), one sync(2) at a time as for a directory.
-            key, fd = EVERYTHING, None
-            waiting = self._running.get(key)
-            if waiting is not None:
-                waiting.append(d)
-                return d
+            return self.everything()
+        return self._wait(key, fd)
+
+    def everything(self) -> defer.Deferred:
+        """A Deferred that fires once a ``sync(2)`` of everything, started after now, has ended: for what has no
+        descriptor the server may sync (a directory it may not read; a symlink, device or FIFO whose attributes
+        changed, where knfsd syncs the inode itself)."""
+        return self._wait(EVERYTHING, None)
+
+    def _wait(self, key: Any, fd: Optional[int]) -> defer.Deferred:
+        """A Deferred of the next sync of ``key`` (``fd``: the descriptor to sync, None for everything), which
+        starts now unless one runs (``fd`` is then not needed: the running one's is kept)."""
+        d: defer.Deferred = defer.Deferred()
+        waiting = self._running.get(key)
+        if waiting is not None:
+            # The running sync may have started before this change was made: the next one answers it.
+            if fd is not None:
+                os.close(fd)
+            waiting.append(d)
+            return d
         self._running[key] = [d]
         if self.later is None:
             self._round(key, fd)

@@ -47,6 +47,12 @@ RESAMPLE_CREATE = 16
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _sets_something(attrs, st) -> bool:
+    """Whether a sattr3 changes anything (a mode is not set on a symlink: Linux keeps none)."""
+    mode = attrs.mode is not None and not stat.S_ISLNK(st.st_mode)
+    return mode or any(v is not None for v in (attrs.uid, attrs.gid, attrs.size, attrs.atime, attrs.mtime))
+
+
 @implementer(IFilesystem, IAccessControlLists)
 class LocalFilesystem:
     """The directories of an :class:`~nfsstack.exports.table.ExportTable`, served as the callers."""
@@ -178,22 +184,27 @@ class LocalFilesystem:
     # -- attributes ---------------------------------------------------------------------
 
     def setattr(self, call, fd: int, before, attrs) -> Any:
-        """Apply ``attrs``; on a sync export, answer once they are on stable storage, as knfsd's nfsd_setattr
-        does (commit_metadata): a chmod or truncate answered must not come undone on a power cut.  A size is
-        the file's data: the file itself is synced (as COMMIT does).  Other changes are the inode's metadata,
-        which the journal (ext4, XFS) commits whole on any sync: a directory is synced itself, anything else
-        (a file, a symlink, a device: no descriptor of those may always be opened to sync) by a sync of the
-        export's root, shared with the directory changes made meanwhile (dirsync.py)."""
+        """Apply ``attrs``; on a sync export, answer once the object's inode is on stable storage, as knfsd's
+        nfsd_setattr does (commit_metadata on the inode): a chmod or truncate answered must not come undone on
+        a power cut.  A file is fsynced itself (as COMMIT does: its size and its inode), a directory by the
+        directory syncs (dirsync.py); a symlink, device or FIFO, which the server cannot open to sync (knfsd
+        syncs the inode in the kernel), and a file the server may not open, by a ``sync(2)`` shared with the
+        others waiting for one.  A SETATTR that sets nothing syncs nothing (nor does knfsd's)."""
         self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
-        if not call.options.sync:
+        if not call.options.sync or not _sets_something(attrs, before):
             return None
-        if attrs.size is not None:  # a regular file: anything else was refused
+        mode = before.st_mode
+        if stat.S_ISDIR(mode):
+            return self._stable(call, None, fd)
+        if stat.S_ISREG(mode):
             try:
                 return self.commit(call, fd, before)
-            except PermissionError:  # a server that may not open it (not root): the journal carries the size
+            except PermissionError:  # a plain user's server that may not open it: sync(2) below
                 pass
-        synced = fd if stat.S_ISDIR(before.st_mode) else self.table.root(call.export)[0]
-        return self._stable(call, None, synced)
+        if call.threaded:
+            os.sync()
+            return None
+        return self.directories.everything()
 
     def access(self, call, fd: int, attrs) -> int:
         return self.caller.access(call.who, fd, attrs, call.options.read_only)
