@@ -98,7 +98,7 @@ def too_large_reply(reply: bytes) -> bytes:
     """SYSTEM_ERR in place of an accepted ``reply`` too large to send (a UDP datagram), with the reply's own
     verifier: an RPCSEC_GSS reply's is the checksum of the call's sequence number (RFC 2203 section 5.3.3.2),
     which a client checks on every accepted reply, an error too; an AUTH_NONE one would fail that check."""
-    xid, _, stat, _, length = _REPLY_HEAD.unpack_from(reply, 0)
+    _, _, stat, _, length = _REPLY_HEAD.unpack_from(reply, 0)
     if stat != MSG_ACCEPTED:  # a refusal is never large; kept as it is
         return reply
     end = _REPLY_HEAD.size + (length + 3) // 4 * 4

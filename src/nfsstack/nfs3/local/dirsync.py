@@ -50,7 +50,7 @@ class DirectorySyncs:
         """A Deferred that fires once a sync of the directory ``dirfd`` (whose fstat is ``st``), started after
         now, has ended; it fails with the sync's error."""
         key: Any = (st.st_dev, st.st_ino)
-        if key in self._running:
+        if key in self._running:  # the running round keeps its descriptor: none is opened
             return self._wait(key, None)
         # An O_PATH descriptor cannot be synced: the directory is opened again, as the server, and kept while
         # syncs of it follow one another.
@@ -69,14 +69,12 @@ class DirectorySyncs:
         return self._wait(EVERYTHING, None)
 
     def _wait(self, key: Any, fd: Optional[int]) -> defer.Deferred:
-        """A Deferred of the next sync of ``key`` (``fd``: the descriptor to sync, None for everything), which
-        starts now unless one runs (``fd`` is then not needed: the running one's is kept)."""
+        """A Deferred of the next sync of ``key``, which starts now (of ``fd``; None: everything) unless one
+        runs, whose descriptor the next round uses."""
         d: defer.Deferred = defer.Deferred()
         waiting = self._running.get(key)
         if waiting is not None:
             # The running sync may have started before this change was made: the next one answers it.
-            if fd is not None:
-                os.close(fd)
             waiting.append(d)
             return d
         self._running[key] = [d]
