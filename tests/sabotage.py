@@ -231,6 +231,20 @@ SABOTAGES = (
         (f"{NFS3}::test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing",),
     ),
     Sabotage(
+        "created-file-not-synced", "a CREATE that changes the file after making it syncs the file, not only the "
+        "directory", LOCAL,
+        (("        if not (altered and call.options.sync):\n", "        if True:\n"),),
+        ("tests/integration/test_durability.py::test_creates_that_change_the_file_survive_a_power_cut",
+         f"{NFS3}::test_creates_sync_what_they_change_after_making_it"),
+    ),
+    Sabotage(
+        "truncation-synced-by-reopening", "a truncating SETATTR syncs through the descriptor it truncated with",
+        LOCAL,
+        (("        return self._object_stable(call, None, fd, before, written)\n",
+          "        return self._object_stable(call, None, fd, before)\n"),),
+        (f"{NFS3}::test_truncating_setattr_syncs_through_the_descriptor_it_wrote",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

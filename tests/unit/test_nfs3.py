@@ -6,6 +6,7 @@ the replies are decoded with the project's client codec.
 """
 
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -685,6 +686,58 @@ def test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing(env, 
     synced.clear()
     assert nfs("SETATTR", handles["f"], Sattr3()).ok and nfs("SETATTR", handles["l"], Sattr3(mode=0o600)).ok
     assert synced == []
+
+
+def test_truncating_setattr_syncs_through_the_descriptor_it_wrote(env, monkeypatch):
+    """A SETATTR of a size fsyncs the file through the descriptor the truncation was made with: a server that
+    may write a file but not read it (a plain user's, a mode 0200 file) syncs it all the same, and opens it no
+    second time."""
+    tmp, _, _, nfs, roots = env
+    (tmp / "data" / "f").write_text("x" * 100)
+    fh = lookup(nfs, roots["data"], b"f")
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE))
+    assert nfs("SETATTR", fh, Sattr3(size=10)).ok
+    assert synced == [os.O_WRONLY]
+    assert (tmp / "data" / "f").stat().st_size == 10
+
+
+def test_creates_sync_what_they_change_after_making_it(env, monkeypatch):
+    """On a sync export every CREATE, MKDIR and MKNOD syncs its directory; one that changes the new object
+    after making it (a size, an owner, a mode the server's umask took off, an EXCLUSIVE CREATE's verifier; an
+    UNCHECKED CREATE's truncation of an existing file) syncs the object too, as knfsd's nfsd_create_setattr
+    commits both: on XFS, btrfs and older ext4 the directory's sync does not carry the object's own changes.
+    The usual CREATE, which its open makes whole, syncs the directory only."""
+    tmp, _, _, nfs, roots = env
+    data = tmp / "data"
+    (data / "existing").write_text("x" * 100)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(("fsync", os.fstat(fd).st_ino)))
+    monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", None)))
+    d = os.stat(data).st_ino
+    umask = os.umask(0)
+    os.umask(umask)  # the server's, read when it started
+    cases = [
+        ("plain", "CREATE", (0, Sattr3(mode=0o644)), False),
+        ("sized", "CREATE", (0, Sattr3(mode=0o644, size=10)), True),
+        ("owned", "CREATE", (0, Sattr3(mode=0o644, uid=4321)), True),
+        ("widened", "CREATE", (1, Sattr3(mode=0o666)), bool(umask & 0o666)),  # bits the server's umask takes off
+        ("existing", "CREATE", (0, Sattr3(size=0)), True),
+        ("exclusive", "CREATE", (2, b"verifier"), True),
+        ("subdir", "MKDIR", (Sattr3(mode=0o755),), False),
+        ("owned-dir", "MKDIR", (Sattr3(mode=0o755, gid=4321),), True),
+    ]
+    for name, proc, args, altered in cases:
+        synced.clear()
+        r = nfs(proc, roots["data"], name.encode(), *args)
+        assert r.ok, (name, r.status)
+        ino = os.lstat(data / name).st_ino
+        expected = [("fsync", d)] + ([("fsync", ino)] if altered else [])
+        assert sorted(synced) == sorted(expected), (name, synced, expected)
+    synced.clear()
+    assert nfs("MKNOD", roots["data"], b"fifo", 7, Sattr3(mode=0o644, uid=4321)).ok  # NF3FIFO, then an owner
+    assert sorted(synced) == sorted([("fsync", d), ("sync", None)]), synced
+    assert (data / "existing").stat().st_size == 0 and (data / "sized").stat().st_size == 10
 
 
 def test_readdir_lists_each_name_exactly_once_across_calls(env):

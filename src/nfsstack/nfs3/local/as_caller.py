@@ -225,14 +225,16 @@ class LocalFS:
         return permitted(who, st, acl, os.R_OK), w, permitted(who, st, acl, os.X_OK)
 
     def setattr(self, who: Identity, fd: int, attrs: Sattr, st: os.stat_result, read_only: bool,
-                keep: list[int]) -> None:
+                keep: list[int]) -> Optional[int]:
         """Apply sattr3 (RFC 1813 section 2.5.3) to the object at ``fd``, as ``who``.
 
         The kernel checks ownership for mode and times, CAP_CHOWN for owners,
-        and write permission for the size.
+        and write permission for the size.  Returns the descriptor (in ``keep``) a size was set through, which
+        may sync the file (a server that may write a file may not always read it), else None.
         """
         path = proc_path(fd)
         is_link = stat.S_ISLNK(st.st_mode)
+        wfd = None
         if attrs.size is not None:
             if stat.S_ISDIR(st.st_mode):
                 raise NFSError(Stat.ISDIR)
@@ -259,21 +261,24 @@ class LocalFS:
                 if _libc.utimensat(_AT_FDCWD, path.encode(), times, 0) != 0:
                     e = ctypes.get_errno()
                     raise OSError(e, os.strerror(e))
+        return wfd
 
     def finish_create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, mode_used: Optional[int],
-                      keep: list[int]) -> None:
-        """After creating ``name`` with ``mode_used``: set what the umask took off, and the rest of ``attrs``."""
+                      keep: list[int]) -> bool:
+        """After creating ``name`` with ``mode_used``: set what the umask took off, and the rest of ``attrs``.
+        Whether it set anything (a change of its own, which a sync of the directory may not carry)."""
         mode = None
         if mode_used is not None and mode_used & self.umask and not _has_default_acl(dirfd):
             # Under a directory with a default ACL the kernel took no umask off: the new object's ACL is the
             # default ACL narrowed by the mode asked for (POSIX 1003.1e), which a chmod would undo.
             mode = mode_used
         if mode is None and attrs.uid is None and attrs.gid is None and attrs.atime is None and attrs.mtime is None:
-            return  # the usual CREATE: the open set all there was to set
+            return False  # the usual CREATE: the open set all there was to set
         rest = Sattr(mode, attrs.uid, attrs.gid, None, attrs.atime, attrs.mtime)
         pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
         keep.append(pfd)
         self.setattr(who, pfd, rest, os.stat(pfd), False, keep)
+        return True
 
     def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
                keep: list[int], opener=None, opened: Optional[list[int]] = None):
@@ -282,7 +287,9 @@ class LocalFS:
         With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/local/aiosync.py) the kernel makes the
         file off this thread and a Deferred is returned, firing once all is done; else all is done on return.
         ``dirfd`` must stay open until then.  The descriptor (write-only) a new file was made with goes to
-        ``keep`` and to ``opened``.
+        ``keep`` and to ``opened``.  The result (or the Deferred's) says whether the file was changed after the
+        open that made it (a size, attributes the open could not set, an existing file's size or times): those
+        changes are the file's own, which a sync of its directory may not carry.
         """
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
@@ -295,7 +302,7 @@ class LocalFS:
             else:
                 def existing(failure):
                     failure.trap(FileExistsError)
-                    self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
+                    return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
 
                 return d.addCallbacks(lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep, opened),
                                       existing)
@@ -303,25 +310,24 @@ class LocalFS:
             with self.ids.acting_as(who):
                 fd = os.open(name, flags, perm, dir_fd=dirfd)
         except FileExistsError:
-            self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
-            return None
-        self._created(who, dirfd, name, attrs, perm, fd, keep, opened)
-        return None
+            return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
+        return self._created(who, dirfd, name, attrs, perm, fd, keep, opened)
 
     def _created(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, perm: int, fd: int,
-                 keep: list[int], opened: Optional[list[int]] = None) -> None:
-        """A new file's size and the attributes its open could not set."""
+                 keep: list[int], opened: Optional[list[int]] = None) -> bool:
+        """A new file's size and the attributes its open could not set; whether there were any."""
         keep.append(fd)
         if opened is not None:
             opened.append(fd)
         if attrs.size:
             with self.ids.acting_as(who):
                 os.ftruncate(fd, attrs.size)
-        self.finish_create(who, dirfd, name, attrs, perm, keep)
+        return self.finish_create(who, dirfd, name, attrs, perm, keep) or bool(attrs.size)
 
     def _create_existing(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool,
-                         read_only: bool, keep: list[int]) -> None:
-        """UNCHECKED on an existing regular file sets only its attributes (a size of 0 truncates it)."""
+                         read_only: bool, keep: list[int]) -> bool:
+        """UNCHECKED on an existing regular file sets only its size and times (a size of 0 truncates it);
+        whether there were any."""
         if guarded:
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
         pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
@@ -329,7 +335,9 @@ class LocalFS:
         st = os.stat(pfd)
         if not stat.S_ISREG(st.st_mode):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
-        self.setattr(who, pfd, Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime), st, read_only, keep)
+        rest = Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime)
+        self.setattr(who, pfd, rest, st, read_only, keep)
+        return rest != Sattr()
 
     def create_exclusive(self, who: Identity, dirfd: int, name: bytes, verifier: bytes, keep: list[int]) -> None:
         """EXCLUSIVE CREATE: the client's verifier lives in atime and mtime, so a retransmission finds it."""
@@ -345,19 +353,21 @@ class LocalFS:
                     and st.st_mtime_ns == m_s * 1_000_000_000):
                 raise
 
-    def mkdir(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, keep: list[int]) -> None:
+    def mkdir(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, keep: list[int]) -> bool:
+        """MKDIR; whether attributes were set after it (:meth:`finish_create`)."""
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o755
         with self.ids.acting_as(who):
             os.mkdir(name, perm, dir_fd=dirfd)
-        self.finish_create(who, dirfd, name, attrs, perm, keep)
+        return self.finish_create(who, dirfd, name, attrs, perm, keep)
 
     def mknod(self, who: Identity, dirfd: int, name: bytes, kind: int, attrs: Sattr, device: tuple[int, int],
-              keep: list[int]) -> None:
-        """A FIFO or socket for anyone; a device needs CAP_MKNOD, so only an unsquashed root gets one."""
+              keep: list[int]) -> bool:
+        """A FIFO or socket for anyone; a device needs CAP_MKNOD, so only an unsquashed root gets one.  Whether
+        attributes were set after it (:meth:`finish_create`)."""
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
         with self.ids.acting_as(who):
             os.mknod(name, kind | perm, os.makedev(*device), dir_fd=dirfd)
-        self.finish_create(who, dirfd, name, attrs, perm, keep)
+        return self.finish_create(who, dirfd, name, attrs, perm, keep)
 
     def run_as(self, who: Identity):
         """A context manager running its block as ``who`` (root afterwards)."""

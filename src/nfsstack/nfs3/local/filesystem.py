@@ -190,21 +190,38 @@ class LocalFilesystem:
         directory syncs (dirsync.py); a symlink, device or FIFO, which the server cannot open to sync (knfsd
         syncs the inode in the kernel), and a file the server may not open, by a ``sync(2)`` shared with the
         others waiting for one.  A SETATTR that sets nothing syncs nothing (nor does knfsd's)."""
-        self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
+        written = self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
         if not call.options.sync or not _sets_something(attrs, before):
             return None
-        mode = before.st_mode
+        return self._object_stable(call, None, fd, before, written)
+
+    def _object_stable(self, call, answer: Any, fd: int, st, written: Optional[int] = None) -> Any:
+        """``answer`` once the inode of the object at ``fd`` (whose fstat is ``st``) is on stable storage (a sync
+        export's SETATTR, or a CREATE that changed the file after making it).  A file is fsynced itself (as
+        COMMIT does: its size and its inode), through ``written`` (a descriptor it was just written through)
+        if given; a directory by the directory syncs (dirsync.py); a symlink, device or FIFO, which the server
+        cannot open to sync (knfsd syncs the inode in the kernel), and a file the server may not open, by a
+        ``sync(2)`` shared with the others waiting for one."""
+        mode = st.st_mode
         if stat.S_ISDIR(mode):
-            return self._stable(call, None, fd)
+            return self._stable(call, answer, fd)
         if stat.S_ISREG(mode):
             try:
-                return self.commit(call, fd, before)
+                if written is not None:
+                    synced = self._sync(call, False, written, lambda: answer)
+                else:
+                    synced = self.commit(call, fd, st)
+                    if isinstance(synced, defer.Deferred):
+                        synced.addCallback(lambda _: answer)
+                    else:
+                        synced = answer
+                return synced
             except PermissionError:  # a plain user's server that may not open it: sync(2) below
                 pass
         if call.threaded:
             os.sync()
-            return None
-        return self.directories.everything()
+            return answer
+        return self.directories.everything().addCallback(lambda _: answer)
 
     def access(self, call, fd: int, attrs) -> int:
         return self.caller.access(call.who, fd, attrs, call.options.read_only)
@@ -411,10 +428,13 @@ class LocalFilesystem:
 
     # -- directory changes --------------------------------------------------------------
 
-    def _made(self, call, dirfd: int, name: bytes, opened: Optional[list[int]] = None) -> Made:
-        """The handle and attributes of what a call just made.  ``opened``: the descriptor a CREATE opened the
-        new file with, kept for the WRITEs that follow (it was opened as the caller, who owns the file: a
-        reopen would let it write too)."""
+    def _made(self, call, dirfd: int, name: bytes, opened: Optional[list[int]] = None, altered: bool = False) -> Any:
+        """The handle and attributes of what a call just made, once it is on stable storage on a sync export
+        (RFC 1813 section 1.6).  ``opened``: the descriptor a CREATE opened the new file with, kept for the
+        WRITEs that follow (it was opened as the caller, who owns the file: a reopen would let it write too).
+        ``altered``: the object was changed after it was made (a size, attributes its making could not set, an
+        existing file's size): those changes are its own, which the directory's sync carries on ext4 but not on
+        XFS or btrfs, so the object is synced too, as knfsd's nfsd_create_setattr commits both."""
         fd = os.open(name, _PATH_FLAGS, dir_fd=dirfd)
         call.held.append(fd)
         st = os.fstat(fd)
@@ -422,12 +442,25 @@ class LocalFilesystem:
         self.table.remember(child, call.export, fd, st)
         if opened and not call.threaded and st.st_uid == call.who.uid and stat.S_ISREG(st.st_mode):
             self._keep_open(call, opened[0], st)
-        return Made(child, st)
+        made = Made(child, st)
+        if not (altered and call.options.sync):
+            return self._stable(call, made, dirfd)
+        # The object and its directory synced at once (on ext4 the two share one journal commit).  The descriptor
+        # that made a file syncs it while the call holds it; once kept for the WRITEs, commit() finds it there.
+        written = opened[0] if opened and opened[0] in call.held else None
+        syncs = [d for d in (self._object_stable(call, None, fd, st, written), self._stable(call, None, dirfd))
+                 if isinstance(d, defer.Deferred)]
+        if not syncs:
+            return made
+        both = defer.gatherResults(syncs, consumeErrors=True)
+        return both.addCallbacks(lambda _: made, lambda failure: failure.value.subFailure)
 
     def create(self, call, dirfd: int, name: bytes, how: int, attrs) -> Any:
         if how == EXCLUSIVE:
+            # The verifier's times are set on the descriptor that made the file, in its transaction's wake: the
+            # file is synced with its directory, as for any CREATE that changes the file after making it.
             self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held)
-            return self._stable(call, self._made(call, dirfd, name), dirfd)
+            return self._made(call, dirfd, name, altered=True)
         opener = None
         if getattr(self.syncer, "can_open", False) and not call.threaded:
             self._creates += 1
@@ -435,31 +468,31 @@ class LocalFilesystem:
                 opener = self.syncer.openat
         started = perf_counter()
         opened: list[int] = []
-        made = self.caller.create(call.who, dirfd, name, attrs, how == GUARDED, call.options.read_only, call.held,
-                                  opener, opened)
-        if made is None:
+        altered = self.caller.create(call.who, dirfd, name, attrs, how == GUARDED, call.options.read_only,
+                                     call.held, opener, opened)
+        if not isinstance(altered, defer.Deferred):
             if opener is None:
                 self.create_cost += (perf_counter() - started - self.create_cost) / 8
-            return self._stable(call, self._made(call, dirfd, name, opened), dirfd)
+            return self._made(call, dirfd, name, opened, altered)
 
-        def done(_) -> Made:
+        def done(altered: bool) -> Any:
             self.lister.touched(call)  # now the file is there
-            return self._made(call, dirfd, name, opened)
+            return self._made(call, dirfd, name, opened, altered)
 
-        return self._stable(call, made.addCallback(done), dirfd)
+        return altered.addCallback(done)
 
-    def mkdir(self, call, dirfd: int, name: bytes, attrs) -> Made:
-        self.caller.mkdir(call.who, dirfd, name, attrs, call.held)
-        return self._stable(call, self._made(call, dirfd, name), dirfd)
+    def mkdir(self, call, dirfd: int, name: bytes, attrs) -> Any:
+        altered = self.caller.mkdir(call.who, dirfd, name, attrs, call.held)
+        return self._made(call, dirfd, name, altered=altered)
 
     def symlink(self, call, dirfd: int, name: bytes, attrs, target: bytes) -> Made:
         with self.caller.run_as(call.who):
             os.symlink(target, name, dir_fd=dirfd)
-        return self._stable(call, self._made(call, dirfd, name), dirfd)
+        return self._made(call, dirfd, name)
 
-    def mknod(self, call, dirfd: int, name: bytes, ftype: int, attrs, device: tuple) -> Made:
-        self.caller.mknod(call.who, dirfd, name, S_IFMT_OF[ftype], attrs, device, call.held)
-        return self._stable(call, self._made(call, dirfd, name), dirfd)
+    def mknod(self, call, dirfd: int, name: bytes, ftype: int, attrs, device: tuple) -> Any:
+        altered = self.caller.mknod(call.who, dirfd, name, S_IFMT_OF[ftype], attrs, device, call.held)
+        return self._made(call, dirfd, name, altered=altered)
 
     def remove(self, call, dirfd: int, name: bytes) -> Any:
         self._unlink(call, dirfd, name, rmdir=False)
