@@ -245,6 +245,13 @@ SABOTAGES = (
         (f"{NFS3}::test_truncating_setattr_syncs_through_the_descriptor_it_wrote",),
     ),
     Sabotage(
+        "host-synced-for-a-symlink", "a SETATTR of a symlink syncs its filesystem, not every filesystem of the host",
+        LOCAL,
+        (("        return self.directories.filesystem(st.st_dev).addCallback(lambda _: answer)\n",
+          "        return self.directories.everything().addCallback(lambda _: answer)\n"),),
+        (f"{NFS3}::test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing",),
+    ),
+    Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",
         "src/nfsstack/exports/identity.py",
         (("        self._state.groups = None\n", "        self._state.groups = ()\n"),

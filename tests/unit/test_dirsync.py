@@ -178,3 +178,65 @@ def test_sync_here_syncs_the_directory_opened_for_reading_and_closes_it(director
     assert [ino for _, ino in synced] == [directory[1].st_ino]
     with pytest.raises(OSError):
         os.fstat(synced[0][0])
+
+
+def test_what_the_server_cannot_open_gets_its_filesystem_synced_through_a_root_it_holds(directory, monkeypatch):
+    """Where an export's root on the filesystem is open (``root_on``), a directory the server may not read gets
+    a syncfs of that filesystem (through a copy of the root's descriptor, closed after; the root stays open), one
+    at a time as for a directory, never a sync(2) of every filesystem of the host; so does ``filesystem(dev)``
+    (a symlink's SETATTR).  A filesystem with no root open falls back to sync(2)."""
+    from nfsstack.nfs3.local import dirsync
+
+    dirfd, st = directory
+    root = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dirfd)
+    disk = Disk()
+    syncs = DirectorySyncs(Disk(), never, sync_filesystem=disk,
+                           root_on=lambda dev: root if dev == st.st_dev else None)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dirsync.os, "open", refused)
+    first = fired(syncs(dirfd, st))
+    second = fired(syncs.filesystem(st.st_dev))
+    monkeypatch.undo()
+    assert len(disk.started) == 1, "two syncs of one filesystem at once"
+    fd, d = disk.started[0]
+    assert fd != root and os.fstat(fd).st_dev == st.st_dev
+    d.callback(None)
+    assert first == [None] and second == [] and len(disk.started) == 2
+    disk.started[1][1].callback(None)
+    assert second == [None]
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the copy is closed; the root is not
+    os.fstat(root)
+
+    everything: list[defer.Deferred] = []
+    other = DirectorySyncs(Disk(), lambda: everything.append(defer.Deferred()) or everything[-1],
+                           sync_filesystem=disk, root_on=lambda dev: None)
+    fired(other.filesystem(st.st_dev))
+    assert len(everything) == 1 and len(disk.started) == 2
+
+    synced: list = []
+    monkeypatch.setattr(dirsync, "syncfs", lambda fd: synced.append(fd))
+    monkeypatch.setattr(dirsync.os, "sync", lambda: synced.append("sync"))
+    dirsync.sync_filesystem_here(st.st_dev, lambda dev: root)
+    dirsync.sync_filesystem_here(st.st_dev, lambda dev: None)
+    assert synced == [root, "sync"]
+    os.close(root)
+
+
+def test_syncfs_syncs_a_readable_descriptor_and_refuses_an_o_path_one(tmp_path):
+    from nfsstack.nfs3.local.dirsync import syncfs
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path, os.O_PATH)
+    try:
+        with pytest.raises(OSError):
+            syncfs(fd)
+    finally:
+        os.close(fd)

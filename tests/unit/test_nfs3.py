@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, strategies as st
 from twisted.internet import defer
 
+from nfsstack.nfs3.local import dirsync
 from nfsstack.exports import parse_exports
 from nfsstack.exports.handles import HandleCodec, kernel_handles_work
 from nfsstack.exports.identity import ROOT
@@ -668,8 +669,9 @@ def test_setattr_of_a_symlink_changes_the_link_not_its_target(env):
 def test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing(env, monkeypatch):
     """On a sync export (the default), SETATTR's change is on stable storage before the reply, as knfsd's
     nfsd_setattr makes it: a file by its own fsync, a directory by the directory's, a symlink (which the server
-    cannot open to sync) by sync(2).  A SETATTR that sets nothing, or only a mode on a symlink (Linux keeps
-    none), syncs nothing: a client looping on it does not make the server sync."""
+    cannot open to sync) by a syncfs of its filesystem, never a sync(2) of the host's every filesystem.  A
+    SETATTR that sets nothing, or only a mode on a symlink (Linux keeps none), syncs nothing: a client looping
+    on it does not make the server sync."""
     tmp, _, _, nfs, roots = env
     (tmp / "data" / "f").write_text("x")
     (tmp / "data" / "d").mkdir()
@@ -678,11 +680,13 @@ def test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing(env, 
     synced = []
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(("fsync", os.fstat(fd).st_ino)))
     monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", None)))
+    monkeypatch.setattr(dirsync, "syncfs", lambda fd: synced.append(("syncfs", os.fstat(fd).st_dev)))
     ino = {name: os.lstat(tmp / "data" / name).st_ino for name in ("f", "d", "l")}
+    dev = os.stat(tmp / "data").st_dev
     for name, attrs in (("f", Sattr3(mode=0o600)), ("d", Sattr3(mode=0o700)), ("l", Sattr3(uid=1234))):
         synced.clear()
         assert nfs("SETATTR", handles[name], attrs).ok
-        assert synced == ([("sync", None)] if name == "l" else [("fsync", ino[name])]), (name, synced)
+        assert synced == ([("syncfs", dev)] if name == "l" else [("fsync", ino[name])]), (name, synced)
     synced.clear()
     assert nfs("SETATTR", handles["f"], Sattr3()).ok and nfs("SETATTR", handles["l"], Sattr3(mode=0o600)).ok
     assert synced == []
@@ -714,6 +718,7 @@ def test_creates_sync_what_they_change_after_making_it(env, monkeypatch):
     synced = []
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(("fsync", os.fstat(fd).st_ino)))
     monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", None)))
+    monkeypatch.setattr(dirsync, "syncfs", lambda fd: synced.append(("syncfs", os.fstat(fd).st_dev)))
     d = os.stat(data).st_ino
     umask = os.umask(0)
     os.umask(umask)  # the server's, read when it started
@@ -736,7 +741,7 @@ def test_creates_sync_what_they_change_after_making_it(env, monkeypatch):
         assert sorted(synced) == sorted(expected), (name, synced, expected)
     synced.clear()
     assert nfs("MKNOD", roots["data"], b"fifo", 7, Sattr3(mode=0o644, uid=4321)).ok  # NF3FIFO, then an owner
-    assert sorted(synced) == sorted([("fsync", d), ("sync", None)]), synced
+    assert sorted(synced) == sorted([("fsync", d), ("syncfs", os.stat(data).st_dev)]), synced
     assert (data / "existing").stat().st_size == 0 and (data / "sized").stat().st_size == 10
 
 

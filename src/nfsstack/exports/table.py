@@ -219,6 +219,14 @@ class ExportTable:
             entry = self._roots[export.export_id] = (fd, mount_id, real, (st.st_dev, st.st_ino))
         return entry
 
+    def root_on(self, dev: int) -> Optional[int]:
+        """The descriptor (opened for reading, the table's own) of an export's root on the filesystem ``dev``, if
+        one is open: what syncs a filesystem (syncfs) for an object the server cannot open itself."""
+        for fd, _, _, (root_dev, _) in list(self._roots.values()):
+            if root_dev == dev:
+                return fd
+        return None
+
     def is_root(self, export: Export, st: os.stat_result) -> bool:
         """Whether ``st`` is the export's root directory (where ``..`` stops)."""
         return (st.st_dev, st.st_ino) == self._root(export)[3]

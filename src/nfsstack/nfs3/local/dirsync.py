@@ -15,6 +15,7 @@ or two fsyncs, not 32, and no change is answered by a sync that may have started
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any, Callable, Optional
 
@@ -22,8 +23,20 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-#: The key of the syncs of everything (``sync_all``), for the directories the server may not open.
+#: The key of the syncs of everything (``sync_all``), where no descriptor of the filesystem is at hand.
 EVERYTHING = "everything"
+#: The first part of the keys of the syncs of one filesystem, ``(FILESYSTEM, st_dev)``.
+FILESYSTEM = "filesystem"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out and commit everything of the filesystem ``fd`` (a descriptor not O_PATH) is on,
+    and nothing of the others; OSError if it fails (EIO: something was lost)."""
+    if _libc.syncfs(fd) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 class DirectorySyncs:
@@ -31,15 +44,21 @@ class DirectorySyncs:
 
     ``sync(fd)`` fsyncs a descriptor and answers a Deferred (the kernel's asynchronous fsync, or a pool thread);
     ``later(0, f, *args)`` (the reactor's ``callLater``) runs ``f`` once the reactor has handled what it has read;
-    None starts each first sync at once.  ``sync_all()`` (a ``sync(2)`` of everything, answering a Deferred) is
-    for a directory the server may not open for reading.  Reactor thread only.
+    None starts each first sync at once.  What the server cannot open to sync (a directory it may not read; a
+    symlink, device or FIFO) has its whole filesystem synced: ``sync_filesystem(fd)`` (a :func:`syncfs`
+    answering a Deferred) through ``root_on(st_dev)``, a descriptor of that filesystem the server holds (an
+    export's root), else ``sync_all()`` (a ``sync(2)`` of everything).  Reactor thread only.
     """
 
     def __init__(self, sync: Callable[[int], defer.Deferred], sync_all: Callable[[], defer.Deferred],
-                 later: Optional[Callable[..., Any]] = None) -> None:
+                 later: Optional[Callable[..., Any]] = None,
+                 sync_filesystem: Optional[Callable[[int], defer.Deferred]] = None,
+                 root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
         self.sync = sync
         self.sync_all = sync_all
         self.later = later
+        self.sync_filesystem = sync_filesystem
+        self.root_on = root_on
         #: (device, inode) of a directory being synced, or about to be -> the Deferreds of the changes waiting for
         #: the next sync (for the first one, until it starts).
         self._running: dict[Any, list[defer.Deferred]] = {}
@@ -57,15 +76,31 @@ class DirectorySyncs:
         try:
             fd: Optional[int] = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
         except OSError:
-            # A plain user's server in a directory it may write but not read: everything is synced instead (slow and
-            # rare), one sync(2) at a time as for a directory.
+            # A plain user's server in a directory it may write but not read: its filesystem is synced instead
+            # (slow and rare), one sync at a time as for a directory.
+            return self.filesystem(st.st_dev)
+        return self._wait(key, fd)
+
+    def filesystem(self, dev: int) -> defer.Deferred:
+        """A Deferred that fires once a sync of the whole filesystem ``dev``, started after now, has ended: for
+        what has no descriptor the server may sync (a directory it may not read; a symlink, device or FIFO whose
+        attributes changed, where knfsd syncs the inode itself).  A ``syncfs(2)`` through a descriptor of it the
+        server holds, else a ``sync(2)`` of everything (:meth:`everything`)."""
+        key = (FILESYSTEM, dev)
+        if key in self._running:
+            return self._wait(key, None)
+        root = self.root_on(dev) if self.root_on is not None and self.sync_filesystem is not None else None
+        if root is None:
+            return self.everything()
+        try:
+            fd = os.dup(root)  # closed after the last round, as a directory's
+        except OSError:
             return self.everything()
         return self._wait(key, fd)
 
     def everything(self) -> defer.Deferred:
-        """A Deferred that fires once a ``sync(2)`` of everything, started after now, has ended: for what has no
-        descriptor the server may sync (a directory it may not read; a symlink, device or FIFO whose attributes
-        changed, where knfsd syncs the inode itself)."""
+        """A Deferred that fires once a ``sync(2)`` of everything, started after now, has ended: where no
+        descriptor of the filesystem to sync is at hand (:meth:`filesystem`)."""
         return self._wait(EVERYTHING, None)
 
     def _wait(self, key: Any, fd: Optional[int]) -> defer.Deferred:
@@ -85,8 +120,8 @@ class DirectorySyncs:
         return d
 
     def _round(self, key: Any, fd: Optional[int]) -> None:
-        """Sync the directory (``fd`` None: everything) for the changes waiting now; the changes made meanwhile
-        wait for the next round."""
+        """Sync the directory (a filesystem for a :data:`FILESYSTEM` key; ``fd`` None: everything) for the
+        changes waiting now; the changes made meanwhile wait for the next round."""
         answers, self._running[key] = self._running[key], []
         self.syncs += 1
 
@@ -106,21 +141,38 @@ class DirectorySyncs:
                         d.callback(None)
 
         try:
-            synced = self.sync(fd) if fd is not None else self.sync_all()
+            if fd is None:
+                synced = self.sync_all()
+            elif key[0] == FILESYSTEM:
+                synced = self.sync_filesystem(fd)
+            else:
+                synced = self.sync(fd)
         except Exception:
             synced = defer.fail(Failure())
         synced.addBoth(ended)
 
 
-def sync_here(dirfd: int, sync: Callable[[int], Any]) -> None:
-    """Sync the directory ``dirfd`` in this (pool) thread, waiting: ``sync(fd)`` on it opened for reading, or a
-    ``sync(2)`` of everything where the server may not read it."""
+def sync_here(dirfd: int, sync: Callable[[int], Any],
+              root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
+    """Sync the directory ``dirfd`` in this (pool) thread, waiting: ``sync(fd)`` on it opened for reading, or
+    where the server may not read it, a :func:`syncfs` through ``root_on(st_dev)`` (a descriptor of its
+    filesystem), else a ``sync(2)`` of everything."""
     try:
         fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
     except OSError:
-        os.sync()
+        sync_filesystem_here(os.fstat(dirfd).st_dev, root_on)
         return
     try:
         sync(fd)
     finally:
         os.close(fd)
+
+
+def sync_filesystem_here(dev: int, root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
+    """Sync the filesystem ``dev`` in this (pool) thread, waiting: a :func:`syncfs` through ``root_on(dev)``,
+    else (no descriptor of it at hand) a ``sync(2)`` of everything."""
+    root = root_on(dev) if root_on is not None else None
+    if root is None:
+        os.sync()
+    else:
+        syncfs(root)

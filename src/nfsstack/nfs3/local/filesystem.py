@@ -31,7 +31,8 @@ from nfsstack.nfs3.interface import (
 )
 from nfsstack.nfs3.local.acls import ACCESS_XATTR, DEFAULT_XATTR, get_acl, set_acl
 from nfsstack.nfs3.local.as_caller import LocalFS, all_cached, proc_path, readlink, stat_or_none
-from nfsstack.nfs3.local.dirsync import DirectorySyncs, sync_here
+from nfsstack.nfs3.local import dirsync
+from nfsstack.nfs3.local.dirsync import DirectorySyncs, sync_filesystem_here, sync_here
 from nfsstack.nfs3.local.filecache import FileCache, OpenFile
 from nfsstack.nfs3.local.readdir import Lister
 from nfsstack.rpc.fileslice import FileSlice
@@ -80,7 +81,10 @@ class LocalFilesystem:
         self.files = FileCache()
         self.lister = Lister(table, self.caller)
         #: Directory changes made stable before their reply on sync exports (:meth:`_stable`).
-        self.directories = DirectorySyncs(self._fsync, lambda: self.in_thread(os.sync).addErrback(self._sync_failed))
+        self.directories = DirectorySyncs(
+            self._fsync, lambda: self.in_thread(os.sync).addErrback(self._sync_failed),
+            sync_filesystem=lambda fd: self.in_thread(dirsync.syncfs, fd).addErrback(self._sync_failed),
+            root_on=table.root_on)
 
     def close(self) -> None:
         """Close the kept descriptors and the listing cache (its inotify descriptor)."""
@@ -188,8 +192,9 @@ class LocalFilesystem:
         nfsd_setattr does (commit_metadata on the inode): a chmod or truncate answered must not come undone on
         a power cut.  A file is fsynced itself (as COMMIT does: its size and its inode), a directory by the
         directory syncs (dirsync.py); a symlink, device or FIFO, which the server cannot open to sync (knfsd
-        syncs the inode in the kernel), and a file the server may not open, by a ``sync(2)`` shared with the
-        others waiting for one.  A SETATTR that sets nothing syncs nothing (nor does knfsd's)."""
+        syncs the inode in the kernel), and a file the server may not open, by a ``syncfs(2)`` of its
+        filesystem shared with the others waiting for one.  A SETATTR that sets nothing syncs nothing (nor does
+        knfsd's)."""
         written = self.caller.setattr(call.who, fd, attrs, before, call.options.read_only, call.held)
         if not call.options.sync or not _sets_something(attrs, before):
             return None
@@ -201,7 +206,9 @@ class LocalFilesystem:
         COMMIT does: its size and its inode), through ``written`` (a descriptor it was just written through)
         if given; a directory by the directory syncs (dirsync.py); a symlink, device or FIFO, which the server
         cannot open to sync (knfsd syncs the inode in the kernel), and a file the server may not open, by a
-        ``sync(2)`` shared with the others waiting for one."""
+        ``syncfs(2)`` of its filesystem (through an export's root on it; ``sync(2)`` where none is open) shared
+        with the others waiting for one: a client repeating them makes the server write out that filesystem,
+        not every filesystem of the host."""
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             return self._stable(call, answer, fd)
@@ -216,12 +223,12 @@ class LocalFilesystem:
                     else:
                         synced = answer
                 return synced
-            except PermissionError:  # a plain user's server that may not open it: sync(2) below
+            except PermissionError:  # a plain user's server that may not open it: its filesystem's sync below
                 pass
         if call.threaded:
-            os.sync()
+            sync_filesystem_here(st.st_dev, self.table.root_on)
             return answer
-        return self.directories.everything().addCallback(lambda _: answer)
+        return self.directories.filesystem(st.st_dev).addCallback(lambda _: answer)
 
     def access(self, call, fd: int, attrs) -> int:
         return self.caller.access(call.who, fd, attrs, call.options.read_only)
@@ -415,7 +422,7 @@ class LocalFilesystem:
             return answer.addCallback(lambda made: self._stable(call, made, *dirfds))
         if call.threaded:  # no directory change runs in the pool today; if one did, it would wait here
             for dirfd in dirfds:
-                sync_here(dirfd, lambda fd: self._sync(call, False, fd, lambda: None))
+                sync_here(dirfd, lambda fd: self._sync(call, False, fd, lambda: None), self.table.root_on)
             return answer
         first = os.fstat(dirfds[0])
         synced = self.directories(dirfds[0], first)
