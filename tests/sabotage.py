@@ -238,6 +238,21 @@ SABOTAGES = (
          f"{NFS3}::test_creates_sync_what_they_change_after_making_it"),
     ),
     Sabotage(
+        "ring-create-of-existing-unsynced", "an UNCHECKED CREATE that truncates an existing file after the ring's "
+        "open found it syncs the file", "src/nfsstack/nfs3/local/as_caller.py",
+        (("                    return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep, written)\n",
+          "                    self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep, written)\n"),),
+        (f"{NFS3}::test_creates_sync_what_they_change_after_making_it",),
+    ),
+    Sabotage(
+        "create-answered-before-its-file-sync", "a CREATE that syncs its file and its directory answers once both "
+        "have ended, a failure or not", LOCAL,
+        (("        return defer.DeferredList(syncs, consumeErrors=True).addCallback(_both_ended, made)\n",
+          "        return defer.gatherResults(syncs, consumeErrors=True).addCallbacks(\n"
+          "            lambda _: made, lambda failure: failure.value.subFailure)\n"),),
+        (f"{NFS3}::test_a_create_is_answered_once_both_its_syncs_have_ended",),
+    ),
+    Sabotage(
         "truncation-synced-by-reopening", "a truncating SETATTR syncs through the descriptor it truncated with",
         LOCAL,
         (("        return self._object_stable(call, None, fd, before, written)\n",
@@ -250,6 +265,14 @@ SABOTAGES = (
         (("        return self.directories.filesystem(st.st_dev).addCallback(lambda _: answer)\n",
           "        return self.directories.everything().addCallback(lambda _: answer)\n"),),
         (f"{NFS3}::test_setattr_syncs_the_object_changed_and_nothing_when_it_sets_nothing",),
+    ),
+    Sabotage(
+        "syncfs-through-an-old-descriptor", "a filesystem's syncfs goes through a new open of its export's root, "
+        "not a copy of the root's descriptor (which would report write errors older than the change)",
+        "src/nfsstack/exports/table.py",
+        (('                        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)\n',
+          "                        return os.dup(fd)\n"),),
+        ("tests/unit/test_dirsync.py::test_the_table_reopens_an_export_root_for_syncfs_and_knows_no_other_filesystem",),
     ),
     Sabotage(
         "thread-groups-assumed", "a caller with no groups acts with none, whatever groups the server started with",

@@ -180,18 +180,21 @@ def test_sync_here_syncs_the_directory_opened_for_reading_and_closes_it(director
         os.fstat(synced[0][0])
 
 
-def test_what_the_server_cannot_open_gets_its_filesystem_synced_through_a_root_it_holds(directory, monkeypatch):
-    """Where an export's root on the filesystem is open (``root_on``), a directory the server may not read gets
-    a syncfs of that filesystem (through a copy of the root's descriptor, closed after; the root stays open), one
-    at a time as for a directory, never a sync(2) of every filesystem of the host; so does ``filesystem(dev)``
-    (a symlink's SETATTR).  A filesystem with no root open falls back to sync(2)."""
+def test_what_the_server_cannot_open_gets_its_filesystem_synced_through_its_root_opened_again(directory,
+                                                                                             monkeypatch):
+    """Where an export's root on the filesystem is open, a directory the server may not read gets a syncfs of
+    that filesystem through a new descriptor of the root (``reopen_root_on``: syncfs reports the write errors
+    since its descriptor was opened, not older ones), closed after, one at a time as for a directory, never a
+    sync(2) of every filesystem of the host; so does ``filesystem(dev)`` (a symlink's SETATTR).  A filesystem
+    with no root open falls back to sync(2)."""
     from nfsstack.nfs3.local import dirsync
 
     dirfd, st = directory
-    root = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dirfd)
+    fresh = [os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dirfd) for _ in range(3)]
+    given = list(fresh)
     disk = Disk()
     syncs = DirectorySyncs(Disk(), never, sync_filesystem=disk,
-                           root_on=lambda dev: root if dev == st.st_dev else None)
+                           reopen_root_on=lambda dev: given.pop(0) if dev == st.st_dev else None)
 
     def refused(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -201,29 +204,29 @@ def test_what_the_server_cannot_open_gets_its_filesystem_synced_through_a_root_i
     second = fired(syncs.filesystem(st.st_dev))
     monkeypatch.undo()
     assert len(disk.started) == 1, "two syncs of one filesystem at once"
-    fd, d = disk.started[0]
-    assert fd != root and os.fstat(fd).st_dev == st.st_dev
-    d.callback(None)
+    assert disk.started[0][0] == fresh[0] and len(given) == 2, "one new descriptor, for the round that started"
+    disk.started[0][1].callback(None)
     assert first == [None] and second == [] and len(disk.started) == 2
     disk.started[1][1].callback(None)
     assert second == [None]
     with pytest.raises(OSError):
-        os.fstat(fd)  # the copy is closed; the root is not
-    os.fstat(root)
+        os.fstat(fresh[0])  # closed after the last round
 
     everything: list[defer.Deferred] = []
     other = DirectorySyncs(Disk(), lambda: everything.append(defer.Deferred()) or everything[-1],
-                           sync_filesystem=disk, root_on=lambda dev: None)
+                           sync_filesystem=disk, reopen_root_on=lambda dev: None)
     fired(other.filesystem(st.st_dev))
     assert len(everything) == 1 and len(disk.started) == 2
 
     synced: list = []
     monkeypatch.setattr(dirsync, "syncfs", lambda fd: synced.append(fd))
     monkeypatch.setattr(dirsync.os, "sync", lambda: synced.append("sync"))
-    dirsync.sync_filesystem_here(st.st_dev, lambda dev: root)
+    dirsync.sync_filesystem_here(st.st_dev, lambda dev: fresh[1])
     dirsync.sync_filesystem_here(st.st_dev, lambda dev: None)
-    assert synced == [root, "sync"]
-    os.close(root)
+    assert synced == [fresh[1], "sync"]
+    with pytest.raises(OSError):
+        os.fstat(fresh[1])  # closed by sync_filesystem_here
+    os.close(fresh[2])
 
 
 def test_syncfs_syncs_a_readable_descriptor_and_refuses_an_o_path_one(tmp_path):
@@ -240,3 +243,29 @@ def test_syncfs_syncs_a_readable_descriptor_and_refuses_an_o_path_one(tmp_path):
             syncfs(fd)
     finally:
         os.close(fd)
+
+
+def test_the_table_reopens_an_export_root_for_syncfs_and_knows_no_other_filesystem(tmp_path):
+    """ExportTable.reopen_root_on: a new open of an export's root on the filesystem asked for (its own file
+    status flags, not a copy sharing the root's: syncfs then reports only the write errors since it was opened),
+    the caller's to close; None for a filesystem no export root is open on."""
+    import fcntl
+
+    from nfsstack.exports import parse_exports
+    from nfsstack.exports.handles import HandleCodec
+    from nfsstack.exports.table import ExportTable
+
+    exports = parse_exports(f"{tmp_path} 127.0.0.1(rw)\n")
+    table = ExportTable(exports, HandleCodec(b"k" * 32))
+    try:
+        dev = os.stat(tmp_path).st_dev
+        assert table.reopen_root_on(dev) is None, "no root open yet"
+        root, _ = table.root(next(iter(exports)))
+        fd = table.reopen_root_on(dev)
+        assert fd is not None and fd != root and os.fstat(fd).st_ino == os.stat(tmp_path).st_ino
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        assert not fcntl.fcntl(root, fcntl.F_GETFL) & os.O_NONBLOCK, "a copy of the root's descriptor"
+        os.close(fd)
+        assert table.reopen_root_on(dev + 1) is None
+    finally:
+        table.close()

@@ -706,27 +706,35 @@ def test_truncating_setattr_syncs_through_the_descriptor_it_wrote(env, monkeypat
     assert (tmp / "data" / "f").stat().st_size == 10
 
 
+@pytest.mark.parametrize("env", ["inline", "ring"], indirect=True)
 def test_creates_sync_what_they_change_after_making_it(env, monkeypatch):
     """On a sync export every CREATE, MKDIR and MKNOD syncs its directory; one that changes the new object
     after making it (a size, an owner, a mode the server's umask took off, an EXCLUSIVE CREATE's verifier; an
     UNCHECKED CREATE's truncation of an existing file) syncs the object too, as knfsd's nfsd_create_setattr
-    commits both: on XFS, btrfs and older ext4 the directory's sync does not carry the object's own changes.
-    The usual CREATE, which its open makes whole, syncs the directory only."""
-    tmp, _, _, nfs, roots = env
+    commits both: on XFS and older ext4 the directory's sync does not carry the object's own changes.  A file
+    is synced through the descriptor that wrote it (a server may write a file it may not read).  The usual
+    CREATE, which its open makes whole, syncs the directory only.  Inline and by the ring's open."""
+    tmp, _, nfsd, nfs, roots = env
+    nfsd.fs.caller.umask = 0o022
     data = tmp / "data"
     (data / "existing").write_text("x" * 100)
-    synced = []
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(("fsync", os.fstat(fd).st_ino)))
+    synced, modes = [], {}
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append(("fsync", st.st_ino))
+        if stat.S_ISREG(st.st_mode):
+            modes[st.st_ino] = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+    monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", None)))
     monkeypatch.setattr(dirsync, "syncfs", lambda fd: synced.append(("syncfs", os.fstat(fd).st_dev)))
     d = os.stat(data).st_ino
-    umask = os.umask(0)
-    os.umask(umask)  # the server's, read when it started
     cases = [
         ("plain", "CREATE", (0, Sattr3(mode=0o644)), False),
         ("sized", "CREATE", (0, Sattr3(mode=0o644, size=10)), True),
         ("owned", "CREATE", (0, Sattr3(mode=0o644, uid=4321)), True),
-        ("widened", "CREATE", (1, Sattr3(mode=0o666)), bool(umask & 0o666)),  # bits the server's umask takes off
+        ("widened", "CREATE", (1, Sattr3(mode=0o666)), True),  # the umask took 022 off: set after
         ("existing", "CREATE", (0, Sattr3(size=0)), True),
         ("exclusive", "CREATE", (2, b"verifier"), True),
         ("subdir", "MKDIR", (Sattr3(mode=0o755),), False),
@@ -739,10 +747,50 @@ def test_creates_sync_what_they_change_after_making_it(env, monkeypatch):
         ino = os.lstat(data / name).st_ino
         expected = [("fsync", d)] + ([("fsync", ino)] if altered else [])
         assert sorted(synced) == sorted(expected), (name, synced, expected)
+    for name in ("existing", "exclusive"):
+        assert modes[os.stat(data / name).st_ino] == os.O_WRONLY, f"{name}: not synced through its writer"
     synced.clear()
     assert nfs("MKNOD", roots["data"], b"fifo", 7, Sattr3(mode=0o644, uid=4321)).ok  # NF3FIFO, then an owner
     assert sorted(synced) == sorted([("fsync", d), ("syncfs", os.stat(data).st_dev)]), synced
     assert (data / "existing").stat().st_size == 0 and (data / "sized").stat().st_size == 10
+
+
+def test_a_create_is_answered_once_both_its_syncs_have_ended(env):
+    """A CREATE that syncs its file and its directory answers when both have ended, even when one fails first:
+    the reply releases the call's descriptors, which the other sync may still be using.  A failed sync answers
+    NFS3ERR_IO."""
+    tmp, _, nfsd, nfs, roots = env
+
+    class Held:
+        """Syncs whose end the test decides."""
+
+        can_open = can_write = False
+
+        def __init__(self):
+            self.started = []
+
+        def __call__(self, fd, datasync=False):
+            d = defer.Deferred()
+            self.started.append((fd, os.fstat(fd), d))
+            return d
+
+    held = nfsd.fs.syncer = Held()
+    msg = encode_call(1, 100003, 3, PROC["CREATE"], nfs.cred.to_auth()) + encode(
+        "CREATE", roots["data"], b"sized", 0, Sattr3(mode=0o644, size=10))
+    reply = nfs.dispatcher.handle(msg, nfs.netid, nfs.peer, ("127.0.0.1", 2049))
+    assert isinstance(reply, defer.Deferred)
+    kinds = {stat.S_IFMT(st.st_mode): (fd, d) for fd, st, d in held.started}
+    assert set(kinds) == {stat.S_IFREG, stat.S_IFDIR}, held.started
+    (file_fd, file_sync), (_, dir_sync) = kinds[stat.S_IFREG], kinds[stat.S_IFDIR]
+    got = []
+    reply.addBoth(got.append)
+    dir_sync.errback(OSError(errno.EIO, "the disk failed"))
+    assert got == [], "answered while the file's sync still runs"
+    os.fstat(file_fd)  # still open: the call has not released it
+    file_sync.callback(None)
+    assert len(got) == 1
+    answer = joined(got[0])
+    assert decode("CREATE", answer, decode_reply(answer).offset).status == Stat.IO
 
 
 def test_readdir_lists_each_name_exactly_once_across_calls(env):

@@ -219,12 +219,18 @@ class ExportTable:
             entry = self._roots[export.export_id] = (fd, mount_id, real, (st.st_dev, st.st_ino))
         return entry
 
-    def root_on(self, dev: int) -> Optional[int]:
-        """The descriptor (opened for reading, the table's own) of an export's root on the filesystem ``dev``, if
-        one is open: what syncs a filesystem (syncfs) for an object the server cannot open itself."""
-        for fd, _, _, (root_dev, _) in list(self._roots.values()):
-            if root_dev == dev:
-                return fd
+    def reopen_root_on(self, dev: int) -> Optional[int]:
+        """A new descriptor (for reading, the caller's to close) of an export's root on the filesystem ``dev``,
+        if one is open, else None: what syncs a filesystem (syncfs) for an object the server cannot open
+        itself.  New, not a copy: syncfs reports the filesystem's write errors since its descriptor was opened,
+        and the root's may be days old."""
+        with self._lock:  # a reload closes the roots
+            for fd, _, _, (root_dev, _) in self._roots.values():
+                if root_dev == dev:
+                    try:
+                        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                    except OSError:
+                        return None
         return None
 
     def is_root(self, export: Export, st: os.stat_result) -> bool:

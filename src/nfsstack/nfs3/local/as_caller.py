@@ -281,7 +281,8 @@ class LocalFS:
         return True
 
     def create(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool, read_only: bool,
-               keep: list[int], opener=None, opened: Optional[list[int]] = None):
+               keep: list[int], opener=None, opened: Optional[list[int]] = None,
+               written: Optional[list[int]] = None):
         """CREATE UNCHECKED or GUARDED (RFC 1813 section 3.3.8).
 
         With ``opener`` (``openat(dirfd, name, flags, mode) -> Deferred``, nfs3/local/aiosync.py) the kernel makes the
@@ -289,7 +290,8 @@ class LocalFS:
         ``dirfd`` must stay open until then.  The descriptor (write-only) a new file was made with goes to
         ``keep`` and to ``opened``.  The result (or the Deferred's) says whether the file was changed after the
         open that made it (a size, attributes the open could not set, an existing file's size or times): those
-        changes are the file's own, which a sync of its directory may not carry.
+        changes are the file's own, which a sync of its directory may not carry.  The descriptor they were
+        written through (the new file's own, an existing file's truncation's), if any, goes to ``written``.
         """
         perm = attrs.mode & 0o7777 if attrs.mode is not None else 0o644
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
@@ -302,30 +304,32 @@ class LocalFS:
             else:
                 def existing(failure):
                     failure.trap(FileExistsError)
-                    return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
+                    return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep, written)
 
-                return d.addCallbacks(lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep, opened),
-                                      existing)
+                return d.addCallbacks(
+                    lambda fd: self._created(who, dirfd, name, attrs, perm, fd, keep, opened, written), existing)
         try:
             with self.ids.acting_as(who):
                 fd = os.open(name, flags, perm, dir_fd=dirfd)
         except FileExistsError:
-            return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep)
-        return self._created(who, dirfd, name, attrs, perm, fd, keep, opened)
+            return self._create_existing(who, dirfd, name, attrs, guarded, read_only, keep, written)
+        return self._created(who, dirfd, name, attrs, perm, fd, keep, opened, written)
 
     def _created(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, perm: int, fd: int,
-                 keep: list[int], opened: Optional[list[int]] = None) -> bool:
+                 keep: list[int], opened: Optional[list[int]] = None, written: Optional[list[int]] = None) -> bool:
         """A new file's size and the attributes its open could not set; whether there were any."""
         keep.append(fd)
         if opened is not None:
             opened.append(fd)
+        if written is not None:
+            written.append(fd)
         if attrs.size:
             with self.ids.acting_as(who):
                 os.ftruncate(fd, attrs.size)
         return self.finish_create(who, dirfd, name, attrs, perm, keep) or bool(attrs.size)
 
     def _create_existing(self, who: Identity, dirfd: int, name: bytes, attrs: Sattr, guarded: bool,
-                         read_only: bool, keep: list[int]) -> bool:
+                         read_only: bool, keep: list[int], written: Optional[list[int]] = None) -> bool:
         """UNCHECKED on an existing regular file sets only its size and times (a size of 0 truncates it);
         whether there were any."""
         if guarded:
@@ -336,16 +340,22 @@ class LocalFS:
         if not stat.S_ISREG(st.st_mode):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
         rest = Sattr(None, None, None, attrs.size, attrs.atime, attrs.mtime)
-        self.setattr(who, pfd, rest, st, read_only, keep)
+        wfd = self.setattr(who, pfd, rest, st, read_only, keep)
+        if wfd is not None and written is not None:
+            written.append(wfd)
         return rest != Sattr()
 
-    def create_exclusive(self, who: Identity, dirfd: int, name: bytes, verifier: bytes, keep: list[int]) -> None:
-        """EXCLUSIVE CREATE: the client's verifier lives in atime and mtime, so a retransmission finds it."""
+    def create_exclusive(self, who: Identity, dirfd: int, name: bytes, verifier: bytes, keep: list[int],
+                         written: Optional[list[int]] = None) -> None:
+        """EXCLUSIVE CREATE: the client's verifier lives in atime and mtime, so a retransmission finds it.  The
+        descriptor that made the file and set them goes to ``keep`` and ``written``."""
         a_s, m_s = int.from_bytes(verifier[:4], "big"), int.from_bytes(verifier[4:], "big")
         try:
             with self.ids.acting_as(who):
                 fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
                 keep.append(fd)
+                if written is not None:
+                    written.append(fd)
                 os.utime(fd, ns=(a_s * 1_000_000_000, m_s * 1_000_000_000))
         except FileExistsError:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)

@@ -46,19 +46,19 @@ class DirectorySyncs:
     ``later(0, f, *args)`` (the reactor's ``callLater``) runs ``f`` once the reactor has handled what it has read;
     None starts each first sync at once.  What the server cannot open to sync (a directory it may not read; a
     symlink, device or FIFO) has its whole filesystem synced: ``sync_filesystem(fd)`` (a :func:`syncfs`
-    answering a Deferred) through ``root_on(st_dev)``, a descriptor of that filesystem the server holds (an
-    export's root), else ``sync_all()`` (a ``sync(2)`` of everything).  Reactor thread only.
+    answering a Deferred) through ``reopen_root_on(st_dev)``, a new descriptor of that filesystem (an export's
+    root opened again), else ``sync_all()`` (a ``sync(2)`` of everything).  Reactor thread only.
     """
 
     def __init__(self, sync: Callable[[int], defer.Deferred], sync_all: Callable[[], defer.Deferred],
                  later: Optional[Callable[..., Any]] = None,
                  sync_filesystem: Optional[Callable[[int], defer.Deferred]] = None,
-                 root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
+                 reopen_root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
         self.sync = sync
         self.sync_all = sync_all
         self.later = later
         self.sync_filesystem = sync_filesystem
-        self.root_on = root_on
+        self.reopen_root_on = reopen_root_on
         #: (device, inode) of a directory being synced, or about to be -> the Deferreds of the changes waiting for
         #: the next sync (for the first one, until it starts).
         self._running: dict[Any, list[defer.Deferred]] = {}
@@ -84,17 +84,15 @@ class DirectorySyncs:
     def filesystem(self, dev: int) -> defer.Deferred:
         """A Deferred that fires once a sync of the whole filesystem ``dev``, started after now, has ended: for
         what has no descriptor the server may sync (a directory it may not read; a symlink, device or FIFO whose
-        attributes changed, where knfsd syncs the inode itself).  A ``syncfs(2)`` through a descriptor of it the
-        server holds, else a ``sync(2)`` of everything (:meth:`everything`)."""
+        attributes changed, where knfsd syncs the inode itself).  A ``syncfs(2)`` through an export's root on it
+        opened again (closed after the last round, as a directory's), else a ``sync(2)`` of everything
+        (:meth:`everything`)."""
         key = (FILESYSTEM, dev)
         if key in self._running:
             return self._wait(key, None)
-        root = self.root_on(dev) if self.root_on is not None and self.sync_filesystem is not None else None
-        if root is None:
-            return self.everything()
-        try:
-            fd = os.dup(root)  # closed after the last round, as a directory's
-        except OSError:
+        reopen = self.reopen_root_on if self.sync_filesystem is not None else None
+        fd = reopen(dev) if reopen is not None else None
+        if fd is None:
             return self.everything()
         return self._wait(key, fd)
 
@@ -152,15 +150,13 @@ class DirectorySyncs:
         synced.addBoth(ended)
 
 
-def sync_here(dirfd: int, sync: Callable[[int], Any],
-              root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
+def sync_here(dirfd: int, sync: Callable[[int], Any], sync_filesystem: Callable[[int], Any] = None) -> None:
     """Sync the directory ``dirfd`` in this (pool) thread, waiting: ``sync(fd)`` on it opened for reading, or
-    where the server may not read it, a :func:`syncfs` through ``root_on(st_dev)`` (a descriptor of its
-    filesystem), else a ``sync(2)`` of everything."""
+    where the server may not read it, ``sync_filesystem(st_dev)`` (:func:`sync_filesystem_here`)."""
     try:
         fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=dirfd)
     except OSError:
-        sync_filesystem_here(os.fstat(dirfd).st_dev, root_on)
+        (sync_filesystem or sync_filesystem_here)(os.fstat(dirfd).st_dev)
         return
     try:
         sync(fd)
@@ -168,11 +164,14 @@ def sync_here(dirfd: int, sync: Callable[[int], Any],
         os.close(fd)
 
 
-def sync_filesystem_here(dev: int, root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
-    """Sync the filesystem ``dev`` in this (pool) thread, waiting: a :func:`syncfs` through ``root_on(dev)``,
-    else (no descriptor of it at hand) a ``sync(2)`` of everything."""
-    root = root_on(dev) if root_on is not None else None
-    if root is None:
+def sync_filesystem_here(dev: int, reopen_root_on: Optional[Callable[[int], Optional[int]]] = None) -> None:
+    """Sync the filesystem ``dev`` in this (pool) thread, waiting: a :func:`syncfs` through
+    ``reopen_root_on(dev)`` (a new descriptor, closed here), else (none to be had) a ``sync(2)`` of everything."""
+    fd = reopen_root_on(dev) if reopen_root_on is not None else None
+    if fd is None:
         os.sync()
-    else:
-        syncfs(root)
+        return
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)

@@ -48,6 +48,14 @@ RESAMPLE_CREATE = 16
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _both_ended(results: list, answer: Any) -> Any:
+    """``answer`` once every Deferred of a DeferredList ended well, else the first failure."""
+    for ok, result in results:
+        if not ok:
+            return result
+    return answer
+
+
 def _sets_something(attrs, st) -> bool:
     """Whether a sattr3 changes anything (a mode is not set on a symlink: Linux keeps none)."""
     mode = attrs.mode is not None and not stat.S_ISLNK(st.st_mode)
@@ -84,7 +92,7 @@ class LocalFilesystem:
         self.directories = DirectorySyncs(
             self._fsync, lambda: self.in_thread(os.sync).addErrback(self._sync_failed),
             sync_filesystem=lambda fd: self.in_thread(dirsync.syncfs, fd).addErrback(self._sync_failed),
-            root_on=table.root_on)
+            reopen_root_on=table.reopen_root_on)
 
     def close(self) -> None:
         """Close the kept descriptors and the listing cache (its inotify descriptor)."""
@@ -226,7 +234,7 @@ class LocalFilesystem:
             except PermissionError:  # a plain user's server that may not open it: its filesystem's sync below
                 pass
         if call.threaded:
-            sync_filesystem_here(st.st_dev, self.table.root_on)
+            self._sync_filesystem_here(st.st_dev)
             return answer
         return self.directories.filesystem(st.st_dev).addCallback(lambda _: answer)
 
@@ -407,6 +415,15 @@ class LocalFilesystem:
                 pass  # no room, or refused: the thread pool does it
         return self.in_thread(os.fdatasync if datasync else os.fsync, fd).addErrback(self._sync_failed)
 
+    def _sync_filesystem_here(self, dev: int) -> None:
+        """Sync the filesystem ``dev`` in this pool thread (dirsync.sync_filesystem_here); a failure changes the
+        write verifier, as any failed sync."""
+        try:
+            sync_filesystem_here(dev, self.table.reopen_root_on)
+        except OSError:
+            self._sync_failed(Failure())
+            raise
+
     def _sync_failed(self, failure: Failure) -> Failure:
         """A failed sync may have lost what was answered as stable: a new write verifier makes clients resend."""
         self.write_verifier = secrets.token_bytes(8)
@@ -422,7 +439,7 @@ class LocalFilesystem:
             return answer.addCallback(lambda made: self._stable(call, made, *dirfds))
         if call.threaded:  # no directory change runs in the pool today; if one did, it would wait here
             for dirfd in dirfds:
-                sync_here(dirfd, lambda fd: self._sync(call, False, fd, lambda: None), self.table.root_on)
+                sync_here(dirfd, lambda fd: self._sync(call, False, fd, lambda: None), self._sync_filesystem_here)
             return answer
         first = os.fstat(dirfds[0])
         synced = self.directories(dirfds[0], first)
@@ -435,13 +452,15 @@ class LocalFilesystem:
 
     # -- directory changes --------------------------------------------------------------
 
-    def _made(self, call, dirfd: int, name: bytes, opened: Optional[list[int]] = None, altered: bool = False) -> Any:
+    def _made(self, call, dirfd: int, name: bytes, opened: Optional[list[int]] = None, altered: bool = False,
+              written: Optional[list[int]] = None) -> Any:
         """The handle and attributes of what a call just made, once it is on stable storage on a sync export
         (RFC 1813 section 1.6).  ``opened``: the descriptor a CREATE opened the new file with, kept for the
         WRITEs that follow (it was opened as the caller, who owns the file: a reopen would let it write too).
         ``altered``: the object was changed after it was made (a size, attributes its making could not set, an
         existing file's size): those changes are its own, which the directory's sync carries on ext4 but not on
-        XFS or btrfs, so the object is synced too, as knfsd's nfsd_create_setattr commits both."""
+        XFS or older ext4, so the object is synced too, as knfsd's nfsd_create_setattr commits both; through
+        ``written``'s descriptor (the one the file was made or truncated with), while the call holds it."""
         fd = os.open(name, _PATH_FLAGS, dir_fd=dirfd)
         call.held.append(fd)
         st = os.fstat(fd)
@@ -454,20 +473,22 @@ class LocalFilesystem:
             return self._stable(call, made, dirfd)
         # The object and its directory synced at once (on ext4 the two share one journal commit).  The descriptor
         # that made a file syncs it while the call holds it; once kept for the WRITEs, commit() finds it there.
-        written = opened[0] if opened and opened[0] in call.held else None
-        syncs = [d for d in (self._object_stable(call, None, fd, st, written), self._stable(call, None, dirfd))
+        through = written[0] if written and written[0] in call.held else None
+        syncs = [d for d in (self._object_stable(call, None, fd, st, through), self._stable(call, None, dirfd))
                  if isinstance(d, defer.Deferred)]
         if not syncs:
             return made
-        both = defer.gatherResults(syncs, consumeErrors=True)
-        return both.addCallbacks(lambda _: made, lambda failure: failure.value.subFailure)
+        # Answered once both have ended, a failure or not: the reply releases the descriptors the call holds,
+        # which the other sync may still be using.
+        return defer.DeferredList(syncs, consumeErrors=True).addCallback(_both_ended, made)
 
     def create(self, call, dirfd: int, name: bytes, how: int, attrs) -> Any:
+        written: list[int] = []
         if how == EXCLUSIVE:
             # The verifier's times are set on the descriptor that made the file, in its transaction's wake: the
             # file is synced with its directory, as for any CREATE that changes the file after making it.
-            self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held)
-            return self._made(call, dirfd, name, altered=True)
+            self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held, written)
+            return self._made(call, dirfd, name, altered=True, written=written)
         opener = None
         if getattr(self.syncer, "can_open", False) and not call.threaded:
             self._creates += 1
@@ -476,15 +497,15 @@ class LocalFilesystem:
         started = perf_counter()
         opened: list[int] = []
         altered = self.caller.create(call.who, dirfd, name, attrs, how == GUARDED, call.options.read_only,
-                                     call.held, opener, opened)
+                                     call.held, opener, opened, written)
         if not isinstance(altered, defer.Deferred):
             if opener is None:
                 self.create_cost += (perf_counter() - started - self.create_cost) / 8
-            return self._made(call, dirfd, name, opened, altered)
+            return self._made(call, dirfd, name, opened, altered, written)
 
         def done(altered: bool) -> Any:
             self.lister.touched(call)  # now the file is there
-            return self._made(call, dirfd, name, opened, altered)
+            return self._made(call, dirfd, name, opened, altered, written)
 
         return altered.addCallback(done)
 
