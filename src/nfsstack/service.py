@@ -34,7 +34,7 @@ from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger
 from nfsstack.mount.mountlist import MountList
 from nfsstack.mount.program import Mountd
-from nfsstack.nfs3.local.aiosync import open_syncer
+from nfsstack.nfs3.local.aiosync import open_kernel_io
 from nfsstack.nfs3.local.filesystem import LocalFilesystem
 from nfsstack.nfs3.program import Nfsd, Workers
 from nfsstack.nlm.program import Nlm
@@ -70,7 +70,7 @@ class NfsStackService(service.MultiService):
         self.worker_counters: list[dict] = []
         self.call_stats = CallStats()
         #: Holds late replies while a batch of io_uring completions is answered: given to every RPC service
-        #: (tap.py) and to nfsd's syncer (NfsdRing).
+        #: (tap.py) and to nfsd's kernel I/O (NfsdRing).
         self.reply_batcher = ReplyBatcher()
         #: Kerberos principals -> local users (the users of krb5.conf's default realm), for this stack's programs
         #: and its RPCSEC_GSS engine (:func:`kerberos_engine`), which looks them up in its reactor's threads.
@@ -356,8 +356,9 @@ class ExportsReloader(service.Service):
                                          self.path).addCallback(loaded).addErrback(failed)
 
 
-class LockingStart(service.Service):
-    """Starts NSM (new state number, SM_NOTIFY to the hosts monitored before) and sets the lock grace period.
+class LockingService(service.Service):
+    """The lock services' lifetime: at start, NSM's (a new state number, SM_NOTIFY to the hosts monitored before)
+    and the lock grace period; at stop, NLM's (its locks and waiters) and the calls to other hosts.
 
     Without any host monitored before this start, nobody can have locks to
     reclaim, and the grace period is skipped.
@@ -472,17 +473,17 @@ class NfsdRing(Resource):
         self.reply_batcher = reply_batcher
 
     def startService(self) -> None:
-        syncer = open_syncer(self.reactor)
-        if syncer is not None:
-            syncer.batch = self.reply_batcher  # a batch of completions answers its calls with one send per connection
-        self.fs.syncer = syncer
+        kernel = open_kernel_io(self.reactor)
+        if kernel is not None:
+            kernel.batch = self.reply_batcher  # a batch of completions answers its calls with one send per connection
+        self.fs.kernel_io = kernel
         super().startService()
 
     def stopService(self):
         super().stopService()
-        syncer, self.fs.syncer = self.fs.syncer, None
-        if syncer is not None:
-            syncer.close()
+        kernel, self.fs.kernel_io = self.fs.kernel_io, None
+        if kernel is not None:
+            kernel.close()
 
 
 class NfsdThreads(Resource):

@@ -40,7 +40,7 @@ from nfsstack.rpc.ports import may_bind
 from nfsstack.rpc.remote import RemoteCaller
 from nfsstack.rpc.server import DEFAULT_MAX_RECORD
 from nfsstack.rpc.service import RPCService
-from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingStart, NfsStackService, build_nfsd,
+from nfsstack.service import (DEFAULT_EXPORT, ExportsReloader, FileState, LockingService, NfsStackService, build_nfsd,
                               check_default_export, default_export_list, kerberos_engine)
 from nfsstack.startup import UnavailableServices
 
@@ -445,7 +445,7 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
         services.append(reloader)
     services.append(RPCService("status", [stack.nsm.program], options["statd-port"], registrar=stack.registrar,
                                **common))
-    services.append(LockingStart(stack.nsm, stack.nlm, remote))
+    services.append(LockingService(stack.nsm, stack.nlm, remote))
     services.append(RPCService("nlockmgr", [stack.nlm.program], options["nlm-port"], registrar=stack.registrar,
                                **common))
     services.append(RPCService("mountd", [stack.mountd.program], options["mountd-port"], registrar=stack.registrar,

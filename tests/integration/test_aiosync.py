@@ -7,14 +7,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from nfsstack.nfs3.local.aiosync import AioSyncer, UringSyncer, open_syncer
+from nfsstack.nfs3.local.aiosync import AioFsync, UringIO, open_kernel_io
 
-KINDS = [UringSyncer, AioSyncer]
+KINDS = [UringIO, AioFsync]
 
 
 @pytest.fixture(params=KINDS, ids=lambda k: k.__name__)
 def syncer(request):
-    s = open_syncer(reactor, (request.param,))
+    s = open_kernel_io(reactor, (request.param,))
     if s is None:
         pytest.skip(f"this kernel does not run {request.param.__name__}")
     yield s
@@ -26,12 +26,12 @@ def test_the_stack_gets_the_first_kind_the_kernel_runs():
     pool) when this kernel runs none of them."""
     runs = []
     for kind in KINDS:
-        alone = open_syncer(reactor, (kind,))
+        alone = open_kernel_io(reactor, (kind,))
         if alone is not None:
             assert type(alone) is kind
             alone.close()
             runs.append(kind)
-    s = open_syncer(reactor)
+    s = open_kernel_io(reactor)
     try:
         assert (type(s) if s is not None else None) == (runs[0] if runs else None), (s, runs)
     finally:
@@ -78,7 +78,7 @@ def test_a_sync_the_kernel_refuses_fails_its_deferred_or_the_call(syncer):
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 def test_room_runs_out_cleanly(tmp_path, kind):
-    s = open_syncer(reactor, (kind,))
+    s = open_kernel_io(reactor, (kind,))
     if s is None:
         pytest.skip(f"this kernel does not run {kind.__name__}")
     s.depth = 0  # full: the caller is told at once and uses its thread pool
@@ -94,7 +94,7 @@ def test_room_runs_out_cleanly(tmp_path, kind):
 
 def _uring_that(can: str, what: str):
     """An io_uring syncer whose start-up probe found ``can`` (``can_open``, ``can_write``), else a skip."""
-    s = open_syncer(reactor, (UringSyncer,))
+    s = open_kernel_io(reactor, (UringIO,))
     if s is None or not getattr(s, can):
         if s is not None:
             s.close()

@@ -37,7 +37,7 @@ def test_make_service_only_builds(tmp_path, monkeypatch):
     if kernel_handles_work(os.getcwd()) and can_switch() is None:
         assert names[:5] == ["state", "nfsd-caches", "nfsd-ring", "nfsd-threads", "portmapper"], names
         assert names.index("nfsd") > names.index("mountd") > names.index("nlockmgr") > names.index("status")
-        assert stack.nfsd.fs.syncer is None and stack.nfsd.in_thread.pool is None  # opened by their services
+        assert stack.nfsd.fs.kernel_io is None and stack.nfsd.in_thread.pool is None  # opened by their services
     else:
         assert names[0] == "portmapper" and "nfsd" not in names, names
     assert names[-1] == "cluster"

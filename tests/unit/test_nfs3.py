@@ -131,7 +131,7 @@ def env(tmp_path, request):
     table = ExportTable(exports, HandleCodec(b"k" * 32))
     nfsd = local_nfsd(table)
     if getattr(request, "param", "inline") == "ring":
-        nfsd.fs.syncer = Ring()
+        nfsd.fs.kernel_io = Ring()
         nfsd.fs.create_cost = 1.0  # creates have been slow: their opens go to the ring
     roots = {}
     for export in exports:
@@ -371,8 +371,8 @@ def test_write_read_commit(env):
     assert w.ok and w.count == len(data) and w.committed == 0 and w.verf == nfsd.write_verifier
     before, after = w.file_wcc
     assert before.size == 0 and after.size == len(data)
-    if isinstance(nfsd.fs.syncer, Ring):  # a large WRITE's data went by the ring, the small one below in place
-        assert nfsd.fs.syncer.written == [(0, len(data))]
+    if isinstance(nfsd.fs.kernel_io, Ring):  # a large WRITE's data went by the ring, the small one below in place
+        assert nfsd.fs.kernel_io.written == [(0, len(data))]
     c = nfs("COMMIT", f, 0, 0)
     assert c.ok and c.verf == w.verf
     assert nfs("WRITE", f, len(data), b"tail", 2).committed == 2
@@ -469,17 +469,17 @@ def test_a_large_write_the_full_ring_refuses_is_written_by_the_pool(env):
     f = create(nfs, roots["data"], b"f")
     pool = []
     nfsd.in_thread = lambda fn, *a: (pool.append(fn), defer.maybeDeferred(fn, *a))[1]
-    nfsd.fs.syncer.room = False
+    nfsd.fs.kernel_io.room = False
     data = os.urandom(200_000)
     w = nfs("WRITE", f, 4096, data, 2)  # FILE_SYNC: written and synced
     assert w.ok and w.count == len(data) and w.committed == 2
     assert w.file_wcc[1].size == 4096 + len(data)
-    assert nfsd.fs.syncer.written == [] and len(pool) == 1  # the whole call ran in the pool
+    assert nfsd.fs.kernel_io.written == [] and len(pool) == 1  # the whole call ran in the pool
     assert (tmp / "data" / "f").read_bytes() == bytes(4096) + data
-    nfsd.fs.syncer.room = True
+    nfsd.fs.kernel_io.room = True
     w = nfs("WRITE", f, 0, data, 2)  # by the ring, then synced, before the reply
     assert w.ok and w.count == len(data) and w.committed == 2
-    assert nfsd.fs.syncer.written == [(0, len(data))] and len(pool) == 1
+    assert nfsd.fs.kernel_io.written == [(0, len(data))] and len(pool) == 1
     assert (tmp / "data" / "f").read_bytes() == data + data[len(data) - 4096:]
 
 
@@ -774,7 +774,7 @@ def test_a_create_is_answered_once_both_its_syncs_have_ended(env):
             self.started.append((fd, os.fstat(fd), d))
             return d
 
-    held = nfsd.fs.syncer = Held()
+    held = nfsd.fs.kernel_io = Held()
     msg = encode_call(1, 100003, 3, PROC["CREATE"], nfs.cred.to_auth()) + encode(
         "CREATE", roots["data"], b"sized", 0, Sattr3(mode=0o644, size=10))
     reply = nfs.dispatcher.handle(msg, nfs.netid, nfs.peer, ("127.0.0.1", 2049))
@@ -955,7 +955,7 @@ def test_creates_go_to_the_ring_only_while_they_are_slow(env, monkeypatch):
 
     monkeypatch.setattr(local_fs, "perf_counter", tick)
     tmp, _, nfsd, nfs, roots = env
-    ring = nfsd.fs.syncer = Ring()
+    ring = nfsd.fs.kernel_io = Ring()
     for i in range(20):
         create(nfs, roots["data"], f"cheap{i}".encode())
     assert ring.opened == [] and nfsd.fs.create_cost < local_fs.SLOW_CREATE
@@ -986,7 +986,7 @@ def test_a_file_the_ring_makes_after_a_listing_shows_in_the_next(env, deaf, getd
             held.append(lambda: d.callback(os.open(name, flags, mode, dir_fd=dirfd)))
             return d
 
-    nfsd.fs.syncer = Slow()
+    nfsd.fs.kernel_io = Slow()
     nfsd.fs.create_cost = 1.0
     get, put = nfsd.fs.lister.listings.get, nfsd.fs.lister.listings.put  # as if all happened in one tick of the clock
     nfsd.fs.lister.listings.get = lambda key, stamp: get(key, ())
@@ -1182,11 +1182,11 @@ def test_a_failed_sync_is_an_error_and_a_new_write_verifier(env):
     w = nfs("WRITE", f, 0, b"data", 0)
     assert w.ok
     synced = []
-    nfsd.fs.syncer = lambda fd, datasync: (synced.append(datasync), defer.succeed(None))[1]
+    nfsd.fs.kernel_io = lambda fd, datasync: (synced.append(datasync), defer.succeed(None))[1]
     c = nfs("COMMIT", f, 0, 0)
     assert c.ok and c.verf == w.verf and synced == [False]
     assert nfs("WRITE", f, 0, b"data", 1).ok and synced == [False, True]  # DATA_SYNC: fdatasync
-    nfsd.fs.syncer = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
+    nfsd.fs.kernel_io = lambda fd, datasync: defer.fail(OSError(errno.EIO, "I/O error"))
     c = nfs("COMMIT", f, 0, 0)
     assert c.status == Stat.IO and nfsd.write_verifier != w.verf
 

@@ -39,7 +39,7 @@ def synced(monkeypatch):
                                              ("inline", 4 * SMALL_IO, "pool")], indirect=["env"])
 def test_stable_writes_and_commit_sync_on_every_path(env, synced, size, path):
     tmp, _, nfsd, nfs, roots = env
-    assert (nfsd.fs.syncer is not None) == (path == "io_uring")
+    assert (nfsd.fs.kernel_io is not None) == (path == "io_uring")
     for stable, name in ((FILE_SYNC, "fsync"), (DATA_SYNC, "fdatasync")):
         fh = create(nfs, roots["data"], f"{path}-{stable}".encode())
         ino = os.stat(tmp / "data" / f"{path}-{stable}").st_ino

@@ -119,7 +119,7 @@ class ReplyBatcher:
     which would wake the client on loopback.  The stack makes one batcher
     (``NfsStackService.reply_batcher``) and hands it to every
     :class:`RPCStreamFactory`, whose connections hold their late replies in
-    it, and to the syncer that opens the batches.  Blocks nest: the
+    it, and to nfsd's io_uring completions, which open the batches.  Blocks nest: the
     outermost one sends.
     """
 

@@ -17,7 +17,7 @@ no Python thread is involved at all.  Two ways, the first the kernel takes:
   worker bound to the submitting CPU, which preempts the reactor at once: each
   submission costs it more of the reactor's time (bench/README.md).
 
-Where the kernel refuses both, :func:`open_syncer` answers None and callers
+Where the kernel refuses both, :func:`open_kernel_io` answers None and callers
 use their thread pool.
 
 io_uring also creates files (``IORING_OP_OPENAT`` with ``O_CREAT``, Linux 5.6):
@@ -72,10 +72,12 @@ def _check(result: int, what: str) -> int:
 
 
 @implementer(IReadDescriptor)
-class _Syncer:
-    """``syncer(fd, datasync) -> Deferred`` firing with None once the data (and, unless ``datasync``, the
-    metadata) of ``fd`` is on stable storage, or failing with the OSError the sync met.  Subclasses submit
-    (:meth:`_submit`) and collect the (key, result) of finished syncs (:meth:`_finished`)."""
+class _KernelIO:
+    """System calls the kernel runs for the reactor, without a thread, completions signalled on an eventfd.
+    ``kernel_io(fd, datasync) -> Deferred`` fires with None once the data (and, unless ``datasync``, the
+    metadata) of ``fd`` is on stable storage, or fails with the OSError the sync met; :meth:`openat` and
+    :meth:`pwrite` create and write where the kernel can (:attr:`can_open`, :attr:`can_write`).  Subclasses
+    submit (:meth:`_submit`) and collect the (key, result) of finished operations (:meth:`_finished`)."""
 
     def __init__(self, reactor, depth: int = DEPTH) -> None:
         self.reactor = reactor
@@ -89,7 +91,7 @@ class _Syncer:
         self._writes: set[int] = set()
         self._next = 0
         self._closed = False
-        #: Whether :meth:`openat` and :meth:`pwrite` work here (set by :func:`open_syncer`'s probes).
+        #: Whether :meth:`openat` and :meth:`pwrite` work here (set by :func:`open_kernel_io`'s probes).
         self.can_open = False
         self.can_write = False
         #: A reusable context manager around the callbacks of one batch of completions (the stack's
@@ -234,8 +236,9 @@ _U32 = struct.Struct("=I")
 _MAP = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
-class UringSyncer(_Syncer):
-    """Syncs as ``IORING_OP_FSYNC`` on an io_uring whose completions signal the eventfd."""
+class UringIO(_KernelIO):
+    """fsync, openat and write as ``IORING_OP_FSYNC``, ``IORING_OP_OPENAT`` and ``IORING_OP_WRITE`` on an io_uring
+    whose completions signal the eventfd."""
 
     def __init__(self, reactor, depth: int = DEPTH) -> None:
         if _IO_URING is None:
@@ -330,8 +333,8 @@ _IOCB = struct.Struct("<QIIHhIQQqQII")
 _EVENT = struct.Struct("<QQqq")  # struct io_event: data, obj, res, res2
 
 
-class AioSyncer(_Syncer):
-    """Syncs as ``IOCB_CMD_FSYNC`` on a native AIO context whose completions signal the eventfd."""
+class AioFsync(_KernelIO):
+    """fsync alone, as ``IOCB_CMD_FSYNC`` on a native AIO context whose completions signal the eventfd."""
 
     def __init__(self, reactor, depth: int = DEPTH) -> None:
         if _AIO is None:
@@ -373,14 +376,14 @@ class AioSyncer(_Syncer):
         self._iocbs.clear()
 
 
-def _settled(syncer: _Syncer, d: defer.Deferred, what: str):
+def _settled(kernel: _KernelIO, d: defer.Deferred, what: str):
     """The result of ``d`` (a probe's), waited for right here, once, at start-up; OSError if it failed or hung."""
     outcome: list = []
     d.addBoth(outcome.append)
     for _ in range(100):
         if outcome:
             break
-        syncer._wait(0.1)
+        kernel._wait(0.1)
     if not outcome:
         raise OSError(errno.ETIMEDOUT, f"the probe's {what} did not complete")
     if isinstance(outcome[0], Failure):
@@ -388,13 +391,13 @@ def _settled(syncer: _Syncer, d: defer.Deferred, what: str):
     return outcome[0]
 
 
-def _probe_open(syncer: _Syncer) -> bool:
-    """Whether ``syncer.openat`` creates a file here (once, at start-up)."""
+def _probe_open(kernel: _KernelIO) -> bool:
+    """Whether ``kernel.openat`` creates a file here (once, at start-up)."""
     top = tempfile.mkdtemp(prefix="nfsstack-open-")
     dirfd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-        os.close(_settled(syncer, syncer.openat(dirfd, b"probe", flags, 0o600), "open"))
+        os.close(_settled(kernel, kernel.openat(dirfd, b"probe", flags, 0o600), "open"))
         os.stat(b"probe", dir_fd=dirfd)  # made where it was asked
         return True
     except OSError as e:
@@ -405,12 +408,12 @@ def _probe_open(syncer: _Syncer) -> bool:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def _probe_write(syncer: _Syncer) -> bool:
-    """Whether ``syncer.pwrite`` writes here, where it is asked (once, at start-up)."""
+def _probe_write(kernel: _KernelIO) -> bool:
+    """Whether ``kernel.pwrite`` writes here, where it is asked (once, at start-up)."""
     fd, path = tempfile.mkstemp(prefix="nfsstack-write-")
     try:
         os.unlink(path)
-        if _settled(syncer, syncer.pwrite(fd, bytearray(b"probe"), 3), "write") != 5:
+        if _settled(kernel, kernel.pwrite(fd, bytearray(b"probe"), 3), "write") != 5:
             return False
         return os.pread(fd, 16, 0) == b"\0\0\0probe"
     except OSError as e:
@@ -420,26 +423,27 @@ def _probe_write(syncer: _Syncer) -> bool:
         os.close(fd)
 
 
-def open_syncer(reactor, kinds: tuple[type, ...] = (UringSyncer, AioSyncer)) -> Optional[_Syncer]:
-    """The first syncer of ``kinds`` this kernel runs (checked with one sync of a temporary file), else None."""
+def open_kernel_io(reactor, kinds: tuple[type, ...] = (UringIO, AioFsync)) -> Optional[_KernelIO]:
+    """The first of ``kinds`` this kernel runs (checked with one sync of a temporary file), its openat and pwrite
+    probed, else None."""
     for kind in kinds:
         try:
-            syncer = kind(reactor)
+            kernel = kind(reactor)
         except OSError as e:
             log.info("{kind} unavailable ({e})", kind=kind.__name__, e=e)
             continue
         fd, path = tempfile.mkstemp(prefix="nfsstack-sync-")
         try:
             os.unlink(path)
-            _settled(syncer, syncer(fd), "fsync")  # EINVAL on kernels without the fsync operation
+            _settled(kernel, kernel(fd), "fsync")  # EINVAL on kernels without the fsync operation
         except OSError as e:
             log.info("{kind} unavailable ({e})", kind=kind.__name__, e=e)
-            syncer.close()
+            kernel.close()
             continue
         finally:
             os.close(fd)
-        syncer.can_open = _probe_open(syncer)
-        syncer.can_write = _probe_write(syncer)
-        return syncer
+        kernel.can_open = _probe_open(kernel)
+        kernel.can_write = _probe_write(kernel)
+        return kernel
     log.info("no asynchronous fsync: syncs use the thread pool")
     return None

@@ -73,9 +73,9 @@ class LocalFilesystem:
         self.caller = caller or LocalFS()
         #: Runs a sync that the kernel's asynchronous fsync cannot take off the reactor thread.
         self.in_thread = in_thread
-        #: syncer(fd, datasync) -> Deferred: fsync, pwrite and openat without a thread (aiosync.py), handed in
+        #: kernel_io(fd, datasync) -> Deferred: fsync, pwrite and openat without a thread (aiosync.py), handed in
         #: by its service; None: in_thread does the syncs.
-        self.syncer = None
+        self.kernel_io = None
         #: Changes on every start (and after a failed sync), so clients resend the writes they had not
         #: committed (RFC 1813 section 3.3.7).
         self.write_verifier = secrets.token_bytes(8)
@@ -131,7 +131,7 @@ class LocalFilesystem:
 
     def writes_inline(self) -> bool:
         """Whether a large WRITE can go to the kernel's ring from the reactor thread."""
-        return getattr(self.syncer, "can_write", False)
+        return getattr(self.kernel_io, "can_write", False)
 
     def _keep_open(self, call, fd: int, st: os.stat_result, lend: bool = False, reading: bool = False) -> OpenFile:
         """Hand ``fd``, opened for writing (``reading``: read-only) as the caller, from the call to the kept open
@@ -374,7 +374,7 @@ class LocalFilesystem:
         with self.caller.run_as(call.who):
             if call.ring:
                 try:
-                    ringed = self.syncer.pwrite(wfd, data, offset)
+                    ringed = self.kernel_io.pwrite(wfd, data, offset)
                 except OSError:
                     raise WouldBlock() from None  # no room in the ring: the pool writes it
             else:
@@ -393,7 +393,7 @@ class LocalFilesystem:
 
     def _sync(self, call, datasync: bool, fd: int, then: Callable[[], Any]) -> Any:
         """fdatasync or fsync ``fd``, then ``then()``.  The reactor never waits for it: an inline call hands the
-        sync to the kernel's asynchronous fsync (:attr:`syncer`) or else to a pool thread that runs nothing but
+        sync to the kernel's asynchronous fsync (:attr:`kernel_io`) or else to a pool thread that runs nothing but
         the system call.  A failure may have lost data the client thinks written, so a new write verifier makes
         it resend."""
 
@@ -408,9 +408,9 @@ class LocalFilesystem:
 
     def _fsync(self, fd: int, datasync: bool = False) -> defer.Deferred:
         """fsync (fdatasync) ``fd`` off the reactor thread: by the kernel's asynchronous fsync, else in the pool."""
-        if self.syncer is not None:
+        if self.kernel_io is not None:
             try:
-                return self.syncer(fd, datasync).addErrback(self._sync_failed)
+                return self.kernel_io(fd, datasync).addErrback(self._sync_failed)
             except OSError:
                 pass  # no room, or refused: the thread pool does it
         return self.in_thread(os.fdatasync if datasync else os.fsync, fd).addErrback(self._sync_failed)
@@ -490,10 +490,10 @@ class LocalFilesystem:
             self.caller.create_exclusive(call.who, dirfd, name, attrs, call.held, written)
             return self._made(call, dirfd, name, altered=True, written=written)
         opener = None
-        if getattr(self.syncer, "can_open", False) and not call.threaded:
+        if getattr(self.kernel_io, "can_open", False) and not call.threaded:
             self._creates += 1
             if self.create_cost > SLOW_CREATE and self._creates % RESAMPLE_CREATE:
-                opener = self.syncer.openat
+                opener = self.kernel_io.openat
         started = perf_counter()
         opened: list[int] = []
         altered = self.caller.create(call.who, dirfd, name, attrs, how == GUARDED, call.options.read_only,
