@@ -409,8 +409,14 @@ SABOTAGES = (
     Sabotage(
         "outside-the-export-served", "no handle resolves to an object outside its export",
         "src/nfsstack/exports/table.py",
-        (('        return where == root or where.startswith(root.rstrip("/") + "/")\n', "        return True\n"),),
+        (('        if where != "/":\n            return False\n', "        if False:\n            return False\n"),),
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
+    ),
+    Sabotage(
+        "forgotten-file-stale", "a file whose place the kernel forgot (after a reboot) is still served by its handle",
+        "src/nfsstack/exports/table.py",
+        (("        return not stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev\n", "        return False\n"),),
+        (f"{NFS3}::test_a_file_whose_place_the_kernel_forgot_is_served",),
     ),
     Sabotage(
         "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/local/as_caller.py",

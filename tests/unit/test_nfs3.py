@@ -17,7 +17,7 @@ from twisted.internet import defer
 
 from nfsstack.nfs3.local import dirsync
 from nfsstack.exports import parse_exports
-from nfsstack.exports.handles import HandleCodec, kernel_handles_work
+from nfsstack.exports.handles import HandleCodec, kernel_handles_work, open_kernel_handle
 from nfsstack.exports.identity import ROOT
 from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
@@ -201,6 +201,35 @@ def test_a_validly_signed_handle_outside_its_export_is_stale(env):
         os.close(fd)
     assert nfs("GETATTR", forged).status == Stat.STALE
     assert nfs("READ", forged, 0, 100).status == Stat.STALE
+
+
+def test_a_file_whose_place_the_kernel_forgot_is_served(env):
+    """After a reboot, or once memory pressure evicted its directory entry, a file opened by its handle is
+    connected to no directory (its path is "/"): a handle a client kept across the reboot still reads it."""
+    tmp, table, _, nfs, _ = env
+    (tmp / "data" / "sub").mkdir()
+    (tmp / "data" / "sub" / "kept").write_text("kept\n")
+    export = table.exports.find(str(tmp / "data"))
+    fd = os.open(tmp / "data" / "sub", os.O_RDONLY)
+    try:
+        fh = table.handle(export, fd, "kept")
+    finally:
+        os.close(fd)
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")  # dentries and inodes: the server's disk as after a reboot
+    decoded = table.codec.decode(fh)
+    fd = open_kernel_handle(table.root(export)[0], decoded.handle_type, decoded.data)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == "/", "the kernel still knows where the file lies"
+    finally:
+        os.close(fd)
+    table.recheck = 0  # the descriptor kept by the first call is looked at again by the second
+    for _ in range(2):
+        r = nfs("GETATTR", fh)
+        assert r.ok and r.obj_attributes.size == 5, r.status
+    r = nfs("READ", fh, 0, 100)
+    assert r.ok and r.data == b"kept\n", r.status
 
 
 def test_handles_survive_rename(env):

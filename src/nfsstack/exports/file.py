@@ -20,7 +20,7 @@ Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 ``async``; ``fsid=N`` / ``fsid=root``; ``mountpoint`` / ``mp`` (``=PATH``):
 served only while the export (or PATH) is a mount point, as knfsd does;
 ``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
-its export either way), ``wdelay`` / ``no_wdelay`` (no effect here);
+its export either way, where the kernel knows the place of its object: ``ExportTable.inside``), ``wdelay`` / ``no_wdelay`` (no effect here);
 ``sec=`` (below); ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
 files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt``
 and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` serves them):

@@ -248,13 +248,27 @@ class ExportTable:
         return best
 
     def inside(self, export: Export, fd: int) -> bool:
-        """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved)."""
+        """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
+
+        A file (not a directory) may have no place the kernel knows: ``open_by_handle_at`` gives a file whose
+        directory entry is no longer cached (after a reboot, under memory pressure) as an entry of its own,
+        connected to no directory, whose path is ``/``; the kernel keeps no parent of a file and reconnects only
+        directories.  Such a file is taken as inside when it lies on the export's filesystem: it was opened
+        through the export's root, by a handle this server signed for this export.  That is all knfsd checks
+        of any object under its default, ``no_subtree_check``; a file whose place is known must lie inside.
+        Without this, every file handle a client kept across a server's reboot would be stale.
+        """
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
-            root = self._root(export)[2]
+            _, _, root, (root_dev, _) = self._root(export)
         except OSError:
             return False
-        return where == root or where.startswith(root.rstrip("/") + "/")
+        if where == root or where.startswith(root.rstrip("/") + "/"):
+            return True
+        if where != "/":
+            return False
+        st = os.fstat(fd)
+        return not stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""

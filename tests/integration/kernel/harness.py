@@ -175,7 +175,8 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
         server.start()
 
         def on_request(request: str) -> str | None:
-            """restart | kill (SIGKILL, then start) | restart-renaming OLD NEW (stop, rename on the server's disk,
+            """restart | kill (SIGKILL, then start) | reboot (stop, drop the disk's cached directory entries,
+            start) | restart-renaming OLD NEW (stop, rename on the server's disk,
             start) | powercut (SIGKILL, the disk loses what was not synced, then
             start) | sha256 NAME (of the server's copy) | stat NAME | append NAME TEXT | hold-ofd NAME SECONDS (a
             server-side lock) | log PATTERN (how many server log lines match) | getfacl NAME, getfacl-default NAME
@@ -189,6 +190,12 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 server.start()
             elif verb == "kill":
                 server.kill()
+                server.start()
+            elif verb == "reboot":  # as after the server's machine rebooted: no directory entry cached on its disk
+                server.stop()
+                os.sync()
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("2\n")
                 server.start()
             elif verb == "restart-renaming":  # the server down, a file renamed on its disk meanwhile, then up
                 old, _, new = arg.partition(" ")

@@ -22,5 +22,15 @@ check "read a file renamed on the server while it was down" sh -c 'read -r line 
 check "and write it" sh -c 'echo written >&4'
 exec 4>&-
 check "the new name has both lines" sh -c 'test "$(cat /mnt/renamed.txt | tr "\n" " ")" = "old-name written "'
+# The server's machine rebooted: its kernel no longer knows in which directory a file lies (a file opened by its
+# handle is connected to none): a handle the client kept still leads to the file.
+check "create a file in a directory" sh -c 'echo deep > /mnt/dir/deep.txt && sync'
+exec 5<>/mnt/dir/deep.txt
+host_request reboot >/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+check "read a file kept open across the server's reboot" sh -c 'read -r line <&5 && test "$line" = deep'
+check "and write it" sh -c 'echo again >&5'
+exec 5>&-
+check "it has both lines" sh -c 'test "$(cat /mnt/dir/deep.txt | tr "\n" " ")" = "deep again "'
 check "umount" umount /mnt
 exit $FAILED
