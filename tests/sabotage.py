@@ -409,14 +409,20 @@ SABOTAGES = (
     Sabotage(
         "outside-the-export-served", "no handle resolves to an object outside its export",
         "src/nfsstack/exports/table.py",
-        (('        if where != "/":\n            return False\n', "        if False:\n            return False\n"),),
+        (('        return where == "/" or st.st_nlink > 1\n', "        return True\n"),),
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
     ),
     Sabotage(
         "forgotten-file-stale", "a file whose place the kernel forgot (after a reboot) is still served by its handle",
         "src/nfsstack/exports/table.py",
-        (("        return not stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev\n", "        return False\n"),),
+        (('        return where == "/" or st.st_nlink > 1\n', "        return st.st_nlink > 1\n"),),
         (f"{NFS3}::test_a_file_whose_place_the_kernel_forgot_is_served",),
+    ),
+    Sabotage(
+        "linked-file-stale", "a file linked from outside its export is still served by its handle",
+        "src/nfsstack/exports/table.py",
+        (('        return where == "/" or st.st_nlink > 1\n', '        return where == "/"\n'),),
+        (f"{NFS3}::test_a_file_linked_from_outside_its_export_is_served",),
     ),
     Sabotage(
         "chown-h-through-procfs", "SETATTR of a symlink's owner changes the symlink", "src/nfsstack/nfs3/local/as_caller.py",

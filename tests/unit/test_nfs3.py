@@ -232,6 +232,32 @@ def test_a_file_whose_place_the_kernel_forgot_is_served(env):
     assert r.ok and r.data == b"kept\n", r.status
 
 
+def test_a_file_linked_from_outside_its_export_is_served(env):
+    """A file with a second name outside the export (a hard link: a `git clone` links its objects) is opened by
+    its handle under whichever name the kernel has at hand, here the one outside: it still lies inside."""
+    tmp, table, _, nfs, roots = env
+    (tmp / "data" / "sub").mkdir()
+    (tmp / "data" / "sub" / "linked").write_text("linked\n")
+    os.link(tmp / "data" / "sub" / "linked", tmp / "outside" / "linked")
+    sub = lookup(nfs, roots["data"], b"sub")
+    fh = lookup(nfs, sub, b"linked")
+    export = table.exports.find(str(tmp / "data"))
+    decoded = table.codec.decode(fh)
+    fd = open_kernel_handle(table.root(export)[0], decoded.handle_type, decoded.data)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == str(tmp / "outside" / "linked"), "the kernel gave the inside name"
+    finally:
+        os.close(fd)
+    table.recheck = 0
+    for _ in range(2):
+        r = nfs("GETATTR", fh)
+        assert r.ok and r.obj_attributes.nlink == 2, r.status
+    r = nfs("READ", fh, 0, 100)
+    assert r.ok and r.data == b"linked\n", r.status
+    os.unlink(tmp / "data" / "sub" / "linked")  # its one name now lies outside: moved out of the export
+    assert nfs("GETATTR", fh).status == Stat.STALE
+
+
 def test_handles_survive_rename(env):
     tmp, _, _, nfs, roots = env
     d = nfs("MKDIR", roots["data"], b"d1", Sattr3(mode=0o755)).obj

@@ -250,13 +250,17 @@ class ExportTable:
     def inside(self, export: Export, fd: int) -> bool:
         """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
 
-        A file (not a directory) may have no place the kernel knows: ``open_by_handle_at`` gives a file whose
-        directory entry is no longer cached (after a reboot, under memory pressure) as an entry of its own,
-        connected to no directory, whose path is ``/``; the kernel keeps no parent of a file and reconnects only
-        directories.  Such a file is taken as inside when it lies on the export's filesystem: it was opened
-        through the export's root, by a handle this server signed for this export.  That is all knfsd checks
-        of any object under its default, ``no_subtree_check``; a file whose place is known must lie inside.
-        Without this, every file handle a client kept across a server's reboot would be stale.
+        A directory has one place, which the kernel always knows.  A file's path settles where it lies only if it
+        is the file's one name and a known one: ``open_by_handle_at`` gives a file whose directory entry is no
+        longer cached (after a reboot, under memory pressure) as an entry connected to no directory, whose path
+        is ``/`` (the kernel keeps no parent of a file and reconnects only directories); and a file with several
+        names (hard links) comes with whichever of them the kernel has at hand, which may lie outside while
+        another lies inside.  Such a file is taken as inside when it lies on the export's filesystem: it was
+        opened through the export's root, by a handle this server signed for this export, which is all knfsd
+        checks of any object under its default, ``no_subtree_check``.  Without this, every file handle a client
+        kept across a server's reboot was stale, and so was every file linked from outside its export (a
+        ``git clone`` of a repository outside links its objects).  A file with one name, moved out of the export
+        by a rename on the server, is outside.
         """
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
@@ -265,10 +269,10 @@ class ExportTable:
             return False
         if where == root or where.startswith(root.rstrip("/") + "/"):
             return True
-        if where != "/":
-            return False
         st = os.fstat(fd)
-        return not stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev
+        if stat.S_ISDIR(st.st_mode) or st.st_dev != root_dev:
+            return False
+        return where == "/" or st.st_nlink > 1
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""
