@@ -409,19 +409,21 @@ SABOTAGES = (
     Sabotage(
         "outside-the-export-served", "no handle resolves to an object outside its export",
         "src/nfsstack/exports/table.py",
-        (('        return where == "/" or st.st_nlink > 1\n', "        return True\n"),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n', "        return True\n"),),
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
     ),
     Sabotage(
         "forgotten-file-stale", "a file whose place the kernel forgot (after a reboot) is still served by its handle",
         "src/nfsstack/exports/table.py",
-        (('        return where == "/" or st.st_nlink > 1\n', "        return st.st_nlink > 1\n"),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n',
+          "        return not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1\n"),),
         (f"{NFS3}::test_a_file_whose_place_the_kernel_forgot_is_served",),
     ),
     Sabotage(
         "linked-file-stale", "a file linked from outside its export is still served by its handle",
         "src/nfsstack/exports/table.py",
-        (('        return where == "/" or st.st_nlink > 1\n', '        return where == "/"\n'),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n',
+          '        return not stat.S_ISDIR(st.st_mode) and where == "/"\n'),),
         (f"{NFS3}::test_a_file_linked_from_outside_its_export_is_served",),
     ),
     Sabotage(
@@ -444,6 +446,25 @@ SABOTAGES = (
         "that made the call", "src/nfsstack/rpc/server.py",
         (("                              caller(header))\n", "                              None)\n"),),
         ("tests/unit/test_rpc_dispatch.py::test_the_reply_cache_answers_a_retransmission_only_to_the_same_caller",),
+    ),
+    Sabotage(
+        "overlay-without-identities", "the map of places keys overlayfs objects by the identities it gives",
+        "src/nfsstack/exports/handles.py",
+        (("    return kernel_handle(dirfd, name, follow, fid=True)\n", "    return kernel_handle(dirfd, name, follow)\n"),),
+        ("tests/unit/test_paths.py::test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles",),
+    ),
+    Sabotage(
+        "backend-probed-in-the-working-directory", "the backend is chosen by probing the exports' filesystems",
+        "src/nfsstack/tap.py",
+        (("    paths = [export.path for export in exports if os.path.isdir(export.path)] or [os.getcwd()]\n",
+          "    paths = [os.getcwd()]\n"),),
+        ("tests/integration/test_unprivileged.py::test_root_serves_a_containers_own_overlay_files_by_paths",),
+    ),
+    Sabotage(
+        "unservable-export-mounted", "MNT of an export without file handles is refused, saying why",
+        "src/nfsstack/nfs3/local/filesystem.py",
+        (("                if e.errno == errno.EOPNOTSUPP:\n", "                if False:\n"),),
+        ("tests/unit/test_paths.py::test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles",),
     ),
 )
 

@@ -21,7 +21,7 @@ from nfsstack.cluster.metrics import StackCollector
 from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.exports import ExportsError, load_exports
-from nfsstack.exports.handles import kernel_handles_work
+from nfsstack.exports.handles import kernel_handles_refused
 from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
@@ -310,8 +310,10 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     unprivileged = None
     if getattr(options, "backend_factory", None) is not None:
         pass
-    elif options["backend"] == "local-unprivileged" or not kernel_handles_work(os.getcwd()):
-        unprivileged, unavailable = _unprivileged(options)
+    elif options["backend"] == "local-unprivileged":
+        unprivileged, unavailable = _unprivileged(options, "--backend local-unprivileged")
+    elif (refused := _kernel_handles_refused(options)) is not None:
+        unprivileged, unavailable = _unprivileged(options, refused)
     elif (cannot_switch := can_switch()) is not None:
         # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
         unavailable = (f"this process cannot act as its clients ({cannot_switch}): run it as root, or give it "
@@ -380,9 +382,24 @@ def _log_unprivileged_ports(options: Options) -> None:
              export=export)
 
 
-def _unprivileged(options: Options) -> tuple[Optional[str], Optional[str]]:
-    """Choose the unprivileged local backend (exports/paths.py) and say so: ("switching" or "plain user", None),
-    or (None, why not) if the exports ask for what it cannot serve (naming the file and line)."""
+def _kernel_handles_refused(options: Options) -> Optional[str]:
+    """Why the local backend cannot find its objects by kernel handles, or None: it can.  Probed on each export
+    that exists now (this process's capability, and each one's filesystem: overlayfs gives no handles), else
+    in the working directory.  An export a reload adds on such a filesystem is refused by mountd, saying why."""
+    exports = getattr(options, "exports", None)
+    if exports is None:
+        exports = default_export_list()
+    paths = [export.path for export in exports if os.path.isdir(export.path)] or [os.getcwd()]
+    for path in paths:
+        refused = kernel_handles_refused(path)
+        if refused is not None:
+            return refused
+    return None
+
+
+def _unprivileged(options: Options, why: str) -> tuple[Optional[str], Optional[str]]:
+    """Choose the unprivileged local backend (exports/paths.py) and say so (``why``): ("switching" or "plain
+    user", None), or (None, why not) if the exports ask for what it cannot serve (naming the file and line)."""
     from nfsstack.exports.paths import refuse_unservable
 
     exports = getattr(options, "exports", None)
@@ -393,8 +410,6 @@ def _unprivileged(options: Options) -> tuple[Optional[str], Optional[str]]:
         refuse_unservable(exports, (os.getuid(), os.getgid()) if cannot_switch is not None else None)
     except ExportsError as e:
         return None, "; ".join(str(error) for error in e.errors)
-    why = "--backend local-unprivileged" if options["backend"] == "local-unprivileged" else \
-        "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
     log.info("local backend without open_by_handle_at ({why}): handles are found through the map of places in "
              "{state}/handles.sqlite", why=why, state=os.path.abspath(options["state-dir"]))
     if cannot_switch is not None:

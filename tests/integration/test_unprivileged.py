@@ -5,6 +5,7 @@ SIGKILL, a restart and a rename done on the server's disk while it was down."""
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -158,4 +159,67 @@ def test_a_plain_user_serves_every_client_as_itself_and_refuses_what_it_cannot_h
             stack.stop()
         assert "Traceback" not in stack.log_text(), stack.log_text()
     finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_root_serves_a_containers_own_overlay_files_by_paths():
+    """A directory of a container's own files lies on overlayfs, which gives no file handles (without
+    ``nfs_export=on``): root's server, which could open kernel handles elsewhere, serves that export through the
+    map of places, saying why, and its handles last across a restart and a rename done while it was down."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-overlay-"))
+    layers = {name: top / name for name in ("lower", "upper", "work", "merged")}
+    for path in layers.values():
+        path.mkdir()
+    (layers["lower"] / "image.txt").write_text("from the image\n")
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}", str(layers["merged"])],
+        capture_output=True, text=True)
+    if mounted.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    export, work = layers["merged"], top / "serving"
+    work.mkdir()
+    (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure,no_root_squash)\n")
+    port = free_port()
+    args = ("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+            "--exports", str(top / "exports"), "--state-dir", str(work / "state"), "--grace-time", "0")
+    try:
+        stack = Stack(*args, workdir=str(work)).start(port, timeout=30)
+        try:
+            log = stack.log_text()
+            assert f"the filesystem of {export} gives no file handles (overlay)" in log, log
+            c = NfsClient(str(export), port)
+            try:
+                image = c("LOOKUP", c.root, b"image.txt").object
+                assert c("READ", image, 0, 100).data == b"from the image\n"
+                made = c("CREATE", c.root, b"new", 0, Sattr3(mode=0o644))
+                assert made.ok, made.status
+                f = made.obj
+                assert c("WRITE", f, 0, b"written", 2).ok
+                d = c("MKDIR", c.root, b"dir", Sattr3(mode=0o755)).obj
+                assert c("RENAME", c.root, b"new", d, b"renamed").ok
+                assert c("READ", f, 0, 100).data == b"written"
+            finally:
+                c.close()
+        finally:
+            stack.stop()
+        os.rename(export / "dir" / "renamed", export / "dir" / "again")
+        stack = Stack(*args, workdir=str(work)).start(port, timeout=30)
+        try:
+            c = NfsClient(str(export), port)
+            try:
+                r = c("READ", f, 0, 100)
+                assert r.ok and r.data == b"written", r.status
+                r = c("READ", image, 0, 100)
+                assert r.ok and r.data == b"from the image\n", r.status
+            finally:
+                c.close()
+        finally:
+            stack.stop()
+        log = stack.log_text()
+        assert "Traceback" not in log, log
+        assert (layers["upper"] / "dir" / "again").read_bytes() == b"written"
+    finally:
+        subprocess.run(["umount", str(layers["merged"])], check=False)
         shutil.rmtree(top, ignore_errors=True)

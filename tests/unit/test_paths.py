@@ -352,3 +352,65 @@ def test_a_pool_threads_groups_are_set_on_its_first_switch():
     t.start()
     t.join()
     assert seen == {"first": []}
+
+
+@pytest.fixture
+def overlay(tmp_path):
+    """``tmp_path/data``: an overlayfs mount (a container's own files), which gives no file handles."""
+    for name in ("lower", "upper", "work", "data"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "lower" / "image.txt").write_text("from the image\n")
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},"
+         f"workdir={tmp_path / 'work'}", str(tmp_path / "data")], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    yield tmp_path
+    subprocess.run(["umount", "-l", str(tmp_path / "data")], check=False)
+
+
+def test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles(overlay):
+    """overlayfs gives no handle to open again: the probe says so, naming it; the map of places keys its objects
+    by the identities it gives instead; a kernel-handle server to which a reload added such an export refuses
+    to mount it, saying why, instead of handing out handles that would never open."""
+    from nfsstack.exports.handles import kernel_handle, kernel_handles_refused, object_id
+    from nfsstack.exports.policy import MountRefused
+    from nfsstack.exports.table import ExportTable
+
+    data = overlay / "data"
+    assert kernel_handles_refused(str(data)) == f"the filesystem of {data} gives no file handles (overlay)"
+    assert kernel_handles_refused(str(overlay)) is None
+    fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError):
+            kernel_handle(fd, "image.txt")
+        assert object_id(fd, "image.txt") == object_id(fd, "image.txt") != object_id(fd, "")
+    finally:
+        os.close(fd)
+
+    server = Server(overlay)
+    try:
+        nfs = server.nfs
+        image = lookup(nfs, server.root, b"image.txt")
+        assert nfs("READ", image, 0, 100).data == b"from the image\n"
+        f = create(nfs, server.root, b"new")
+        assert nfs("WRITE", f, 0, b"written", 2).ok
+        server.restart()
+        assert server.nfs("READ", f, 0, 100).data == b"written"
+        assert server.nfs("READ", image, 0, 100).data == b"from the image\n"
+        # Written, the image's file is copied up to the upper layer: its handle still leads to it.
+        assert server.nfs("WRITE", image, 0, b"FROM", 2).ok
+        assert (overlay / "upper" / "image.txt").exists()
+        server.restart()
+        assert server.nfs("READ", image, 0, 100).data == b"FROM the image\n"
+    finally:
+        server.stop()
+
+    table = ExportTable(server.exports, HandleCodec(KEY))
+    nfsd = local_nfsd(table)
+    try:
+        with pytest.raises(MountRefused, match=r"gives no file handles \(overlay\): a server that has it in its exports when it starts"):
+            nfsd.fs.mount(server.export, str(data), server.export.clients[0][1], "127.0.0.1")
+    finally:
+        nfsd.fs.close()
+        table.close()

@@ -10,9 +10,11 @@ A handle is ``version | export id | kernel handle type and bytes | MAC``:
 * a resolved object must still lie inside its export (else NFS3ERR_STALE).
 
 ``open_by_handle_at`` needs CAP_DAC_READ_SEARCH (``name_to_handle_at`` needs
-nothing); :func:`kernel_handles_work` tells whether this process has it.
-Without it, :mod:`nfsstack.exports.paths` finds the same handles' objects
-through a map of where they were last seen.
+nothing); :func:`kernel_handles_refused` tells whether this process has it and
+whether a directory's filesystem gives handles at all.  Without them,
+:mod:`nfsstack.exports.paths` finds the same handles' objects through a map of
+where they were last seen (keyed, where a filesystem gives no handles, by the
+identities it gives instead: :func:`object_id`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+from nfsstack.exports.mounts import filesystem_type
 
 VERSION = 1
 MAC_SIZE = 8
@@ -37,6 +42,7 @@ MAX_KERNEL_HANDLE = MAX_HANDLE - _HEAD.size - MAC_SIZE
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_SYMLINK_FOLLOW = 0x400
+AT_HANDLE_FID = 0x200
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -53,20 +59,33 @@ class StaleHandle(Exception):
     """One of our handles, but its object is gone or outside its export: NFS3ERR_STALE."""
 
 
-def kernel_handle(dirfd: int, name: str | bytes, follow: bool = False) -> tuple[int, bytes, int]:
+def kernel_handle(dirfd: int, name: str | bytes, follow: bool = False, fid: bool = False) -> tuple[int, bytes, int]:
     """``name_to_handle_at``: (handle type, handle bytes, mount id) of ``name`` under ``dirfd``.
 
-    An empty ``name`` means ``dirfd`` itself.
+    An empty ``name`` means ``dirfd`` itself.  ``fid``: ``AT_HANDLE_FID``, an identity that need not open again.
     """
     fh = _FileHandle()
     fh.handle_bytes = 128
     mount_id = ctypes.c_int()
     path = os.fsencode(name)
-    flags = (AT_EMPTY_PATH if not path else 0) | (AT_SYMLINK_FOLLOW if follow else 0)
+    flags = (AT_EMPTY_PATH if not path else 0) | (AT_SYMLINK_FOLLOW if follow else 0) | (AT_HANDLE_FID if fid else 0)
     if _libc.name_to_handle_at(dirfd, path, ctypes.byref(fh), ctypes.byref(mount_id), flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return fh.handle_type, bytes(fh.f_handle[: fh.handle_bytes]), mount_id.value
+
+
+def object_id(dirfd: int, name: str | bytes, follow: bool = False) -> tuple[int, bytes, int]:
+    """:func:`kernel_handle`, or where the filesystem gives none (overlayfs without ``nfs_export=on``: a
+    container's own files) the identity it gives instead, ``AT_HANDLE_FID`` (Linux 6.5, as fanotify reports
+    objects): as unique and lasting, but never opened by handle.  What the map of places
+    (:mod:`nfsstack.exports.paths`) keys its objects by, and how a mount id is found."""
+    try:
+        return kernel_handle(dirfd, name, follow)
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+    return kernel_handle(dirfd, name, follow, fid=True)
 
 
 #: ``struct file_handle``'s header (``handle_bytes``, ``handle_type``), which the handle's bytes follow.
@@ -88,17 +107,34 @@ def open_kernel_handle(mount_fd: int, handle_type: int, data: bytes, flags: int 
 
 
 def kernel_handles_work(path: str = "/") -> bool:
-    """Whether this process may open kernel handles (CAP_DAC_READ_SEARCH)."""
+    """Whether this process may open kernel handles (CAP_DAC_READ_SEARCH) of ``path``'s filesystem."""
+    return kernel_handles_refused(path) is None
+
+
+def kernel_handles_refused(path: str) -> Optional[str]:
+    """Why this process cannot serve the directory ``path`` by kernel handles, or None: it can.
+
+    Either it may not open them (no CAP_DAC_READ_SEARCH), or ``path``'s filesystem gives none: overlayfs
+    without ``nfs_export=on`` (a container's own files), and other filesystems without export operations,
+    which knfsd's exportfs refuses to export."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return False
+    except OSError as e:
+        return f"{path}: {e.strerror}"
     try:
-        htype, data, _ = kernel_handle(fd, "")
-        os.close(open_kernel_handle(fd, htype, data))
-        return True
-    except OSError:
-        return False
+        try:
+            htype, data, _ = kernel_handle(fd, "")
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                return f"the filesystem of {path} gives no file handles ({filesystem_type(os.fstat(fd).st_dev)})"
+            return f"name_to_handle_at of {path}: {e.strerror}"
+        try:
+            os.close(open_kernel_handle(fd, htype, data))
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                return "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
+            return f"open_by_handle_at on the filesystem of {path}: {e.strerror}"
+        return None
     finally:
         os.close(fd)
 

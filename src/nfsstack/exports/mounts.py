@@ -1,7 +1,8 @@
 """What is mounted where, as the export table needs it for exports(5) ``crossmnt``, ``nohide`` and ``hide``.
 
 :func:`mounts` reads ``/proc/self/mountinfo`` (proc(5)): mount id -> mount
-point, the ids ``name_to_handle_at(2)`` gives.  :func:`open_tree` clones a
+point, the ids ``name_to_handle_at(2)`` gives; :func:`filesystem_type` a
+device's filesystem type.  :func:`open_tree` clones a
 mount without what is mounted below it (``open_tree(2)``, Linux 5.2), so the
 directory a mount covers can be reached (knfsd's ``hide``).
 """
@@ -24,6 +25,21 @@ def open_tree(fd: int) -> int:
     if number is None:
         return -1
     return _libc.syscall(number, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH)
+
+
+def filesystem_type(st_dev: int) -> str:
+    """The type of the filesystem of device ``st_dev`` ("overlay", "ext4", ...), from /proc/self/mountinfo
+    ("?" if no mount of it is found)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ")
+                major, _, minor = fields[2].partition(":")
+                if os.makedev(int(major), int(minor)) == st_dev:
+                    return fields[fields.index("-") + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return "?"
 
 
 def _unescape(field: str) -> str:

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
-from nfsstack.exports.handles import kernel_handle
+from nfsstack.exports.handles import object_id
 
 _KEY = struct.Struct(">Ii")  # export id, kernel handle type; then the kernel handle bytes
 
@@ -260,12 +260,12 @@ def search(root_fd: int, root_key: bytes, mount_id: int, key: bytes, ino: Option
                     number = entry.inode()
                     if ino is None or number == ino:
                         try:
-                            got = kernel_handle(dfd, name)
+                            got = object_id(dfd, name)
                         except OSError:
                             got = None
                         if got == (handle_type, data, mount_id):
                             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                            if kernel_handle(fd, "") != got:  # replaced meanwhile
+                            if object_id(fd, "") != got:  # replaced meanwhile
                                 os.close(fd)
                                 continue
                             places = [(key, Place(dir_key, name, number))]
@@ -276,7 +276,7 @@ def search(root_fd: int, root_key: bytes, mount_id: int, key: bytes, ino: Option
                             return fd, places
                     if entry.is_dir(follow_symlinks=False):
                         try:
-                            dtype, ddata, dmount = kernel_handle(dfd, name)
+                            dtype, ddata, dmount = object_id(dfd, name)
                         except OSError:
                             continue
                         if dmount != mount_id:

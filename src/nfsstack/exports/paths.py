@@ -31,7 +31,7 @@ import time
 from typing import Optional
 
 from nfsstack.exports.file import Export, Exports, ExportsError
-from nfsstack.exports.handles import StaleHandle, kernel_handle
+from nfsstack.exports.handles import StaleHandle, object_id
 from nfsstack.exports.identity import unhonoured_as_plain_user
 from nfsstack.exports.names import HostNames
 from nfsstack.exports.pathmap import PathMap, Place, key_parts, map_key, open_beneath, search
@@ -150,12 +150,12 @@ class PathHandles(ExportTable):
     def _root_key(self, export: Export) -> bytes:
         key = self._root_keys.get(export.export_id)
         if key is None:
-            htype, data, _ = kernel_handle(self.root(export)[0], "")
+            htype, data, _ = object_id(self.root(export)[0], "")
             key = self._root_keys[export.export_id] = map_key(export.export_id, htype, data)
         return key
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
-        htype, data, mount_id = kernel_handle(dirfd, name)
+        htype, data, mount_id = object_id(dirfd, name)
         if mount_id != self.root(export)[1]:
             raise OSError(errno.EXDEV, "object is on another filesystem than its export")
         key = map_key(export.export_id, htype, data)
@@ -170,7 +170,7 @@ class PathHandles(ExportTable):
         fd = os.open(name, _PATH_FLAGS, dir_fd=dirfd) if name else os.dup(dirfd)
         try:
             st = os.fstat(fd)
-            htype, data, mount_id = kernel_handle(fd, "")
+            htype, data, mount_id = object_id(fd, "")
             if mount_id != self.root(export)[1]:
                 raise OSError(errno.EXDEV, "object is on another filesystem than its export")
             key = map_key(export.export_id, htype, data)
@@ -188,7 +188,7 @@ class PathHandles(ExportTable):
         """``key``'s object is ``name`` in the directory ``dirfd``."""
         if name in (b".", b"..") or key == self._root_key(export):
             return  # not where the object lives: its own entry says that
-        htype, data, _ = kernel_handle(dirfd, "")
+        htype, data, _ = object_id(dirfd, "")
         self.places.put(key, Place(map_key(export.export_id, htype, data), name, ino))
         self._missed.pop(key, None)
 
@@ -214,7 +214,7 @@ class PathHandles(ExportTable):
     def renamed(self, export: Export, dirfd: int, name: bytes) -> None:
         """RENAME through NFS moved an object to ``name`` in ``dirfd``: a directory takes its subtree along."""
         try:
-            htype, data, _ = kernel_handle(dirfd, name)
+            htype, data, _ = object_id(dirfd, name)
             ino = os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_ino
         except OSError:
             return
@@ -295,7 +295,7 @@ class PathHandles(ExportTable):
                 child = -1
             os.close(fd)
             fd = child
-            if fd >= 0 and kernel_handle(fd, "") != (*key_parts(at)[1:], mount_id):
+            if fd >= 0 and object_id(fd, "") != (*key_parts(at)[1:], mount_id):
                 os.close(fd)
                 fd = -1
             if fd < 0:  # moved: found by a search, then on down from it
@@ -336,7 +336,7 @@ class PathHandles(ExportTable):
 
     def export_for(self, fd: int) -> Optional[Export]:
         export = self._parent_export(os.readlink(f"/proc/self/fd/{fd}"))
-        if export is None or kernel_handle(fd, "")[2] != self.root(export)[1]:
+        if export is None or object_id(fd, "")[2] != self.root(export)[1]:
             return None
         return export
 

@@ -40,7 +40,8 @@ import zlib
 from typing import Optional
 
 from nfsstack.exports.file import WILDCARD, Export, ExportOptions, Exports, normalize
-from nfsstack.exports.handles import BadHandle, HandleCodec, StaleHandle, kernel_handle, open_kernel_handle
+from nfsstack.exports.handles import (BadHandle, HandleCodec, StaleHandle, kernel_handle, object_id,
+                                      open_kernel_handle)
 from nfsstack.exports.mounts import mounts, open_tree
 from nfsstack.exports.names import HostNames
 
@@ -204,7 +205,7 @@ class ExportTable:
             # A real descriptor: open_by_handle_at refuses an O_PATH one as its mount fd.
             fd = os.open(export.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                _, _, mount_id = kernel_handle(fd, "")
+                _, _, mount_id = object_id(fd, "")
                 real = os.readlink(f"/proc/self/fd/{fd}")  # the path with symlinks resolved
                 st = os.fstat(fd)
                 if export.crossed_from:
@@ -255,24 +256,23 @@ class ExportTable:
         longer cached (after a reboot, under memory pressure) as an entry connected to no directory, whose path
         is ``/`` (the kernel keeps no parent of a file and reconnects only directories); and a file with several
         names (hard links) comes with whichever of them the kernel has at hand, which may lie outside while
-        another lies inside.  Such a file is taken as inside when it lies on the export's filesystem: it was
-        opened through the export's root, by a handle this server signed for this export, which is all knfsd
-        checks of any object under its default, ``no_subtree_check``.  Without this, every file handle a client
+        another lies inside.  Such a file is taken as inside: it was opened by a handle this server signed for
+        this export, through the export's root, so on its filesystem (no device number is compared: a btrfs
+        subvolume below the root has its own), which is all knfsd checks of any object under its default,
+        ``no_subtree_check``.  Without this, every file handle a client
         kept across a server's reboot was stale, and so was every file linked from outside its export (a
         ``git clone`` of a repository outside links its objects).  A file with one name, moved out of the export
         by a rename on the server, is outside.
         """
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
-            _, _, root, (root_dev, _) = self._root(export)
+            root = self._root(export)[2]
         except OSError:
             return False
         if where == root or where.startswith(root.rstrip("/") + "/"):
             return True
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode) or st.st_dev != root_dev:
-            return False
-        return where == "/" or st.st_nlink > 1
+        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""
@@ -562,7 +562,7 @@ class ExportTable:
         client may use it is :meth:`options_for`'s question).  None: not below any export."""
         with self._lock:
             where = os.readlink(f"/proc/self/fd/{fd}")
-            mount_id = kernel_handle(fd, "")[2]
+            mount_id = object_id(fd, "")[2]
             export = self._parent_export(where)
             if export is None:
                 return None
@@ -655,7 +655,7 @@ class ExportTable:
         if entry is None:
             fd = open_tree(self._root(export)[0])
             try:
-                entry = (fd, kernel_handle(fd, "")[2]) if fd >= 0 else (-1, -1)
+                entry = (fd, object_id(fd, "")[2]) if fd >= 0 else (-1, -1)
             except OSError:
                 os.close(fd)
                 entry = (-1, -1)

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nfsstack.exports.policy import MountRefused
+from nfsstack.exports.mounts import filesystem_type
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import DATA_SYNC, EXCLUSIVE, GUARDED, MAX_OFFSET, S_IFMT_OF, UNSTABLE, NFSError, Stat
 from nfsstack.exports.identity import ROOT
@@ -61,6 +62,15 @@ def _sets_something(attrs, st) -> bool:
     mode = attrs.mode is not None and not stat.S_ISLNK(st.st_mode)
     return mode or any(v is not None for v in (attrs.uid, attrs.gid, attrs.size, attrs.atime, attrs.mtime))
 
+
+
+def _unservable(export, fd: int, error: OSError) -> MountRefused:
+    """MNT's refusal of an export whose root or handles the table cannot have, saying why."""
+    if error.errno == errno.EOPNOTSUPP:
+        return MountRefused(f"the filesystem of {export.path} gives no file handles "
+                            f"({filesystem_type(os.fstat(fd).st_dev)}): a server that has it in its exports when it "
+                            "starts serves it by paths (Linux 6.5 or later)")
+    return MountRefused(f"the root of {export.path} cannot be opened: {error.strerror}")
 
 @implementer(IFilesystem, IAccessControlLists)
 class LocalFilesystem:
@@ -157,6 +167,10 @@ class LocalFilesystem:
             raise MountRefused(f"{options.mountpoint or export.path} is not a mount point", noent=True)
         fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            try:
+                self.table.root(export)
+            except OSError as e:
+                raise _unservable(export, fd, e) from None
             if not self.table.inside(export, fd):
                 raise MountRefused("the path leaves the export")
             try:
@@ -164,6 +178,9 @@ class LocalFilesystem:
                 self.table.flush()
                 return handle
             except OSError as e:
+                if e.errno == errno.EOPNOTSUPP:
+                    # Added by a reload to a server that chose kernel handles at its start.
+                    raise _unservable(export, fd, e) from None
                 if e.errno != errno.EXDEV:
                     raise
             # Inside a filesystem mounted below the export: served if the export crosses into it.
