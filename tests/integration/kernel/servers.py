@@ -273,9 +273,26 @@ DOCKER_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "s
 
 class NfsStackContainer(NfsStack):
     """nfsstack as root in a container with Docker's default capabilities: no open_by_handle_at, so the local
-    backend finds its handles through its map of places (exports/paths.py), acting as its clients as ever."""
+    backend finds its handles through its map of places (exports/paths.py), acting as its clients as ever.  Its
+    export lies on overlayfs, as a container's own files do (what the scenario prepared is the lower layer, the
+    image's; what clients write goes to the upper one), which gives no file handles to open again: the map keys
+    its objects by the identities overlayfs gives instead."""
 
     prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-all," + ",".join(f"+{cap}" for cap in DOCKER_CAPS))
+
+    def __init__(self, netns: str, export_dir: Path, extra_args: list[str] = ()) -> None:
+        super().__init__(netns, export_dir, extra_args)
+        self.layers = Path(tempfile.mkdtemp(prefix="nfsstack-overlay-"))
+        for layer in ("upper", "work"):
+            (self.layers / layer).mkdir()
+        (self.layers / "upper").chmod(0o777)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={export_dir},upperdir="
+                        f"{self.layers / 'upper'},workdir={self.layers / 'work'}", str(export_dir)], check=True)
+
+    def discard(self) -> None:
+        super().discard()
+        subprocess.run(["umount", "-l", str(self.export_dir)], check=False)
+        shutil.rmtree(self.layers, ignore_errors=True)
 
 
 class NfsStackAsync(NfsStack):
