@@ -409,21 +409,21 @@ SABOTAGES = (
     Sabotage(
         "outside-the-export-served", "no handle resolves to an object outside its export",
         "src/nfsstack/exports/table.py",
-        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n', "        return True\n"),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1) and not self._subtree_check(export)\n', "        return True\n"),),
         (f"{NFS3}::test_a_validly_signed_handle_outside_its_export_is_stale", "tests/integration/test_crossmnt.py"),
     ),
     Sabotage(
         "forgotten-file-stale", "a file whose place the kernel forgot (after a reboot) is still served by its handle",
         "src/nfsstack/exports/table.py",
-        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n',
-          "        return not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1\n"),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1) and not self._subtree_check(export)\n',
+          "        return not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and not self._subtree_check(export)\n"),),
         (f"{NFS3}::test_a_file_whose_place_the_kernel_forgot_is_served",),
     ),
     Sabotage(
         "linked-file-stale", "a file linked from outside its export is still served by its handle",
         "src/nfsstack/exports/table.py",
-        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)\n',
-          '        return not stat.S_ISDIR(st.st_mode) and where == "/"\n'),),
+        (('        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1) and not self._subtree_check(export)\n',
+          '        return not stat.S_ISDIR(st.st_mode) and where == "/" and not self._subtree_check(export)\n'),),
         (f"{NFS3}::test_a_file_linked_from_outside_its_export_is_served",),
     ),
     Sabotage(
@@ -465,6 +465,18 @@ SABOTAGES = (
         "src/nfsstack/nfs3/local/filesystem.py",
         (("                if e.errno == errno.EOPNOTSUPP:\n", "                if False:\n"),),
         ("tests/unit/test_paths.py::test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles",),
+    ),
+    Sabotage(
+        "subtree-check-ignored", "under subtree_check a file whose place the kernel does not settle is stale",
+        "src/nfsstack/exports/table.py",
+        (("        return any(options.subtree_check for _, options in export.clients)\n", "        return False\n"),),
+        (f"{NFS3}::test_subtree_check_makes_a_file_whose_place_is_not_known_stale",),
+    ),
+    Sabotage(
+        "one-overlay-export-takes-all", "an export without file handles beside others leaves them kernel handles",
+        "src/nfsstack/tap.py",
+        (("    if not with_handles:\n", "    if without:\n"),),
+        ("tests/integration/test_unprivileged.py::test_an_overlay_export_beside_others_is_refused_saying_why",),
     ),
 )
 

@@ -21,7 +21,7 @@ from nfsstack.cluster.metrics import StackCollector
 from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.exports import ExportsError, load_exports
-from nfsstack.exports.handles import kernel_handles_refused
+from nfsstack.exports.handles import filesystem_without_handles, kernel_handles_refused
 from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
@@ -383,17 +383,28 @@ def _log_unprivileged_ports(options: Options) -> None:
 
 
 def _kernel_handles_refused(options: Options) -> Optional[str]:
-    """Why the local backend cannot find its objects by kernel handles, or None: it can.  Probed on each export
-    that exists now (this process's capability, and each one's filesystem: overlayfs gives no handles), else
-    in the working directory.  An export a reload adds on such a filesystem is refused by mountd, saying why."""
+    """Why the local backend cannot find its objects by kernel handles, or None: it can.
+
+    Probed on each export that exists now (else in the working directory): whether its filesystem gives file
+    handles (overlayfs does not, without ``nfs_export=on``), and whether this process may open them
+    (CAP_DAC_READ_SEARCH).  If every export lies on filesystems without handles, or the process may not open
+    them, all are served by paths; where only some lie on such filesystems, the others keep kernel handles
+    (their clients' handles, and ``crossmnt``, go on working) and those are refused by mountd, saying why, as
+    an export a reload adds on such a filesystem is."""
     exports = getattr(options, "exports", None)
     if exports is None:
         exports = default_export_list()
     paths = [export.path for export in exports if os.path.isdir(export.path)] or [os.getcwd()]
-    for path in paths:
-        refused = kernel_handles_refused(path)
-        if refused is not None:
-            return refused
+    without = {path: why for path in paths if (why := filesystem_without_handles(path)) is not None}
+    with_handles = [path for path in paths if path not in without]
+    if not with_handles:
+        return next(iter(without.values()))
+    refused = kernel_handles_refused(with_handles[0])
+    if refused is not None:
+        return refused
+    for path, why in without.items():
+        log.warn("not serving {path}: {why} (mount it with nfs_export=on, or serve every export by paths: "
+                 "--backend local-unprivileged)", path=path, why=why)
     return None
 
 

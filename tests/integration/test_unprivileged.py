@@ -223,3 +223,51 @@ def test_root_serves_a_containers_own_overlay_files_by_paths():
     finally:
         subprocess.run(["umount", str(layers["merged"])], check=False)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_an_overlay_export_beside_others_is_refused_saying_why():
+    """Root's server with an export on overlayfs beside one on a filesystem with handles keeps kernel handles
+    for the other (its clients' handles and crossmnt go on working) and refuses to mount the overlay one, saying
+    why in its log and at MNT."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-overlay-beside-"))
+    layers = {name: top / name for name in ("lower", "upper", "work", "merged", "plain")}
+    for path in layers.values():
+        path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}", str(layers["merged"])],
+        capture_output=True, text=True)
+    if mounted.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    (layers["plain"] / "file").write_text("plain\n")
+    work = top / "serving"
+    work.mkdir()
+    (top / "exports").write_text(f"{layers['merged']} 127.0.0.1(rw,insecure,no_root_squash)\n"
+                                 f"{layers['plain']} 127.0.0.1(rw,insecure,no_root_squash,crossmnt)\n")
+    port = free_port()
+    try:
+        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                      "--exports", str(top / "exports"), "--state-dir", str(work / "state"), "--grace-time", "0",
+                      workdir=str(work)).start(port, timeout=30)
+        try:
+            c = NfsClient(str(layers["plain"]), port)
+            try:
+                f = c("LOOKUP", c.root, b"file").object
+                assert c("READ", f, 0, 100).data == b"plain\n"
+            finally:
+                c.close()
+            with pytest.raises(Exception):
+                NfsClient(str(layers["merged"]), port)
+            log = stack.log_text()
+            assert "without open_by_handle_at" not in log, log
+            assert (f"not serving {layers['merged']}: the filesystem of {layers['merged']} gives no file handles "
+                    "(overlay)") in log, log
+            assert f"the filesystem of {layers['merged']} gives no file handles (overlay): mount it with " \
+                   "nfs_export=on" in log, log
+        finally:
+            stack.stop()
+        assert "Traceback" not in stack.log_text()
+    finally:
+        subprocess.run(["umount", str(layers["merged"])], check=False)
+        shutil.rmtree(top, ignore_errors=True)

@@ -19,6 +19,7 @@ from nfsstack.nfs3.local import dirsync
 from nfsstack.exports import parse_exports
 from nfsstack.exports.handles import HandleCodec, kernel_handles_work, open_kernel_handle
 from nfsstack.exports.identity import ROOT
+from nfsstack.exports.mounts import filesystem_type
 from nfsstack.exports.table import ExportTable
 from nfsstack.nfs3.client import PROC, Sattr3, decode, encode
 from nfsstack.nfs3.codec import RTMAX, UDP_XFER, Stat, pack_sattr, unpack_sattr
@@ -203,6 +204,17 @@ def test_a_validly_signed_handle_outside_its_export_is_stale(env):
     assert nfs("READ", forged, 0, 100).status == Stat.STALE
 
 
+def forget_places(path):
+    """Have the kernel forget its cached directory entries (and inodes), as after the server's reboot: the whole
+    machine's, which costs only time.  Skipped where a filesystem never forgets them (tmpfs: they are its files)."""
+    kind = filesystem_type(os.stat(path).st_dev)
+    if kind in ("tmpfs", "ramfs"):
+        pytest.skip(f"{path} lies on {kind}, whose directory entries are never evicted")
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
 def test_a_file_whose_place_the_kernel_forgot_is_served(env):
     """After a reboot, or once memory pressure evicted its directory entry, a file opened by its handle is
     connected to no directory (its path is "/"): a handle a client kept across the reboot still reads it."""
@@ -215,9 +227,7 @@ def test_a_file_whose_place_the_kernel_forgot_is_served(env):
         fh = table.handle(export, fd, "kept")
     finally:
         os.close(fd)
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("2\n")  # dentries and inodes: the server's disk as after a reboot
+    forget_places(tmp / "data")
     decoded = table.codec.decode(fh)
     fd = open_kernel_handle(table.root(export)[0], decoded.handle_type, decoded.data)
     try:
@@ -256,6 +266,39 @@ def test_a_file_linked_from_outside_its_export_is_served(env):
     assert r.ok and r.data == b"linked\n", r.status
     os.unlink(tmp / "data" / "sub" / "linked")  # its one name now lies outside: moved out of the export
     assert nfs("GETATTR", fh).status == Stat.STALE
+
+
+def test_subtree_check_makes_a_file_whose_place_is_not_known_stale(tmp_path):
+    """Under ``subtree_check`` a file is served only where the kernel shows it inside: one linked from outside
+    (given under its outside name) and one whose place the kernel forgot are stale; the export's other files,
+    and the same files under ``no_subtree_check``, are served."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "data" / "plain").write_text("plain\n")
+    (tmp_path / "data" / "linked").write_text("linked\n")
+    os.link(tmp_path / "data" / "linked", tmp_path / "outside" / "linked")
+    (tmp_path / "data" / "forgotten").write_text("forgotten\n")
+    served = {}
+    for check in ("subtree_check", "no_subtree_check"):
+        exports = parse_exports(f"{tmp_path / 'data'} 127.0.0.1(rw,no_root_squash,{check})\n")
+        table = ExportTable(exports, HandleCodec(b"k" * 32))
+        nfsd = local_nfsd(table)
+        try:
+            export = next(iter(exports))
+            root = table.handle(export, table.root(export)[0])
+            handles = {name: table.handle(export, table.root(export)[0], name)
+                       for name in ("plain", "linked", "forgotten")}
+            forget_places(tmp_path / "data")
+            nfs = Client(Dispatcher([nfsd.program]))
+            assert lookup(nfs, root, b"plain") == handles["plain"]  # its place known again
+            served[check] = {name: nfs("GETATTR", fh).status for name, fh in handles.items()}
+            assert lookup(nfs, root, b"forgotten") == handles["forgotten"]  # found again by its name
+            assert nfs("GETATTR", handles["forgotten"]).ok
+        finally:
+            nfsd.fs.close()
+            table.close()
+    assert served["no_subtree_check"] == {"plain": Stat.OK, "linked": Stat.OK, "forgotten": Stat.OK}
+    assert served["subtree_check"] == {"plain": Stat.OK, "linked": Stat.STALE, "forgotten": Stat.STALE}
 
 
 def test_handles_survive_rename(env):

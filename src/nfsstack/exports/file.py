@@ -19,8 +19,9 @@ Options: ``ro`` (default) / ``rw``; ``root_squash`` (default) /
 ``anongid=N``; ``secure`` (default) / ``insecure``; ``sync`` (default) /
 ``async``; ``fsid=N`` / ``fsid=root``; ``mountpoint`` / ``mp`` (``=PATH``):
 served only while the export (or PATH) is a mount point, as knfsd does;
-``subtree_check`` / ``no_subtree_check`` (every handle is checked to lie inside
-its export either way, where the kernel knows the place of its object: ``ExportTable.inside``), ``wdelay`` / ``no_wdelay`` (no effect here);
+``subtree_check`` / ``no_subtree_check`` (default) (where an object lies is
+checked either way; they differ on a file whose place the kernel does not
+settle: ``ExportTable.inside``), ``wdelay`` / ``no_wdelay`` (no effect here);
 ``sec=`` (below); ``acl`` (default) / ``no_acl``: NFS_ACL (:mod:`nfsstack.nfsacl`) shows and sets the
 files' POSIX ACLs, or presents only their mode bits and refuses to set ACLs; ``crossmnt`` / ``nocrossmnt``
 and ``nohide`` / ``hide`` with knfsd's meaning (:mod:`nfsstack.exports.table` serves them):
@@ -104,6 +105,10 @@ class ExportOptions:
     crossmnt: bool = False
     #: ``nohide``: LOOKUP of this export's path through the export it is mounted in gives this export's root.
     nohide: bool = False
+    #: ``subtree_check`` / ``no_subtree_check`` (the default): a file whose place the kernel does not settle
+    #: (connected to no directory after its entry was evicted, or given under a name outside) is stale, or served
+    #: as lying on the export's filesystem (ExportTable.inside).
+    subtree_check: bool = False
     #: ``acl`` (the default) / ``no_acl``: NFS_ACL shows and sets the files' POSIX ACLs, or shows only the mode bits.
     acl: bool = True
     #: ``sec=``: the flavours admitted, in the client's order of preference (AUTH_SYS 1, or a Kerberos
@@ -131,6 +136,8 @@ class ExportOptions:
             parts.append("crossmnt")
         if self.nohide:
             parts.append("nohide")
+        if self.subtree_check:
+            parts.append("subtree_check")
         if not self.acl:
             parts.append("no_acl")
         if self.security != (AUTH_SYS,):
@@ -150,8 +157,8 @@ _FLAGS: dict[str, Optional[dict]] = {
     "insecure": {"secure": False},
     "sync": {"sync": True},
     "async": {"sync": False},
-    "no_subtree_check": None,
-    "subtree_check": None,  # what knfsd checks with it, that an object lies inside its export, we always do
+    "no_subtree_check": {"subtree_check": False},
+    "subtree_check": {"subtree_check": True},
     "mountpoint": {"mountpoint": ""},
     "mp": {"mountpoint": ""},
     "wdelay": None,

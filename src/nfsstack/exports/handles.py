@@ -85,7 +85,14 @@ def object_id(dirfd: int, name: str | bytes, follow: bool = False) -> tuple[int,
     except OSError as e:
         if e.errno != errno.EOPNOTSUPP:
             raise
-    return kernel_handle(dirfd, name, follow, fid=True)
+    try:
+        return kernel_handle(dirfd, name, follow, fid=True)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        # A kernel before 6.5 knows no AT_HANDLE_FID: the filesystem gives nothing to know its objects by.
+        raise OSError(errno.EOPNOTSUPP, "the filesystem gives no file handles, nor identities before Linux 6.5") \
+            from None
 
 
 #: ``struct file_handle``'s header (``handle_bytes``, ``handle_type``), which the handle's bytes follow.
@@ -114,27 +121,47 @@ def kernel_handles_work(path: str = "/") -> bool:
 def kernel_handles_refused(path: str) -> Optional[str]:
     """Why this process cannot serve the directory ``path`` by kernel handles, or None: it can.
 
-    Either it may not open them (no CAP_DAC_READ_SEARCH), or ``path``'s filesystem gives none: overlayfs
-    without ``nfs_export=on`` (a container's own files), and other filesystems without export operations,
-    which knfsd's exportfs refuses to export."""
+    Either ``path``'s filesystem gives none (:func:`filesystem_without_handles`), or this process may not open
+    them (no CAP_DAC_READ_SEARCH)."""
+    without = filesystem_without_handles(path)
+    if without is not None:
+        return without
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         return f"{path}: {e.strerror}"
     try:
-        try:
-            htype, data, _ = kernel_handle(fd, "")
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-                return f"the filesystem of {path} gives no file handles ({filesystem_type(os.fstat(fd).st_dev)})"
-            return f"name_to_handle_at of {path}: {e.strerror}"
-        try:
-            os.close(open_kernel_handle(fd, htype, data))
-        except OSError as e:
-            if e.errno == errno.EPERM:
-                return "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
-            return f"open_by_handle_at on the filesystem of {path}: {e.strerror}"
+        htype, data, _ = kernel_handle(fd, "")
+        os.close(open_kernel_handle(fd, htype, data))
         return None
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            return "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
+        return f"kernel handles of {path}: {e.strerror}"
+    finally:
+        os.close(fd)
+
+
+def filesystem_without_handles(path: str) -> Optional[str]:
+    """Why the filesystem of the directory ``path`` gives no file handles, or None (it does, or ``path`` cannot
+    be looked at): overlayfs without ``nfs_export=on`` (a container's own files), and other filesystems without
+    export operations, which knfsd's exportfs refuses to export."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        kernel_handle(fd, "")
+        return None
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            return None
+        kind = filesystem_type(os.fstat(fd).st_dev)
+        try:
+            object_id(fd, "")
+        except OSError:
+            return f"the filesystem of {path} gives no file handles ({kind}), nor identities (Linux 6.5 or later)"
+        return f"the filesystem of {path} gives no file handles ({kind})"
     finally:
         os.close(fd)
 

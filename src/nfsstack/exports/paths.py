@@ -232,6 +232,11 @@ class PathHandles(ExportTable):
 
     # -- resolving handles -------------------------------------------------------------------------------
 
+    def _subtree_check(self, export: Export) -> bool:
+        """Always: objects are opened by their paths here, so a place is known, and a file's other names are
+        not its place (ExportTable.inside)."""
+        return True
+
     def resolve(self, handle: bytes, flags: int = os.O_PATH) -> tuple[Export, int]:
         self.flush_due()
         return super().resolve(handle, flags)

@@ -251,18 +251,21 @@ class ExportTable:
     def inside(self, export: Export, fd: int) -> bool:
         """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
 
-        A directory has one place, which the kernel always knows.  A file's path settles where it lies only if it
-        is the file's one name and a known one: ``open_by_handle_at`` gives a file whose directory entry is no
+        A directory has one place, which the kernel always knows: it must lie inside.  So must a file whose path
+        the kernel gives is its one name.  But ``open_by_handle_at`` gives a file whose directory entry is no
         longer cached (after a reboot, under memory pressure) as an entry connected to no directory, whose path
         is ``/`` (the kernel keeps no parent of a file and reconnects only directories); and a file with several
-        names (hard links) comes with whichever of them the kernel has at hand, which may lie outside while
-        another lies inside.  Such a file is taken as inside: it was opened by a handle this server signed for
-        this export, through the export's root, so on its filesystem (no device number is compared: a btrfs
-        subvolume below the root has its own), which is all knfsd checks of any object under its default,
-        ``no_subtree_check``.  Without this, every file handle a client
-        kept across a server's reboot was stale, and so was every file linked from outside its export (a
-        ``git clone`` of a repository outside links its objects).  A file with one name, moved out of the export
-        by a rename on the server, is outside.
+        names (hard links) under whichever of them the kernel has at hand, which may lie outside while another
+        lies inside.  The place of such a file is not known.  Under ``no_subtree_check`` (the default, as
+        knfsd's) it is served: it was opened by a handle this server signed for this export, through the
+        export's root, so on its filesystem, which is all knfsd checks of any object then; a file with one name
+        moved out of the export by a rename on the server is stale while the kernel remembers where it went,
+        and served once it forgot.  (Taking every such file for outside made each file handle a client kept
+        across a server's reboot stale, and each file linked from outside, as a ``git clone`` of a repository
+        outside links its objects.)  Under ``subtree_check`` (on any of the export's lines) it is stale: after a
+        server's reboot a client's file handles are stale until a LOOKUP of their names finds them again (as
+        knfsd's ``subtree_check`` makes handles stale when a file moves to another directory), and a file linked
+        from outside is stale while the kernel gives it under that name.
         """
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
@@ -272,7 +275,11 @@ class ExportTable:
         if where == root or where.startswith(root.rstrip("/") + "/"):
             return True
         st = os.fstat(fd)
-        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1)
+        return not stat.S_ISDIR(st.st_mode) and (where == "/" or st.st_nlink > 1) and not self._subtree_check(export)
+
+    def _subtree_check(self, export: Export) -> bool:
+        """Whether any of ``export``'s lines says ``subtree_check``."""
+        return any(options.subtree_check for _, options in export.clients)
 
     def handle(self, export: Export, dirfd: int, name: str | bytes = "") -> bytes:
         """The handle of ``name`` under ``dirfd`` (``dirfd`` itself if ``name`` is empty)."""

@@ -150,7 +150,7 @@ class DirectorySyncs:
         synced.addBoth(ended)
 
 
-def sync_here(dirfd: int, sync: Callable[[int], Any], sync_filesystem: Callable[[int], Any] = None) -> None:
+def sync_here(dirfd: int, sync: Callable[[int], Any], sync_filesystem: Optional[Callable[[int], Any]] = None) -> None:
     """Sync the directory ``dirfd`` in this (pool) thread, waiting: ``sync(fd)`` on it opened for reading, or
     where the server may not read it, ``sync_filesystem(st_dev)`` (:func:`sync_filesystem_here`)."""
     try:

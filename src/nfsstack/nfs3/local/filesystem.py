@@ -68,8 +68,8 @@ def _unservable(export, fd: int, error: OSError) -> MountRefused:
     """MNT's refusal of an export whose root or handles the table cannot have, saying why."""
     if error.errno == errno.EOPNOTSUPP:
         return MountRefused(f"the filesystem of {export.path} gives no file handles "
-                            f"({filesystem_type(os.fstat(fd).st_dev)}): a server that has it in its exports when it "
-                            "starts serves it by paths (Linux 6.5 or later)")
+                            f"({filesystem_type(os.fstat(fd).st_dev)}): mount it with nfs_export=on, or serve every "
+                            "export by paths (--backend local-unprivileged, Linux 6.5 or later)")
     return MountRefused(f"the root of {export.path} cannot be opened: {error.strerror}")
 
 @implementer(IFilesystem, IAccessControlLists)
