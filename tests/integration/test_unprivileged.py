@@ -162,15 +162,15 @@ def test_a_plain_user_serves_every_client_as_itself_and_refuses_what_it_cannot_h
         shutil.rmtree(top, ignore_errors=True)
 
 
-def test_root_serves_a_containers_own_overlay_files_by_paths():
-    """A directory of a container's own files lies on overlayfs, which gives no file handles (without
-    ``nfs_export=on``): root's server, which could open kernel handles elsewhere, serves that export through the
-    map of places, saying why, and its handles last across a restart and a rename done while it was down."""
-    top = Path(tempfile.mkdtemp(prefix="nfsstack-overlay-"))
+def overlay_mounted(prefix: str, image: dict) -> tuple[Path, dict]:
+    """(a new directory, its layers): ``merged`` an overlayfs mount of ``lower`` (holding ``image``'s files),
+    ``upper`` and ``work``; skipped where overlayfs cannot be mounted."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
     layers = {name: top / name for name in ("lower", "upper", "work", "merged")}
     for path in layers.values():
         path.mkdir()
-    (layers["lower"] / "image.txt").write_text("from the image\n")
+    for name, text in image.items():
+        (layers["lower"] / name).write_text(text)
     mounted = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o",
          f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}", str(layers["merged"])],
@@ -178,6 +178,14 @@ def test_root_serves_a_containers_own_overlay_files_by_paths():
     if mounted.returncode != 0:
         shutil.rmtree(top, ignore_errors=True)
         pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    return top, layers
+
+
+def test_root_serves_a_containers_own_overlay_files_by_paths():
+    """A directory of a container's own files lies on overlayfs, which gives no file handles (without
+    ``nfs_export=on``): root's server, which could open kernel handles elsewhere, serves that export through the
+    map of places, saying why, and its handles last across a restart and a rename done while it was down."""
+    top, layers = overlay_mounted("nfsstack-overlay-", {"image.txt": "from the image\n"})
     export, work = layers["merged"], top / "serving"
     work.mkdir()
     (top / "exports").write_text(f"{export} 127.0.0.1(rw,insecure,no_root_squash)\n")
@@ -229,17 +237,9 @@ def test_an_overlay_export_beside_others_is_refused_saying_why():
     """Root's server with an export on overlayfs beside one on a filesystem with handles keeps kernel handles
     for the other (its clients' handles and crossmnt go on working) and refuses to mount the overlay one, saying
     why in its log and at MNT."""
-    top = Path(tempfile.mkdtemp(prefix="nfsstack-overlay-beside-"))
-    layers = {name: top / name for name in ("lower", "upper", "work", "merged", "plain")}
-    for path in layers.values():
-        path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}", str(layers["merged"])],
-        capture_output=True, text=True)
-    if mounted.returncode != 0:
-        shutil.rmtree(top, ignore_errors=True)
-        pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    top, layers = overlay_mounted("nfsstack-overlay-beside-", {})
+    layers["plain"] = top / "plain"
+    layers["plain"].mkdir()
     (layers["plain"] / "file").write_text("plain\n")
     work = top / "serving"
     work.mkdir()
