@@ -450,7 +450,7 @@ SABOTAGES = (
     Sabotage(
         "overlay-without-identities", "the map of places keys overlayfs objects by the identities it gives",
         "src/nfsstack/exports/handles.py",
-        (("    return kernel_handle(dirfd, name, follow, fid=True)\n", "    return kernel_handle(dirfd, name, follow)\n"),),
+        (("        found = kernel_handle(dirfd, name, follow, fid=True)\n", "        found = kernel_handle(dirfd, name, follow)\n"),),
         ("tests/unit/test_paths.py::test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles",),
     ),
     Sabotage(
@@ -463,7 +463,8 @@ SABOTAGES = (
     Sabotage(
         "unservable-export-mounted", "MNT of an export without file handles is refused, saying why",
         "src/nfsstack/nfs3/local/filesystem.py",
-        (("                if e.errno == errno.EOPNOTSUPP:\n", "                if False:\n"),),
+        (("                if e.errno == errno.EOPNOTSUPP:\n                    # Added by a reload",
+          "                if False:\n                    # Added by a reload"),),
         ("tests/unit/test_paths.py::test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles",),
     ),
     Sabotage(
@@ -477,6 +478,12 @@ SABOTAGES = (
         "src/nfsstack/tap.py",
         (("    if not with_handles:\n", "    if without:\n"),),
         ("tests/integration/test_unprivileged.py::test_an_overlay_export_beside_others_is_refused_saying_why",),
+    ),
+    Sabotage(
+        "generic-identities-taken", "a filesystem's generic identities (an inode number that comes back) are refused",
+        "src/nfsstack/exports/handles.py",
+        (("    if found[0] == FILEID_INO64_GEN:\n", "    if False:\n"),),
+        ("tests/unit/test_paths.py::test_a_filesystem_without_export_operations_gives_no_identity_to_serve_by",),
     ),
 )
 

@@ -21,7 +21,7 @@ from nfsstack.cluster.metrics import StackCollector
 from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.exports import ExportsError, load_exports
-from nfsstack.exports.handles import filesystem_without_handles, kernel_handles_refused
+from nfsstack.exports.handles import NO_CAPABILITY, filesystem_without_handles, kernel_handles_refused
 from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
@@ -399,9 +399,13 @@ def _kernel_handles_refused(options: Options) -> Optional[str]:
     with_handles = [path for path in paths if path not in without]
     if not with_handles:
         return next(iter(without.values()))
-    refused = kernel_handles_refused(with_handles[0])
-    if refused is not None:
-        return refused
+    for path in with_handles:
+        refused = kernel_handles_refused(path)
+        if refused == NO_CAPABILITY:
+            return refused
+        if refused is None:
+            break
+        log.warn("{why}: calls on {path} may fail", why=refused, path=path)  # e.g. handles that do not open again
     for path, why in without.items():
         log.warn("not serving {path}: {why} (mount it with nfs_export=on, or serve every export by paths: "
                  "--backend local-unprivileged)", path=path, why=why)

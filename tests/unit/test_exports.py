@@ -116,6 +116,10 @@ def test_a_client_named_twice_for_one_path_is_a_warning():
 
 def test_knfsd_options_subtree_check_mountpoint_crossmnt_and_nohide_are_taken():
     e = parse("/srv *(subtree_check) 192.0.2.1(no_subtree_check,mp) 192.0.2.2(mountpoint=/srv/disk)\n")
+    assert options(e, "/srv", "198.51.100.1").subtree_check and not options(e, "/srv", "192.0.2.1").subtree_check
+    assert len(e.warnings) == 1 and e.warnings[0].startswith("exports:1: subtree_check makes the file handles every "
+                                                             "client of /srv holds stale after the server's reboot")
+    assert parse("/srv *(no_subtree_check)\n").warnings == []
     assert options(e, "/srv", "198.51.100.1").mountpoint is None
     assert options(e, "/srv", "192.0.2.1").mountpoint == ""
     assert options(e, "/srv", "192.0.2.2").mountpoint == "/srv/disk"

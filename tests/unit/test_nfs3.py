@@ -269,9 +269,9 @@ def test_a_file_linked_from_outside_its_export_is_served(env):
 
 
 def test_subtree_check_makes_a_file_whose_place_is_not_known_stale(tmp_path):
-    """Under ``subtree_check`` a file is served only where the kernel shows it inside: one linked from outside
-    (given under its outside name) and one whose place the kernel forgot are stale; the export's other files,
-    and the same files under ``no_subtree_check``, are served."""
+    """Under ``subtree_check`` a file is served only where the kernel shows it inside: after the caches are
+    dropped, a file with a second name outside and one with one name are stale, until a LOOKUP of the name finds
+    the file again; under ``no_subtree_check`` both are served."""
     (tmp_path / "data").mkdir()
     (tmp_path / "outside").mkdir()
     (tmp_path / "data" / "plain").write_text("plain\n")

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from nfsstack.exports import ExportsError, parse_exports
-from nfsstack.exports.handles import HandleCodec
+from nfsstack.exports.handles import HandleCodec, kernel_handle, object_id
 from nfsstack.exports.identity import ROOT, Identity, NoSwitching, Switcher, _libc, unhonoured_as_plain_user
 from nfsstack.exports.pathmap import Place, map_key, open_beneath
 from nfsstack.exports.paths import PathHandles, refuse_crossing
@@ -374,6 +374,14 @@ def overlay(tmp_path):
     mounted = mount_overlay(tmp_path)
     if mounted.returncode != 0:
         pytest.skip(f"no overlayfs here: {mounted.stderr.strip()}")
+    fd = os.open(tmp_path / "data", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kernel_handle(fd, "", fid=True)  # the kernel's own answer, whatever object_id makes of it
+    except OSError as e:
+        subprocess.run(["umount", "-l", str(tmp_path / "data")], check=False)
+        pytest.skip(f"overlayfs gives no identities before Linux 6.6: {e}")
+    finally:
+        os.close(fd)
     yield tmp_path
     subprocess.run(["umount", "-l", str(tmp_path / "data")], check=False)
 
@@ -382,7 +390,7 @@ def test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles(overlay
     """overlayfs gives no handle to open again: the probe says so, naming it; the map of places keys its objects
     by the identities it gives instead; a kernel-handle server to which a reload added such an export refuses
     to mount it, saying why, instead of handing out handles that would never open."""
-    from nfsstack.exports.handles import kernel_handle, kernel_handles_refused, object_id
+    from nfsstack.exports.handles import kernel_handles_refused
     from nfsstack.exports.policy import MountRefused
     from nfsstack.exports.table import ExportTable
 
@@ -426,3 +434,31 @@ def test_overlay_files_are_served_by_paths_and_refused_by_kernel_handles(overlay
     finally:
         nfsd.fs.close()
         table.close()
+
+
+def test_a_filesystem_without_export_operations_gives_no_identity_to_serve_by(tmp_path):
+    """ramfs (as 9p and CIFS) has no export operations: the kernel's generic identity of its files is an inode
+    number and a generation that may come back with another file, so nothing is served by it."""
+    from nfsstack.exports.handles import FILEID_INO64_GEN, filesystem_without_handles
+
+    (tmp_path / "ram").mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(tmp_path / "ram")], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no ramfs here: {mounted.stderr.strip()}")
+    try:
+        (tmp_path / "ram" / "f").write_text("f\n")
+        fd = os.open(tmp_path / "ram", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                generic = kernel_handle(fd, "f", fid=True)[0]
+            except OSError:
+                generic = None  # a kernel before 6.7 gives none either
+            with pytest.raises(OSError, match="nor"):
+                object_id(fd, "f")
+        finally:
+            os.close(fd)
+        assert generic in (None, FILEID_INO64_GEN)
+        assert filesystem_without_handles(str(tmp_path / "ram")).startswith(
+            f"the filesystem of {tmp_path / 'ram'} gives no file handles (ramfs), nor identities")
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ram")], check=False)

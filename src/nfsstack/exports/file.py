@@ -440,6 +440,10 @@ def _parse_line(line: str, where: str, number: int, resolve: Callable[[str], lis
         clients.append((spec, options))
     if errors:
         raise ExportsError(*errors)
+    if any(options.subtree_check for _, options in clients):
+        warnings.append(f"{where}: subtree_check makes the file handles every client of {path} holds stale after "
+                        "the server's reboot until they look the names up again (a file held open cannot be): "
+                        "no_subtree_check, the default, is meant for almost every export")
     if not clients:
         # exportfs exports to everyone, with a warning; we ask for it to be said.
         raise ExportsError(f"{where}: {path} names no clients (write '*' to export to everyone)")

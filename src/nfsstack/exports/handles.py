@@ -43,6 +43,8 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_SYMLINK_FOLLOW = 0x400
 AT_HANDLE_FID = 0x200
+#: The handle type of the kernel's generic identities (include/linux/exportfs.h).
+FILEID_INO64_GEN = 0x81
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -77,22 +79,27 @@ def kernel_handle(dirfd: int, name: str | bytes, follow: bool = False, fid: bool
 
 def object_id(dirfd: int, name: str | bytes, follow: bool = False) -> tuple[int, bytes, int]:
     """:func:`kernel_handle`, or where the filesystem gives none (overlayfs without ``nfs_export=on``: a
-    container's own files) the identity it gives instead, ``AT_HANDLE_FID`` (Linux 6.5, as fanotify reports
-    objects): as unique and lasting, but never opened by handle.  What the map of places
-    (:mod:`nfsstack.exports.paths`) keys its objects by, and how a mount id is found."""
+    container's own files) the identity it gives instead, ``AT_HANDLE_FID`` (overlayfs gives them from Linux
+    6.6, as fanotify reports objects; they wrap a handle of the layer's file, so are as unique and lasting),
+    never opened by handle.  What the map of places (:mod:`nfsstack.exports.paths`) keys its objects by, and
+    how a mount id is found.  The generic identity the kernel makes for a filesystem without export operations
+    (9p, CIFS: ``FILEID_INO64_GEN``, an inode number and a generation these often keep at 0) is refused: a file
+    made again under a number used before would take the old one's handle."""
     try:
         return kernel_handle(dirfd, name, follow)
     except OSError as e:
         if e.errno != errno.EOPNOTSUPP:
             raise
     try:
-        return kernel_handle(dirfd, name, follow, fid=True)
+        found = kernel_handle(dirfd, name, follow, fid=True)
     except OSError as e:
-        if e.errno != errno.EINVAL:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
             raise
-        # A kernel before 6.5 knows no AT_HANDLE_FID: the filesystem gives nothing to know its objects by.
-        raise OSError(errno.EOPNOTSUPP, "the filesystem gives no file handles, nor identities before Linux 6.5") \
-            from None
+        # A kernel that knows no AT_HANDLE_FID (EINVAL), or a filesystem that gives no identity either.
+        raise OSError(errno.EOPNOTSUPP, "the filesystem gives no file handles, nor identities") from None
+    if found[0] == FILEID_INO64_GEN:
+        raise OSError(errno.EOPNOTSUPP, "the filesystem gives no file handles, nor lasting identities")
+    return found
 
 
 #: ``struct file_handle``'s header (``handle_bytes``, ``handle_type``), which the handle's bytes follow.
@@ -118,6 +125,10 @@ def kernel_handles_work(path: str = "/") -> bool:
     return kernel_handles_refused(path) is None
 
 
+#: :func:`kernel_handles_refused`'s answer for a process that may not open kernel handles.
+NO_CAPABILITY = "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
+
+
 def kernel_handles_refused(path: str) -> Optional[str]:
     """Why this process cannot serve the directory ``path`` by kernel handles, or None: it can.
 
@@ -136,7 +147,7 @@ def kernel_handles_refused(path: str) -> Optional[str]:
         return None
     except OSError as e:
         if e.errno == errno.EPERM:
-            return "open_by_handle_at is not permitted: no CAP_DAC_READ_SEARCH"
+            return NO_CAPABILITY
         return f"kernel handles of {path}: {e.strerror}"
     finally:
         os.close(fd)
@@ -160,7 +171,8 @@ def filesystem_without_handles(path: str) -> Optional[str]:
         try:
             object_id(fd, "")
         except OSError:
-            return f"the filesystem of {path} gives no file handles ({kind}), nor identities (Linux 6.5 or later)"
+            return f"the filesystem of {path} gives no file handles ({kind}), nor identities to know its files by " \
+                "(overlayfs gives them from Linux 6.6)"
         return f"the filesystem of {path} gives no file handles ({kind})"
     finally:
         os.close(fd)

@@ -69,7 +69,7 @@ def _unservable(export, fd: int, error: OSError) -> MountRefused:
     if error.errno == errno.EOPNOTSUPP:
         return MountRefused(f"the filesystem of {export.path} gives no file handles "
                             f"({filesystem_type(os.fstat(fd).st_dev)}): mount it with nfs_export=on, or serve every "
-                            "export by paths (--backend local-unprivileged, Linux 6.5 or later)")
+                            "export by paths (--backend local-unprivileged; overlayfs from Linux 6.6)")
     return MountRefused(f"the root of {export.path} cannot be opened: {error.strerror}")
 
 @implementer(IFilesystem, IAccessControlLists)
@@ -187,7 +187,12 @@ class LocalFilesystem:
             crossed = self.table.export_for(fd)
             if crossed is None or not crossed.crossed_from or self.table.options_for(crossed, address) is None:
                 raise MountRefused("below a filesystem mounted in the export (no crossmnt)")
-            return self.table.handle(crossed, fd)
+            try:
+                return self.table.handle(crossed, fd)
+            except OSError as e:
+                if e.errno == errno.EOPNOTSUPP:
+                    raise _unservable(crossed, fd, e) from None
+                raise
         finally:
             os.close(fd)
 
