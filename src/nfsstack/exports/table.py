@@ -263,9 +263,9 @@ class ExportTable:
         and served once it forgot.  (Taking every such file for outside made each file handle a client kept
         across a server's reboot stale, and each file linked from outside, as a ``git clone`` of a repository
         outside links its objects.)  Under ``subtree_check`` (on any of the export's lines) it is stale: after a
-        server's reboot a client's file handles are stale until a LOOKUP of their names finds them again (as
-        knfsd's ``subtree_check`` makes handles stale when a file moves to another directory), and a file linked
-        from outside is stale while the kernel gives it under that name.
+        server's reboot a client's file handles are stale until a LOOKUP of their names finds them again (knfsd's
+        ``subtree_check`` keeps the parent in its handles and reconnects the file; these handles hold no parent),
+        and a file linked from outside is stale while the kernel gives it under that name.
         """
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
