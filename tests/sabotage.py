@@ -485,6 +485,18 @@ SABOTAGES = (
         (("    if found[0] == FILEID_INO64_GEN:\n", "    if False:\n"),),
         ("tests/unit/test_paths.py::test_a_filesystem_without_export_operations_gives_no_identity_to_serve_by",),
     ),
+    Sabotage(
+        "nothing-servable-started", "exports that no backend can serve stop the start, saying why",
+        "src/nfsstack/tap.py",
+        (("        servable = not every_export or any(", "        servable = True or any("),),
+        ("tests/integration/test_unprivileged.py::test_exports_that_nothing_can_serve_stop_the_start_saying_why",),
+    ),
+    Sabotage(
+        "mountpoint-probed-below", "a mountpoint export whose disk is not mounted is not judged by the directory below",
+        "src/nfsstack/tap.py",
+        (("    waiting = [export.path for export in exports if _waits_for_its_mount(export)]\n", "    waiting = []\n"),),
+        ("tests/integration/test_unprivileged.py::test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk",),
+    ),
 )
 
 

@@ -21,7 +21,7 @@ from nfsstack.cluster.metrics import StackCollector
 from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.exports import ExportsError, load_exports
-from nfsstack.exports.handles import NO_CAPABILITY, filesystem_without_handles, kernel_handles_refused
+from nfsstack.exports.handles import NO_CAPABILITY, filesystem_without_handles, opening_handles_refused
 from nfsstack.exports.identity import can_switch
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
@@ -313,7 +313,8 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     elif options["backend"] == "local-unprivileged":
         unprivileged, unavailable = _unprivileged(options, "--backend local-unprivileged")
     elif (refused := _kernel_handles_refused(options)) is not None:
-        unprivileged, unavailable = _unprivileged(options, refused)
+        why, servable = refused
+        unprivileged, unavailable = _unprivileged(options, why) if servable else (None, why)
     elif (cannot_switch := can_switch()) is not None:
         # Serving anyway would give every client this process's rights (CAP_DAC_READ_SEARCH reads any file).
         unavailable = (f"this process cannot act as its clients ({cannot_switch}): run it as root, or give it "
@@ -382,34 +383,49 @@ def _log_unprivileged_ports(options: Options) -> None:
              export=export)
 
 
-def _kernel_handles_refused(options: Options) -> Optional[str]:
-    """Why the local backend cannot find its objects by kernel handles, or None: it can.
+def _kernel_handles_refused(options: Options) -> Optional[tuple[str, bool]]:
+    """Why the local backend cannot find its objects by kernel handles, and whether the backend by paths can
+    serve them instead; or None: kernel handles serve.
 
-    Probed on each export that exists now (else in the working directory): whether its filesystem gives file
-    handles (overlayfs does not, without ``nfs_export=on``), and whether this process may open them
-    (CAP_DAC_READ_SEARCH).  If every export lies on filesystems without handles, or the process may not open
-    them, all are served by paths; where only some lie on such filesystems, the others keep kernel handles
-    (their clients' handles, and ``crossmnt``, go on working) and those are refused by mountd, saying why, as
-    an export a reload adds on such a filesystem is."""
+    Probed on each export that exists now (else, if none does, in the working directory), but not on one whose
+    ``mountpoint`` has nothing mounted yet (the directory below would be probed, not the disk to come): whether
+    its filesystem gives file handles (overlayfs does not, without ``nfs_export=on``), and whether this process
+    may open them (CAP_DAC_READ_SEARCH).  If every export lies on filesystems without handles, or the process
+    may not open them, all are served by paths (unless every export was probed and none gives identities to
+    know its files by either: nothing could be served); where only some lie on such filesystems, the others
+    keep kernel handles (their clients' handles, and ``crossmnt``, go on working) and those are refused by
+    mountd, saying why, as an export a reload adds on such a filesystem is."""
     exports = getattr(options, "exports", None)
     if exports is None:
         exports = default_export_list()
-    paths = [export.path for export in exports if os.path.isdir(export.path)] or [os.getcwd()]
-    without = {path: why for path in paths if (why := filesystem_without_handles(path)) is not None}
+    waiting = [export.path for export in exports if _waits_for_its_mount(export)]
+    paths = [export.path for export in exports if export.path not in waiting and os.path.isdir(export.path)]
+    if not paths and waiting:
+        return None  # the default; MNT says why if what is mounted there later gives no handles
+    every_export = len(paths) == len(exports)
+    paths = paths or [os.getcwd()]
+    without = {path: no for path in paths if (no := filesystem_without_handles(path)) is not None}
     with_handles = [path for path in paths if path not in without]
     if not with_handles:
-        return next(iter(without.values()))
+        servable = not every_export or any(no.identities for no in without.values())
+        return "; ".join(no.why for no in without.values()), servable
     for path in with_handles:
-        refused = kernel_handles_refused(path)
+        refused = opening_handles_refused(path)
         if refused == NO_CAPABILITY:
-            return refused
+            return refused, True
         if refused is None:
             break
         log.warn("{why}: calls on {path} may fail", why=refused, path=path)  # e.g. handles that do not open again
-    for path, why in without.items():
+    for path, no in without.items():
         log.warn("not serving {path}: {why} (mount it with nfs_export=on, or serve every export by paths: "
-                 "--backend local-unprivileged)", path=path, why=why)
+                 "--backend local-unprivileged)", path=path, why=no.why)
     return None
+
+
+def _waits_for_its_mount(export) -> bool:
+    """Whether ``export`` is served only while a path is a mount point (``mountpoint``) that is not one now."""
+    return any(options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path)
+               for _, options in export.clients)
 
 
 def _unprivileged(options: Options, why: str) -> tuple[Optional[str], Optional[str]]:

@@ -271,3 +271,70 @@ def test_an_overlay_export_beside_others_is_refused_saying_why():
     finally:
         subprocess.run(["umount", str(layers["merged"])], check=False)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def _ramfs(top: Path, name: str) -> Path:
+    """A ramfs (no export operations: neither file handles nor lasting identities, as 9p and CIFS) at top/name."""
+    (top / name).mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(top / name)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        pytest.skip(f"no ramfs here: {mounted.stderr.strip()}")
+    return top / name
+
+
+def test_exports_that_nothing_can_serve_stop_the_start_saying_why():
+    """Every export on a filesystem that gives neither file handles nor identities to know its files by: no
+    backend can serve them, so the start stops with the one line naming the services and why (before, the
+    backend by paths started and only MNT said it), as any other start where nfsd cannot run does."""
+    from tests.integration.test_health import run_to_exit, the_one_line
+
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-nothing-served-"))
+    ram = _ramfs(top, "ram")
+    try:
+        (top / "work").mkdir()
+        (top / "exports").write_text(f"{ram} 127.0.0.1(rw,insecure,no_root_squash)\n")
+        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(free_port()), "--nfs-port", "0",
+                      "--status-port", "0", "--exports", str(top / "exports"), "--state-dir",
+                      str(top / "work" / "state"), workdir=str(top / "work"))
+        line = the_one_line(*run_to_exit(stack.prefix, stack.args, top / "work"))
+        assert "mountd, nfsd, nlockmgr and status cannot run" in line, line
+        assert f"the filesystem of {ram} gives no file handles (ramfs), nor identities" in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(ram)], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk():
+    """An export with ``mountpoint`` whose disk is not mounted yet, over a directory of a filesystem without
+    handles or identities: the start judges the disk to come, not the directory below (which would stop the
+    start, or choose the backend by paths for everything); once the disk is mounted, it is served."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-mountpoint-"))
+    ram = _ramfs(top, "ram")
+    disk = ram / "disk"
+    try:
+        disk.mkdir()
+        (top / "work").mkdir()
+        (top / "exports").write_text(f"{disk} 127.0.0.1(rw,insecure,no_root_squash,mountpoint)\n")
+        port = free_port()
+        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                      "--exports", str(top / "exports"), "--state-dir", str(top / "work" / "state"),
+                      "--grace-time", "0", workdir=str(top / "work")).start(port, timeout=30)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+            (disk / "file").write_text("on the disk\n")
+            c = NfsClient(str(disk), port)
+            try:
+                f = c("LOOKUP", c.root, b"file").object
+                assert c("READ", f, 0, 100).data == b"on the disk\n"
+            finally:
+                c.close()
+        finally:
+            stack.stop()
+        log = stack.log_text()
+        assert "without open_by_handle_at" not in log, log
+        assert "Traceback" not in log, log
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(ram)], check=False)
+        shutil.rmtree(top, ignore_errors=True)

@@ -458,7 +458,9 @@ def test_a_filesystem_without_export_operations_gives_no_identity_to_serve_by(tm
         finally:
             os.close(fd)
         assert generic in (None, FILEID_INO64_GEN)
-        assert filesystem_without_handles(str(tmp_path / "ram")).startswith(
-            f"the filesystem of {tmp_path / 'ram'} gives no file handles (ramfs), nor identities")
+        without = filesystem_without_handles(str(tmp_path / "ram"))
+        assert without.why.startswith(
+            f"the filesystem of {tmp_path / 'ram'} gives no file handles (ramfs), nor identities"), without
+        assert not without.identities
     finally:
         subprocess.run(["umount", "-l", str(tmp_path / "ram")], check=False)

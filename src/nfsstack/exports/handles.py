@@ -29,7 +29,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from nfsstack.exports.mounts import filesystem_type
 
@@ -133,10 +133,14 @@ def kernel_handles_refused(path: str) -> Optional[str]:
     """Why this process cannot serve the directory ``path`` by kernel handles, or None: it can.
 
     Either ``path``'s filesystem gives none (:func:`filesystem_without_handles`), or this process may not open
-    them (no CAP_DAC_READ_SEARCH)."""
+    them (:func:`opening_handles_refused`)."""
     without = filesystem_without_handles(path)
-    if without is not None:
-        return without
+    return without.why if without is not None else opening_handles_refused(path)
+
+
+def opening_handles_refused(path: str) -> Optional[str]:
+    """Why this process cannot open again a kernel handle of the directory ``path``, or None: it can.
+    :data:`NO_CAPABILITY` when it may not open handles at all (no CAP_DAC_READ_SEARCH)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -153,7 +157,15 @@ def kernel_handles_refused(path: str) -> Optional[str]:
         os.close(fd)
 
 
-def filesystem_without_handles(path: str) -> Optional[str]:
+class NoHandles(NamedTuple):
+    """:func:`filesystem_without_handles`'s answer: why, and whether the filesystem gives identities to know
+    its files by instead (:func:`object_id`), which the backend by paths can serve it with."""
+
+    why: str
+    identities: bool
+
+
+def filesystem_without_handles(path: str) -> Optional[NoHandles]:
     """Why the filesystem of the directory ``path`` gives no file handles, or None (it does, or ``path`` cannot
     be looked at): overlayfs without ``nfs_export=on`` (a container's own files), and other filesystems without
     export operations, which knfsd's exportfs refuses to export."""
@@ -171,9 +183,9 @@ def filesystem_without_handles(path: str) -> Optional[str]:
         try:
             object_id(fd, "")
         except OSError:
-            return f"the filesystem of {path} gives no file handles ({kind}), nor identities to know its files by " \
-                "(overlayfs gives them from Linux 6.6)"
-        return f"the filesystem of {path} gives no file handles ({kind})"
+            return NoHandles(f"the filesystem of {path} gives no file handles ({kind}), nor identities to know its "
+                             "files by (overlayfs gives them from Linux 6.6)", False)
+        return NoHandles(f"the filesystem of {path} gives no file handles ({kind})", True)
     finally:
         os.close(fd)
 
