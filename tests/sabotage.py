@@ -497,6 +497,12 @@ SABOTAGES = (
         (("    waiting = [export.path for export in exports if _waits_for_its_mount(export)]\n", "    waiting = []\n"),),
         ("tests/integration/test_unprivileged.py::test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk",),
     ),
+    Sabotage(
+        "local-realms-not-in-workers", "nfsd's workers accept the realms --local-realms names",
+        "src/nfsstack/worker.py",
+        (("    top = NfsStackService(local_realms(config.get(\"local-realms\")))", "    top = NfsStackService()"),),
+        ("tests/integration/test_kerberos.py::test_local_realms_make_a_realms_users_local_users_in_the_workers",),
+    ),
 )
 
 

@@ -46,7 +46,7 @@ from twisted.python import reflect, usage
 SECTIONS: dict[str, tuple[str, ...]] = {
     # The stack as a whole, and the RPC core every service shares.
     "nfsstack": ("exports", "state-dir", "bind", "max-record", "idle-timeout", "max-connections", "log-level",
-                 "partial", "keytab"),
+                 "partial", "keytab", "local-realms"),
     # The portmapper (rpcbind) on port 111, or the system's rpcbind it registers with.
     "portmap": ("portmap-port", "system-rpcbind", "remote-calls", "rpcbind-socket"),
     "nfsd": ("nfs-port", "threads", "workers", "grace-time", "no-aio-fsync", "backend", "memory-limit",

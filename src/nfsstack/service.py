@@ -19,7 +19,7 @@ import stat
 import time
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -52,7 +52,8 @@ log = logger("nfsstack")
 class NfsStackService(service.MultiService):
     """The stack: children start in the order they were added and stop in reverse."""
 
-    def __init__(self) -> None:
+    def __init__(self, realms: Optional[Iterable[str]] = None) -> None:
+        """``realms``: those whose Kerberos users are local users (``--local-realms``); None: :func:`local_realms`."""
         super().__init__()
         self.portmapper: Portmapper | None = None
         self.registrar = None
@@ -72,9 +73,10 @@ class NfsStackService(service.MultiService):
         #: Holds late replies while a batch of io_uring completions is answered: given to every RPC service
         #: (tap.py) and to nfsd's kernel I/O (NfsdRing).
         self.reply_batcher = ReplyBatcher()
-        #: Kerberos principals -> local users (the users of krb5.conf's default realm), for this stack's programs
-        #: and its RPCSEC_GSS engine (:func:`kerberos_engine`), which looks them up in its reactor's threads.
-        self.principals = Principals(realms=local_realms())
+        #: Kerberos principals -> local users (the users of ``realms``, else of :func:`local_realms`), for this
+        #: stack's programs and its RPCSEC_GSS engine (:func:`kerberos_engine`), which looks them up in its
+        #: reactor's threads.
+        self.principals = Principals(realms=local_realms() if realms is None else realms)
         self.started_at = time.time()
         #: ``--partial``: a configured service that cannot start is reported, and the others start anyway.
         self.partial = False
@@ -571,6 +573,13 @@ def kerberos_engine(keytab: Optional[str], reactor, principals: Principals, quie
     of ``reactor``'s pool before its creation is answered (:meth:`~nfsstack.exports.identity.Principals.prefetch`),
     waits bounded by ``reactor``'s timers."""
     gss = load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
+    if gss is not None and not quiet:
+        if principals.realms:
+            log.info("Kerberos: the users of {realms} are local users; other principals are the anonymous user, "
+                     "machine principals root", realms=", ".join(sorted(principals.realms)))
+        else:
+            log.warn("Kerberos: no realm's users are local users (krb5.conf names no default_realm): every user "
+                     "principal is the anonymous user; name the realms with --local-realms")
     if gss is not None:
         principals.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
                                       reactor.callLater)

@@ -22,7 +22,7 @@ from nfsstack.cluster.metrics import registry as metrics_registry
 from nfsstack.cluster.service import ClusterService, Node, parse_networks, parse_peer
 from nfsstack.exports import ExportsError, load_exports
 from nfsstack.exports.handles import NO_CAPABILITY, filesystem_without_handles, opening_handles_refused
-from nfsstack.exports.identity import can_switch
+from nfsstack.exports.identity import can_switch, local_realms
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import LEVELS, logger, set_level
 from nfsstack.mount.program import Mountd
@@ -163,6 +163,9 @@ class Options(usage.Options):
         ["keytab", None, None, "Keytab with the server's Kerberos keys (principal nfs/HOSTNAME), for RPCSEC_GSS "
                                "(sec=krb5, krb5i, krb5p) on every RPC service; default /etc/krb5.keytab. Without "
                                "it (or the gssapi package) Kerberos calls are refused and the rest is served."],
+        ["local-realms", None, None, "Kerberos realms whose users (user@REALM) are the local users of the same "
+                                     "name, comma-separated, as idmapd.conf's Local-Realms; default: that, else "
+                                     "krb5.conf's default_realm. Other realms' principals are the anonymous user."],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
                                     "critical.", _log_level],
     ]
@@ -261,7 +264,7 @@ def makeService(options: Options, reactor=None) -> NfsStackService:
     if reactor is None:
         from twisted.internet import reactor
     set_level(options["log-level"])
-    stack = NfsStackService()
+    stack = NfsStackService(local_realms(options["local-realms"]))
     stack.partial = bool(options["partial"])
     common = dict(
         interface=options["bind"],
@@ -509,7 +512,8 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                size=size, **common)
     config = {"exports": os.path.abspath(options["exports"]) if options["exports"] is not None else None,
               "state-dir": state_dir, "backend": "local"}
-    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level", "keytab"):
+    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level", "keytab",
+                   "local-realms"):
         config[option] = options[option]
     stack.workers = NfsdWorkers(shared, config, reactor, size)
     if reloader is not None:

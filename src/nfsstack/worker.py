@@ -31,6 +31,7 @@ from twisted.protocols.basic import LineReceiver
 from nfsstack.cluster.metrics import CallStats
 from nfsstack.exports import load_exports
 from nfsstack.exports.handles import HandleCodec, load_key
+from nfsstack.exports.identity import local_realms
 from nfsstack.nfsacl.program import nfsd_port_programs
 from nfsstack.exports.table import ExportTable
 from nfsstack.logs import logger, set_level
@@ -122,7 +123,7 @@ def build(config: dict, reactor) -> tuple[service.MultiService, callable]:
     set_level(config["log-level"])
     exports = load_exports(config["exports"]) if config["exports"] else default_export_list()
     table = ExportTable(exports, HandleCodec(load_key(config["state-dir"])))
-    top = NfsStackService()  # for its order: resources first, stopped last
+    top = NfsStackService(local_realms(config.get("local-realms")))  # for its order: resources first, stopped last
     top.exports = table
     nfsd = build_nfsd(table, config, reactor, top.reply_batcher, principals=top.principals)
     top.nfsd = nfsd.nfsd

@@ -212,3 +212,41 @@ def test_status_and_metrics_count_the_kerberos_contexts_of_the_workers(server):
     assert gauge and float(gauge[0].split()[1]) >= 1, metrics
     assert 'nfsstack_gss_events_total{event="replays dropped"}' in metrics, metrics
     c.close()
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "not-listed"])
+def test_local_realms_make_a_realms_users_local_users_in_the_workers(tmp_path, listed):
+    """The server is given no krb5.conf (no default realm): ``daemon@REALM`` is the anonymous user, unless
+    ``--local-realms REALM`` lists the realm, when it is the local user daemon (uid 1), in nfsd's workers too;
+    the start log names the realms, or warns that no realm's users are local users."""
+    with kdc_module.KDC(tmp_path / "realm", port=free_port()) as kdc:
+        keytab = kdc.keytab("server.keytab", "nfs/nfsserver")
+        env = kdc.kinit("daemon", tmp_path / "daemon.cc")
+        export = tmp_path / "export"
+        export.mkdir()
+        export.chmod(0o1777)
+        (tmp_path / "exports").write_text(exports_line(str(export)))
+        port = free_port()
+        stack = Stack("--bind", "127.0.0.1", "--nfs-port", "0", "--status-port", "0", "--portmap-port", str(port),
+                      "--exports", str(tmp_path / "exports"), "--keytab", str(keytab), "--workers", "2",
+                      *(["--local-realms", kdc.realm] if listed else []),
+                      env={"KRB5_CONFIG": str(tmp_path / "no-such-krb5.conf"), "KRB5CCNAME": "FILE:/nonexistent"})
+        stack.start(port)
+        try:
+            with kdc_module.client_env(env):
+                c = NfsClient(str(export), port, gss_service=GssService.NONE)
+                try:
+                    assert c("CREATE", c.root, b"made", 0, Sattr3(mode=0o644)).ok
+                finally:
+                    c.close()
+        finally:
+            stack.stop()
+        log = stack.log_text()
+    assert "Traceback" not in log, log
+    owner = (export / "made").stat().st_uid
+    if listed:
+        assert owner == 1, owner
+        assert f"Kerberos: the users of {kdc.realm} are local users" in log, log
+    else:
+        assert owner == 65534, owner
+        assert "Kerberos: no realm's users are local users" in log, log

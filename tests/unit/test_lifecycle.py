@@ -19,10 +19,10 @@ from nfsstack.startup import StartupError, UnavailableServices
 from nfsstack.tap import Options, makeService
 
 
-def _options(tmp_path) -> Options:
+def _options(tmp_path, *extra: str) -> Options:
     options = Options()
     options.parseOptions(["--state-dir", str(tmp_path / "state"), "--bind", "127.0.0.1", "--portmap-port", "0",
-                          "--nfs-port", "0", "--status-port", "0", "--rpcbind-socket", ""])
+                          "--nfs-port", "0", "--status-port", "0", "--rpcbind-socket", "", *extra])
     return options
 
 
@@ -52,6 +52,21 @@ def test_the_stack_has_one_reply_batcher(tmp_path, monkeypatch):
     assert services and all(s.reply_batcher is stack.reply_batcher for s in services)
     if "nfsd-ring" in stack.namedServices:
         assert stack.getServiceNamed("nfsd-ring").reply_batcher is stack.reply_batcher
+
+
+def test_local_realms_reach_the_stacks_principals_and_its_workers(tmp_path, monkeypatch):
+    """--local-realms is the stack's accepted realms, and is handed to each nfsd worker, which builds its own."""
+    from nfsstack.worker import build
+
+    monkeypatch.chdir(tmp_path)
+    options = _options(tmp_path, "--local-realms", "OUR.REALM,PARTNER.REALM", "--workers", "2")
+    stack = makeService(options, MemoryReactorClock())
+    assert stack.principals.realms == {"OUR.REALM", "PARTNER.REALM"}
+    if stack.workers is None:
+        pytest.skip("nfsd runs without workers here (no kernel handles)")
+    assert stack.workers.config["local-realms"] == "OUR.REALM,PARTNER.REALM"
+    top, _ = build({**stack.workers.config, "sockets": [], "parent": 0}, MemoryReactorClock())
+    assert top.principals.realms == {"OUR.REALM", "PARTNER.REALM"}
 
 
 class _Recorder(service.Service):

@@ -292,6 +292,38 @@ def test_krb5_default_realm_is_read_from_krb5_conf(tmp_path):
     assert krb5_default_realm(str(tmp_path / "missing")) is None
 
 
+def test_idmapd_confs_local_realms_are_read_as_libnfsidmap_reads_them(tmp_path):
+    from nfsstack.exports.identity import idmapd_local_realms
+
+    conf = tmp_path / "idmapd.conf"
+    conf.write_text("[Mapping]\nLocal-Realms = NOT.THIS\n[general]\nVerbosity = 0\n"
+                    "local-realms = OUR.REALM, PARTNER.REALM ,  # both\n")
+    assert idmapd_local_realms(str(conf)) == {"OUR.REALM", "PARTNER.REALM"}
+    conf.write_text("[General]\n# Local-Realms = COMMENTED.OUT\nDomain = example.org\n")
+    assert idmapd_local_realms(str(conf)) is None
+    assert idmapd_local_realms(str(tmp_path / "missing")) is None
+
+
+def test_the_local_realms_are_the_options_else_idmapd_confs_else_krb5_confs_default(tmp_path, monkeypatch):
+    """--local-realms names them; without it idmapd.conf's Local-Realms (which replaces the default realm, as in
+    libnfsidmap); without that krb5.conf's default_realm.  A realm listed maps its users to local users, a
+    realm not listed (the default realm too, once others are named) to the anonymous user."""
+    from nfsstack.exports.identity import local_realms
+
+    (tmp_path / "krb5.conf").write_text("[libdefaults]\n  default_realm = OUR.REALM\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(tmp_path / "krb5.conf"))
+    idmapd = tmp_path / "idmapd.conf"
+    monkeypatch.setattr("nfsstack.exports.identity.IDMAPD_CONF", str(idmapd))
+    assert local_realms() == {"OUR.REALM"}
+    idmapd.write_text("[General]\nLocal-Realms = PARTNER.REALM,OUR.REALM\n")
+    assert local_realms() == {"OUR.REALM", "PARTNER.REALM"}
+    assert local_realms("PARTNER.REALM") == {"PARTNER.REALM"}
+    here = Principals(realms=local_realms("PARTNER.REALM"), getpwnam=lambda name: pwd.struct_passwd(
+        (name, "x", 1000, 1000, "", "/", "/bin/sh")), getgrouplist=lambda name, gid: [gid])
+    assert here.user("alice@PARTNER.REALM")[0].uid == 1000
+    assert here.user("alice@OUR.REALM")[0] is None
+
+
 # -- sec= at admission --------------------------------------------------------------------
 
 
@@ -365,6 +397,7 @@ def test_the_servers_principals_are_those_of_krb5_confs_default_realm_only(tmp_p
     conf = tmp_path / "krb5.conf"
     conf.write_text("[libdefaults]\n  default_realm = OUR.REALM\n")
     monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    monkeypatch.setattr("nfsstack.exports.identity.IDMAPD_CONF", str(tmp_path / "no-idmapd.conf"))
     assert local_realms() == {"OUR.REALM"}
     here = Principals(realms=local_realms(), getpwnam=lambda name: pwd.struct_passwd(
         (name, "x", 1000, 1000, "", "/", "/bin/sh")), getgrouplist=lambda name, gid: [gid])

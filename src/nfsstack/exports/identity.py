@@ -350,10 +350,49 @@ class Principals:
         return (ROOT if who.uid == 0 and who.gid == 0 else who), expires
 
 
-def local_realms() -> frozenset[str]:
-    """The realms whose users are local users, as krb5's default ``auth_to_local`` rule has it: krb5.conf's
-    ``default_realm`` alone; none (every principal the anonymous user) when krb5.conf names none.  A principal
-    of a realm that only trusts ours (cross-realm) is never taken for the local user of the same name."""
+#: nfs-utils' idmapd.conf(5), whose ``[General] Local-Realms`` lists the realms whose users are local users.
+IDMAPD_CONF = "/etc/idmapd.conf"
+
+
+def idmapd_local_realms(path: Optional[str] = None) -> Optional[frozenset[str]]:
+    """``[General] Local-Realms`` of idmapd.conf(5) (:data:`IDMAPD_CONF`), or None when it sets none.
+
+    A comma-separated list; sections and names are matched without regard to case, as libnfsidmap's
+    configuration reader does.  Read as text, as :func:`krb5_default_realm` is."""
+    try:
+        with open(path or IDMAPD_CONF, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return None
+    section = ""
+    found = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif section == "general" and "=" in line:
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "local-realms":
+                found = realm_list(value)
+    return found or None
+
+
+def realm_list(text: str) -> frozenset[str]:
+    """The realms of a comma-separated list (``--local-realms``, idmapd.conf's ``Local-Realms``)."""
+    return frozenset(realm.strip() for realm in text.split(",") if realm.strip())
+
+
+def local_realms(given: Optional[str] = None) -> frozenset[str]:
+    """The realms whose users are local users: ``given`` (``--local-realms``, a comma-separated list), else
+    idmapd.conf's ``Local-Realms`` (as libnfsidmap, which knfsd's rpc.svcgssd maps principals with), else as
+    krb5's default ``auth_to_local`` rule has it, krb5.conf's ``default_realm`` alone; none (every principal
+    the anonymous user) when none of them names one.  A principal of a realm not listed, one that only trusts
+    ours (cross-realm) for instance, is never taken for the local user of the same name."""
+    if given:
+        return realm_list(given)
+    listed = idmapd_local_realms()
+    if listed is not None:
+        return listed
     realm = krb5_default_realm()
     return frozenset({realm}) if realm else frozenset()
 
