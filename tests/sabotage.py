@@ -503,6 +503,13 @@ SABOTAGES = (
         (("    top = NfsStackService(local_realms(config.get(\"local-realms\")))", "    top = NfsStackService()"),),
         ("tests/integration/test_kerberos.py::test_local_realms_make_a_realms_users_local_users_in_the_workers",),
     ),
+    Sabotage(
+        "auth-sys-below-a-kerberos-root", "AUTH_SYS is answered on a Kerberos export's root alone (RFC 2623 2.3.2)",
+        "src/nfsstack/nfs3/frame.py",
+        (("        if verdict.__class__ is Refused and root is not None and self._is_root(export, root):\n",
+          "        if verdict.__class__ is Refused and root is not None:\n"),),
+        ("tests/integration/test_security_flavors.py::test_auth_sys_may_ask_getattr_and_fsinfo_of_a_kerberos_exports_root_only",),
+    ),
 )
 
 

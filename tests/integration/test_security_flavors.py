@@ -48,6 +48,7 @@ def server(tmp_path):
     for name in ("krb", "sys", "mixed"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "file").write_text(name)
+    (tmp_path / "krb" / "below").mkdir()
     (tmp_path / "exports").write_text(f"{tmp_path / 'krb'} 127.0.0.1(rw,insecure,no_root_squash,sec=krb5p:krb5i:krb5)\n"
                                       f"{tmp_path / 'sys'} 127.0.0.1(rw,insecure,no_root_squash)\n"
                                       f"{tmp_path / 'mixed'} 127.0.0.1(rw,insecure,no_root_squash,sec=krb5:sys)\n")
@@ -95,3 +96,28 @@ def test_an_auth_sys_call_to_a_kerberos_export_is_refused_and_one_beside_it_work
     log = stack.log_text()
     refusal = f"refused 127.0.0.1: a call with AUTH_SYS, which the export's sec= does not list ({tmp / 'krb'})"
     assert log.count(refusal) == 1, log
+
+
+def test_auth_sys_may_ask_getattr_and_fsinfo_of_a_kerberos_exports_root_only(server):
+    """RFC 2623 section 2.3.2, knfsd's NFSD_MAY_BYPASS_GSS_ON_ROOT: a client may use AUTH_SYS while it mounts
+    (the Linux client asks FSINFO and GETATTR of the root with AUTH_SYS when the mount's flavour fails, as when
+    root has no keytab), so those two are answered on the export's root; any other call, and the same two on a
+    directory below the root (mounted by MNT), are refused as before; nothing is logged for the two."""
+    tmp, port, stack = server
+    krb = Client(str(tmp / "krb"), port)
+    below = Client(str(tmp / "krb" / "below"), port)
+    try:
+        r = krb("GETATTR", krb.root)
+        assert r.ok, r.status
+        assert r.obj_attributes.fileid == os.stat(tmp / "krb").st_ino
+        assert krb("FSINFO", krb.root).ok
+        assert krb("PATHCONF", krb.root).status == Stat.ACCES
+        assert krb("ACCESS", krb.root, 0x1f).status == Stat.ACCES
+        assert below("GETATTR", below.root).status == Stat.ACCES
+        assert below("FSINFO", below.root).status == Stat.ACCES
+    finally:
+        krb.close()
+        below.close()
+    log = stack.log_text()
+    refusal = f"refused 127.0.0.1: a call with AUTH_SYS, which the export's sec= does not list ({tmp / 'krb'})"
+    assert log.count(refusal) == 1, log  # PATHCONF's (the first refused), once a minute

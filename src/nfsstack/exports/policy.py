@@ -42,7 +42,7 @@ from typing import Optional, Union
 
 from twisted.internet import defer
 
-from nfsstack.exports.file import AUTH_SYS, SECURITY_NAMES, Export, ExportOptions
+from nfsstack.exports.file import AUTH_NONE, AUTH_SYS, SECURITY_NAMES, Export, ExportOptions
 from nfsstack.exports.identity import PRINCIPALS, Identity, Principals, effective
 from nfsstack.exports.table import ExportTable
 from nfsstack.rpc.message import CallHeader
@@ -148,6 +148,22 @@ class Admission:
             self._verdicts.clear()
         self._verdicts[key] = (export, credential, verdict, name)
         return verdict
+
+    def admit_root(self, export: Export, address: str, privileged_port: bool, header: CallHeader) -> Verdict:
+        """:meth:`admit` for a GETATTR or FSINFO of ``export``'s root: an AUTH_SYS or AUTH_NONE call refused for
+        its flavour alone is admitted if the client's ``sec=`` lists a Kerberos flavour (RFC 2623 section 2.3.2:
+        a client may use AUTH_SYS while it mounts; knfsd's ``NFSD_MAY_BYPASS_GSS_ON_ROOT``).  The Linux client
+        asks so when its FSINFO of the root in the mount's flavour fails (``nfs3_proc_fsinfo`` and
+        ``nfs3_proc_get_root`` ask again with AUTH_SYS; seen with Linux 6.1 as root without Kerberos
+        credentials, whose mount then fails on its next call, PATHCONF in its own flavour, with knfsd too).  The
+        call acts as its credential, squashed."""
+        verdict = self.admit(export, address, privileged_port, header)
+        if verdict.__class__ is not Refused or header.pseudoflavor or verdict is not wrong_security(header.security):
+            return verdict
+        options = self.table.options_for(export, address)
+        if options is None or all(flavor in (AUTH_NONE, AUTH_SYS) for flavor in options.security):
+            return verdict
+        return Admitted(options, effective(header.credential, options))
 
     def _admit_principal(self, export: Export, address: str, privileged_port: bool,
                          header: CallHeader) -> Verdict:

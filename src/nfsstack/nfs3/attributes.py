@@ -10,8 +10,9 @@ _S_IFMT, _S_IFLNK = 0o170000, 0o120000
 
 
 def getattr3(call: Call, handle: bytes):
-    """GETATTR (section 3.3.1): the attributes the handle resolved with."""
-    attrs = call.resolve(handle)[1]
+    """GETATTR (section 3.3.1): the attributes the handle resolved with.  AUTH_SYS may ask of the export's root
+    on a Kerberos export (RFC 2623 section 2.3.2, as knfsd)."""
+    attrs = call.resolve(handle, False, True)[1]  # sys_on_root, positional: the cheaper call on this path
     fsid = call.fsid
     return lambda p: p.pack_raw(fattr3(attrs, fsid))
 

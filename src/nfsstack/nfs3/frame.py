@@ -92,9 +92,11 @@ class Call:
         """The largest READ, WRITE or listing on this call's transport (FSINFO rtmax/wtmax)."""
         return UDP_XFER if self.ctx.netid.startswith("udp") else RTMAX
 
-    def resolve(self, handle: bytes, write: bool = False) -> tuple[Any, Any]:
+    def resolve(self, handle: bytes, write: bool = False, sys_on_root: bool = False) -> tuple[Any, Any]:
         """The object of ``handle`` and its attributes, after checking this client may use its export (on every
-        call: the options, the client's port, squashing).  ``write``: the call changes something."""
+        call: the options, the client's port, squashing).  ``write``: the call changes something.
+        ``sys_on_root``: an AUTH_SYS call on the export's root is admitted on a Kerberos export
+        (:meth:`~nfsstack.exports.policy.Admission.admit_root`: GETATTR and FSINFO, as knfsd's)."""
         try:
             export, obj, attrs = self.fs.resolve(self, handle)
         except BadHandle:
@@ -105,7 +107,7 @@ class Call:
         except StaleHandle:
             raise NFSError(Stat.STALE) from None
         if self.export is None:
-            verdict = self.enter(export)
+            verdict = self.enter(export, handle if sys_on_root else None)
             self.export, self.options, self.who = export, verdict.options, verdict.identity
         elif export.export_id != self.export.export_id:
             raise NFSError(Stat.XDEV)
@@ -115,8 +117,9 @@ class Call:
             raise NFSError(Stat.ROFS)
         return obj, attrs
 
-    def enter(self, export: Export):
+    def enter(self, export: Export, root: Optional[bytes] = None):
         """This call's admission to ``export`` (exports/policy.py), or NFSError with the refusal's status.
+        ``root``: the call's handle, admitted as the export's root if it is that (``resolve``'s ``sys_on_root``).
 
         Asked for the export of the call's first handle, and by a backend whose LOOKUP crosses into another
         export (a mount point, or ``..`` at a crossed root): such a crossing is refused as a handle of that
@@ -124,11 +127,27 @@ class Call:
         export itself, in its flavour for instance (knfsd's ``nfsd_lookup`` calls ``check_nfsd_access`` after
         crossing)."""
         ctx = self.ctx
-        verdict = self.nfsd.admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+        admission = self.nfsd.admission
+        verdict = admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
         if verdict.__class__ is Refused:
-            self.nfsd.refusals.refused(ctx.peer[0], verdict.reason, export.path)
-            raise NFSError(Stat[verdict.status])
+            if root is not None and self._is_root(export, root):
+                verdict = admission.admit_root(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+            if verdict.__class__ is Refused:
+                self.nfsd.refusals.refused(ctx.peer[0], verdict.reason, export.path)
+                raise NFSError(Stat[verdict.status])
         return verdict
+
+    def _is_root(self, export: Export, handle: bytes) -> bool:
+        """Whether ``handle`` is ``export``'s root: the handle MNT gives for the export's path (asked only of a
+        call that would be refused otherwise)."""
+        address = self.ctx.peer[0]
+        options = self.nfsd.admission.table.options_for(export, address)
+        if options is None:
+            return False
+        try:
+            return self.fs.mount(export, export.path, options, address) == handle
+        except Exception:  # the backend cannot mount it now (MountRefused, OSError): not served as the root
+            return False
 
     def watch(self, obj: Any, attrs: Any) -> Any:
         """Include the object in the reply's attributes (post_op_attr, or wcc_data with ``attrs`` as "before")."""

@@ -9,8 +9,8 @@ from nfsstack.nfs3.frame import Call
 _FSF3_LINK, _FSF3_SYMLINK, _FSF3_HOMOGENEOUS, _FSF3_CANSETTIME = 0x1, 0x2, 0x8, 0x10
 
 
-def _watched(call: Call, handle: bytes):
-    obj, attrs = call.resolve(handle)
+def _watched(call: Call, handle: bytes, sys_on_root: bool = False):
+    obj, attrs = call.resolve(handle, sys_on_root=sys_on_root)
     call.watch(obj, attrs)
     return obj
 
@@ -29,8 +29,9 @@ def fsstat3(call: Call, handle: bytes):
 
 
 def fsinfo3(call: Call, handle: bytes):
-    """FSINFO (section 3.3.19): transfer sizes of this transport (1 MiB over TCP, 32 KiB over UDP)."""
-    _watched(call, handle)
+    """FSINFO (section 3.3.19): transfer sizes of this transport (1 MiB over TCP, 32 KiB over UDP).  AUTH_SYS
+    may ask of the export's root on a Kerberos export (RFC 2623 section 2.3.2, as knfsd)."""
+    _watched(call, handle, sys_on_root=True)
     xfer = call.xfer
 
     def pack(p) -> None:

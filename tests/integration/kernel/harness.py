@@ -102,15 +102,17 @@ except Exception as e:  # MNT itself refused
     print(f"mnt-refused {e}")
 else:
     try:
-        print(client("GETATTR", client.root).status.name)
+        print(client("GETATTR", client.root).status.name,
+              client("READDIR", client.root, 0, b"\\0" * 8, 4096).status.name)
     except Exception as e:  # an RPC-level refusal (AUTH_ERROR)
         print(f"rpc-refused {e}")
 """
 
 
 def sys_getattr(ns: str, export: str) -> str:
-    """What an AUTH_SYS client (uid 0, from the namespace) gets for GETATTR of ``export``'s root: a status name
-    (OK, ACCES, PERM ...), "mnt-refused ..." when MNT refuses it, "rpc-refused ..." for an RPC-level refusal."""
+    """What an AUTH_SYS client (uid 0, from the namespace) gets for GETATTR and for READDIR of ``export``'s root:
+    two status names ("OK ACCES"), "mnt-refused ..." when MNT refuses it, "rpc-refused ..." for an RPC-level
+    refusal."""
     import subprocess
 
     from tests.support import server_env
@@ -229,7 +231,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 return capture.start()
             elif verb == "capture-stop" and capture is not None:  # "BYTES HITS": the marker's count in it
                 return capture.stop()
-            elif verb == "sys-getattr":  # an AUTH_SYS GETATTR (uid 0) of export NAME's root, from the namespace
+            elif verb == "sys-getattr":  # AUTH_SYS GETATTR and READDIR (uid 0) of export NAME's root, from the namespace
                 return sys_getattr(ns, f"{server.mount_path}{arg}")
             elif verb == "stat":
                 try:

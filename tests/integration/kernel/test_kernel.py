@@ -79,8 +79,8 @@ def test_nfsstack_kerberos(scenario):
     """Issue 22's acceptance with the kernel client, in one boot: an MIT KDC in the namespace, rpc.gssd and
     keytabs in the guest; sec=krb5, krb5i and krb5p each mount, the user with a ticket reads and writes as
     itself (the server's file is its uid), one without a ticket is refused; a krb5p write's bytes are not in a
-    capture of the traffic (and a sec=sys write's are); AUTH_SYS is refused on the Kerberos export while a
-    sec=sys export keeps working beside it."""
+    capture of the traffic (and a sec=sys write's are); AUTH_SYS is refused on the Kerberos export (but for
+    GETATTR of its root, as knfsd) while a sec=sys export keeps working beside it."""
     result, log = run_once("nfsstack", scenario)
     assert result.status == 0 and not result.failures and len(result.checks) >= 40, describe(result, log)
     assert "Traceback" not in log, log
