@@ -90,6 +90,27 @@ def test_mnt_refusals(env, path, peer, expected):
     assert mnt3(d, tmp / path, peer)[0] == expected
 
 
+def test_mnt_resolves_symlinks_on_both_sides_as_rpc_mountd(tmp_path):
+    """An export written as a symlink is mounted by the path the link names too, and a path that reaches an
+    export through a symlink (a link to it elsewhere) is that export's: rpc.mountd canonicalizes both
+    (realpath) before it matches them.  The handle is the export's root either way."""
+    (tmp_path / "disk" / "data" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "disk" / "data", tmp_path / "data")  # exported by this name
+    os.symlink(tmp_path / "disk", tmp_path / "elsewhere")
+    table = ExportTable(parse_exports(f"{tmp_path / 'data'} 127.0.0.1(rw)\n"), HandleCodec(b"k" * 32))
+    d = Dispatcher([Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount).program])
+    try:
+        status, root = mnt3(d, tmp_path / "data")
+        assert status == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "disk" / "data") == (MountStat.MNT3_OK, root)
+        assert mnt3(d, tmp_path / "elsewhere" / "data") == (MountStat.MNT3_OK, root)
+        status, sub = mnt3(d, tmp_path / "disk" / "data" / "sub")
+        assert status == MountStat.MNT3_OK and sub != root
+        assert mnt3(d, tmp_path / "disk")[0] == MountStat.MNT3ERR_ACCES  # above the export: not exported
+    finally:
+        table.close()
+
+
 def test_insecure_export_admits_unprivileged_ports(env):
     tmp, table, mountd, d = env
     assert mnt3(d, tmp / "open", USER_PORT)[0] == MountStat.MNT3_OK

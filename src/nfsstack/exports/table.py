@@ -239,14 +239,17 @@ class ExportTable:
         return (st.st_dev, st.st_ino) == self._root(export)[3]
 
     def containing(self, path: str) -> Optional[Export]:
-        """The export that contains ``path`` (the longest exported prefix), as mountd finds it."""
-        path = normalize(path)
-        best = None
-        for export in self.exports:
-            if path == export.path or path.startswith(export.path.rstrip("/") + "/"):
-                if best is None or len(export.path) > len(best.path):
-                    best = export
-        return best
+        """The export that contains ``path`` (the longest exported prefix), as mountd finds it: the path as
+        written, else with every symlink resolved on both sides (``realpath``, as the server), as rpc.mountd
+        canonicalizes the path asked for and the exports (``nfsd_realpath``, ``e_realpath``): an export written
+        as a symlink is mounted by the path it names too, and a path whose symlinks lead into an export is
+        that export's.  A path written inside one export whose symlinks lead into another stays the first's
+        (whose MNT then refuses it as leaving the export), where rpc.mountd would give the second's."""
+        found = _longest_prefix(normalize(path), ((export.path, export) for export in self.exports))
+        if found is None:
+            real = os.path.realpath(path)
+            found = _longest_prefix(real, ((os.path.realpath(export.path), export) for export in self.exports))
+        return found
 
     def inside(self, export: Export, fd: int) -> bool:
         """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
@@ -672,4 +675,14 @@ class ExportTable:
         return entry
 
 
+def _longest_prefix(path: str, roots) -> Optional[Export]:
+    """Of (root, export) pairs, the export whose root is ``path`` or the longest one above it."""
+    best, best_root = None, ""
+    for root, export in roots:
+        if (path == root or path.startswith(root.rstrip("/") + "/")) and (best is None or len(root) > len(best_root)):
+            best, best_root = export, root
+    return best
+
+
 __all__ = ["ExportTable", "BadHandle", "StaleHandle", "ExportGone"]
+
