@@ -510,6 +510,13 @@ SABOTAGES = (
           "        if verdict.__class__ is Refused and root is not None:\n"),),
         ("tests/integration/test_security_flavors.py::test_auth_sys_may_ask_getattr_and_fsinfo_of_a_kerberos_exports_root_only",),
     ),
+    Sabotage(
+        "mnt-symlinks-unresolved", "MNT matches exports with symlinks resolved, as rpc.mountd",
+        "src/nfsstack/exports/table.py",
+        (("        if found is None:\n            real = os.path.realpath(path)\n",
+          "        if False:\n            real = os.path.realpath(path)\n"),),
+        ("tests/unit/test_mountd.py::test_mnt_resolves_symlinks_on_both_sides_as_rpc_mountd",),
+    ),
 )
 
 
