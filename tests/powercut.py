@@ -517,10 +517,17 @@ def fuse_available() -> str | None:
         return "needs root"
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse"
+    import ctypes.util
+
+    if ctypes.util.find_library("fuse3") is None:
+        return "no libfuse3"
     try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError, EnvironmentError) as e:
-        return f"mfusepy/libfuse3 unavailable: {e}"
+        import importlib.util
+
+        if importlib.util.find_spec("mfusepy") is None:
+            return "mfusepy unavailable"
+    except (ImportError, ValueError) as e:
+        return f"mfusepy unavailable: {e}"
     return None
 
 
@@ -542,7 +549,10 @@ class PowercutMount:
         self.log = Path(self.mountpoint).parent / (Path(self.mountpoint).name + ".log")
         os.makedirs(self.mountpoint, exist_ok=True)
         repo = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+        # libfuse3, whose API the daemon is written for: mfusepy takes libfuse2 first where both are installed
+        # (a machine with sshfs 2 or AppImages), under which a SETATTR's times never became durable here.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]),
+                   FUSE_LIBRARY_NAME="fuse3")
         cmd = [sys.executable, "-m", "tests.powercut", self.mountpoint, self.control]
         if ignore_fsync:
             cmd.append("--ignore-fsync")
