@@ -456,8 +456,8 @@ SABOTAGES = (
     Sabotage(
         "backend-probed-in-the-working-directory", "the backend is chosen by probing the exports' filesystems",
         "src/nfsstack/tap.py",
-        (("    paths = [export.path for export in exports if os.path.isdir(export.path)] or [os.getcwd()]\n",
-          "    paths = [os.getcwd()]\n"),),
+        (("    candidates = probed or ([] if waiting else [os.getcwd()])\n",
+          "    candidates = [os.getcwd()]\n"),),
         ("tests/integration/test_unprivileged.py::test_root_serves_a_containers_own_overlay_files_by_paths",),
     ),
     Sabotage(
@@ -476,7 +476,7 @@ SABOTAGES = (
     Sabotage(
         "one-overlay-export-takes-all", "an export without file handles beside others leaves them kernel handles",
         "src/nfsstack/tap.py",
-        (("    if not with_handles:\n", "    if without:\n"),),
+        (("    if candidates and not with_handles:\n", "    if without:\n"),),
         ("tests/integration/test_unprivileged.py::test_an_overlay_export_beside_others_is_refused_saying_why",),
     ),
     Sabotage(
@@ -494,7 +494,7 @@ SABOTAGES = (
     Sabotage(
         "mountpoint-probed-below", "a mountpoint export whose disk is not mounted is not judged by the directory below",
         "src/nfsstack/tap.py",
-        (("    waiting = [export.path for export in exports if _waits_for_its_mount(export)]\n", "    waiting = []\n"),),
+        (("    waiting = [export for export in exports if _waits_for_its_mount(export)]\n", "    waiting = []\n"),),
         ("tests/integration/test_unprivileged.py::test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk",),
     ),
     Sabotage(
@@ -506,15 +506,15 @@ SABOTAGES = (
     Sabotage(
         "auth-sys-below-a-kerberos-root", "AUTH_SYS is answered on a Kerberos export's root alone (RFC 2623 2.3.2)",
         "src/nfsstack/nfs3/frame.py",
-        (("        if verdict.__class__ is Refused and root is not None and self._is_root(export, root):\n",
-          "        if verdict.__class__ is Refused and root is not None:\n"),),
+        (("                if lenient is not None and self._is_root(export, root):\n",
+          "                if lenient is not None:\n"),),
         ("tests/integration/test_security_flavors.py::test_auth_sys_may_ask_getattr_and_fsinfo_of_a_kerberos_exports_root_only",),
     ),
     Sabotage(
         "mnt-symlinks-unresolved", "MNT matches exports with symlinks resolved, as rpc.mountd",
         "src/nfsstack/exports/table.py",
-        (("        if found is None:\n            real = os.path.realpath(path)\n",
-          "        if False:\n            real = os.path.realpath(path)\n"),),
+        (("        real = os.path.realpath(path)\n        roots = self._real_roots\n",
+          "        real = path\n        roots = self._real_roots\n"),),
         ("tests/unit/test_mountd.py::test_mnt_resolves_symlinks_on_both_sides_as_rpc_mountd",),
     ),
 )

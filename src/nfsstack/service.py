@@ -575,11 +575,12 @@ def kerberos_engine(keytab: Optional[str], reactor, principals: Principals, quie
     gss = load_gss_server(keytab or DEFAULT_KEYTAB, explicit=bool(keytab), quiet=quiet)
     if gss is not None and not quiet:
         if principals.realms:
-            log.info("Kerberos: the users of {realms} are local users; other principals are the anonymous user, "
-                     "machine principals root", realms=", ".join(sorted(principals.realms)))
+            log.info("Kerberos: the users of {realms} are local users, their machine principals root; other realms' "
+                     "principals are the anonymous user", realms=", ".join(sorted(principals.realms)))
         else:
-            log.warn("Kerberos: no realm's users are local users (krb5.conf names no default_realm): every user "
-                     "principal is the anonymous user; name the realms with --local-realms")
+            log.warn("Kerberos: no realm's users are local users (no --local-realms, no Local-Realms in idmapd.conf, "
+                     "no default_realm in krb5.conf): every principal, machine principals too, is the anonymous "
+                     "user; name the realms with --local-realms")
     if gss is not None:
         principals.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
                                       reactor.callLater)
@@ -664,7 +665,7 @@ WANTED_FDS = 1 << 20
 
 def _forget_unexported_mounts(mounts: MountList, table: ExportTable) -> None:
     """The mount list keeps no entry of a directory that no export holds any more (``showmount -a``)."""
-    for host, directory in mounts.keep_only(lambda d: table.containing(d) is not None):
+    for host, directory in mounts.keep_only(lambda d: table.locate(d) is not None):
         log.info("mount list: {host}:{dir} forgotten, no export holds it any more", host=host, dir=directory)
 
 

@@ -390,35 +390,37 @@ def _kernel_handles_refused(options: Options) -> Optional[tuple[str, bool]]:
     """Why the local backend cannot find its objects by kernel handles, and whether the backend by paths can
     serve them instead; or None: kernel handles serve.
 
-    Probed on each export that exists now (else, if none does, in the working directory), but not on one whose
-    ``mountpoint`` has nothing mounted yet (the directory below would be probed, not the disk to come): whether
-    its filesystem gives file handles (overlayfs does not, without ``nfs_export=on``), and whether this process
-    may open them (CAP_DAC_READ_SEARCH).  If every export lies on filesystems without handles, or the process
-    may not open them, all are served by paths (unless every export was probed and none gives identities to
-    know its files by either: nothing could be served); where only some lie on such filesystems, the others
-    keep kernel handles (their clients' handles, and ``crossmnt``, go on working) and those are refused by
-    mountd, saying why, as an export a reload adds on such a filesystem is."""
+    Probed on each export that exists now, but not on one whose every line says ``mountpoint`` while nothing is
+    mounted there yet (the directory below is not what will be served); if none is probed and none waits so,
+    in the working directory (where the default export is made).  Whether its filesystem gives file handles
+    (overlayfs does not, without ``nfs_export=on``), and whether this process may open them
+    (CAP_DAC_READ_SEARCH: a property of the process, so asked even when only waiting exports remain, of the
+    working directory or ``/``).  If every export lies on filesystems without handles, or the process may not
+    open them, all are served by paths (unless every export was probed and none gives identities to know its
+    files by either: nothing could be served); where only some lie on such filesystems, the others keep kernel
+    handles (their clients' handles, and ``crossmnt``, go on working) and those are refused by mountd, saying
+    why, as an export a reload adds on such a filesystem is."""
     exports = getattr(options, "exports", None)
     if exports is None:
         exports = default_export_list()
-    waiting = [export.path for export in exports if _waits_for_its_mount(export)]
-    paths = [export.path for export in exports if export.path not in waiting and os.path.isdir(export.path)]
-    if not paths and waiting:
-        return None  # the default; MNT says why if what is mounted there later gives no handles
-    every_export = len(paths) == len(exports)
-    paths = paths or [os.getcwd()]
-    without = {path: no for path in paths if (no := filesystem_without_handles(path)) is not None}
-    with_handles = [path for path in paths if path not in without]
-    if not with_handles:
+    exports = list(exports)
+    waiting = [export for export in exports if _waits_for_its_mount(export)]
+    probed = [export.path for export in exports if export not in waiting and os.path.isdir(export.path)]
+    every_export = bool(exports) and len(probed) == len(exports)
+    candidates = probed or ([] if waiting else [os.getcwd()])
+    without = {path: no for path in candidates if (no := filesystem_without_handles(path)) is not None}
+    with_handles = [path for path in candidates if path not in without]
+    if candidates and not with_handles:
         servable = not every_export or any(no.identities for no in without.values())
         return "; ".join(no.why for no in without.values()), servable
-    for path in with_handles:
+    for path in with_handles or [os.getcwd(), "/"]:
         refused = opening_handles_refused(path)
         if refused == NO_CAPABILITY:
             return refused, True
         if refused is None:
             break
-        log.warn("{why}: calls on {path} may fail", why=refused, path=path)  # e.g. handles that do not open again
+        if path in with_handles:  # e.g. handles that do not open again
+            log.warn("{why}: calls on {path} may fail", why=refused, path=path)
     for path, no in without.items():
         log.warn("not serving {path}: {why} (mount it with nfs_export=on, or serve every export by paths: "
                  "--backend local-unprivileged)", path=path, why=no.why)
@@ -426,9 +428,11 @@ def _kernel_handles_refused(options: Options) -> Optional[tuple[str, bool]]:
 
 
 def _waits_for_its_mount(export) -> bool:
-    """Whether ``export`` is served only while a path is a mount point (``mountpoint``) that is not one now."""
-    return any(options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path)
-               for _, options in export.clients)
+    """Whether every line of ``export`` serves it only while a path is a mount point (``mountpoint``) that is not
+    one now."""
+    return bool(export.clients) and all(
+        options.mountpoint is not None and not os.path.ismount(options.mountpoint or export.path)
+        for _, options in export.clients)
 
 
 def _unprivileged(options: Options, why: str) -> tuple[Optional[str], Optional[str]]:
@@ -512,9 +516,9 @@ def _file_services(stack: NfsStackService, options: Options, common: dict, react
                                size=size, **common)
     config = {"exports": os.path.abspath(options["exports"]) if options["exports"] is not None else None,
               "state-dir": state_dir, "backend": "local"}
-    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level", "keytab",
-                   "local-realms"):
+    for option in ("threads", "no-aio-fsync", "max-record", "idle-timeout", "max-connections", "log-level", "keytab"):
         config[option] = options[option]
+    config["local-realms"] = ",".join(sorted(stack.principals.realms))  # as the stack read them at its start
     stack.workers = NfsdWorkers(shared, config, reactor, size)
     if reloader is not None:
         reloader.followers.append(stack.workers.reload)

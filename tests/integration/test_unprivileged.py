@@ -338,3 +338,54 @@ def test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk():
         subprocess.run(["umount", "-l", str(disk)], check=False)
         subprocess.run(["umount", "-l", str(ram)], check=False)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_container_whose_only_export_waits_for_its_disk_still_finds_it_lacks_the_capability():
+    """Root with Docker's capabilities (no CAP_DAC_READ_SEARCH) and one export whose disk is not mounted yet:
+    the filesystem below is not probed, but the process's own privilege is, so the backend by paths is chosen
+    (kernel handles would fail every call), and once the disk is mounted its files are served."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-waiting-"))
+    disk = top / "disk"
+    disk.mkdir()
+    (top / "work").mkdir()
+    (top / "exports").write_text(f"{disk} 127.0.0.1(rw,insecure,no_root_squash,mountpoint)\n")
+    port = free_port()
+    stack = docker_root(top / "work" / "state", top / "exports", top / "work", port)
+    try:
+        stack.start(port, timeout=30)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+            (disk / "file").write_text("on the disk\n")
+            c = NfsClient(str(disk), port)
+            try:
+                f = c("LOOKUP", c.root, b"file").object
+                assert c("READ", f, 0, 100).data == b"on the disk\n"
+            finally:
+                c.close()
+        finally:
+            stack.stop()
+        log = stack.log_text()
+        assert "without open_by_handle_at" in log and "CAP_DAC_READ_SEARCH" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_an_empty_exports_file_is_not_judged_by_the_working_directorys_filesystem():
+    """No export at all (an exports file still to be written), the server started in a directory of a filesystem
+    without handles or identities: nothing is unservable, so the stack starts, as it would anywhere else."""
+    top = Path(tempfile.mkdtemp(prefix="nfsstack-no-exports-"))
+    ram = _ramfs(top, "ram")
+    try:
+        (top / "exports").write_text("# nothing yet\n")
+        port = free_port()
+        stack = Stack("--bind", "127.0.0.1", "--portmap-port", str(port), "--nfs-port", "0", "--status-port", "0",
+                      "--exports", str(top / "exports"), "--state-dir", str(top / "state"), workdir=str(ram))
+        stack.start(port, timeout=30)  # its portmapper answers: it started
+        stack.stop()
+        log = stack.log_text()
+        assert "cannot run" not in log and "Traceback" not in log, log
+    finally:
+        subprocess.run(["umount", "-l", str(ram)], check=False)
+        shutil.rmtree(top, ignore_errors=True)

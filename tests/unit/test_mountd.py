@@ -107,6 +107,26 @@ def test_mnt_resolves_symlinks_on_both_sides_as_rpc_mountd(tmp_path):
         status, sub = mnt3(d, tmp_path / "disk" / "data" / "sub")
         assert status == MountStat.MNT3_OK and sub != root
         assert mnt3(d, tmp_path / "disk")[0] == MountStat.MNT3ERR_ACCES  # above the export: not exported
+        assert mnt3(d, f"{tmp_path}/data\0/sub")[0] == MountStat.MNT3ERR_NOENT  # no file has a NUL in its name
+    finally:
+        table.close()
+
+
+def test_mnt_of_a_path_whose_symlinks_lead_into_another_export_is_that_exports(tmp_path):
+    """As rpc.mountd: the path resolved is matched, so a directory reached through the symlink of one export
+    that is itself exported gets its own export (its handle, its options), not the first's."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    table = ExportTable(parse_exports(f"{tmp_path / 'link'} 127.0.0.1(ro)\n{tmp_path / 'real' / 'sub'} 127.0.0.1(rw)\n"),
+                        HandleCodec(b"k" * 32))
+    d = Dispatcher([Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount).program])
+    try:
+        status, sub = mnt3(d, tmp_path / "real" / "sub")
+        assert status == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "link" / "sub") == (MountStat.MNT3_OK, sub)
+        export, fd = table.resolve(sub)
+        os.close(fd)
+        assert export.path == str(tmp_path / "real" / "sub")
     finally:
         table.close()
 

@@ -318,6 +318,7 @@ def test_the_local_realms_are_the_options_else_idmapd_confs_else_krb5_confs_defa
     idmapd.write_text("[General]\nLocal-Realms = PARTNER.REALM,OUR.REALM\n")
     assert local_realms() == {"OUR.REALM", "PARTNER.REALM"}
     assert local_realms("PARTNER.REALM") == {"PARTNER.REALM"}
+    assert local_realms("") == frozenset()  # named, and none: every principal the anonymous user
     here = Principals(realms=local_realms("PARTNER.REALM"), getpwnam=lambda name: pwd.struct_passwd(
         (name, "x", 1000, 1000, "", "/", "/bin/sh")), getgrouplist=lambda name, gid: [gid])
     assert here.user("alice@PARTNER.REALM")[0].uid == 1000

@@ -149,20 +149,21 @@ class Admission:
         self._verdicts[key] = (export, credential, verdict, name)
         return verdict
 
-    def admit_root(self, export: Export, address: str, privileged_port: bool, header: CallHeader) -> Verdict:
-        """:meth:`admit` for a GETATTR or FSINFO of ``export``'s root: an AUTH_SYS or AUTH_NONE call refused for
-        its flavour alone is admitted if the client's ``sec=`` lists a Kerberos flavour (RFC 2623 section 2.3.2:
-        a client may use AUTH_SYS while it mounts; knfsd's ``NFSD_MAY_BYPASS_GSS_ON_ROOT``).  The Linux client
-        asks so when its FSINFO of the root in the mount's flavour fails (``nfs3_proc_fsinfo`` and
-        ``nfs3_proc_get_root`` ask again with AUTH_SYS; seen with Linux 6.1 as root without Kerberos
-        credentials, whose mount then fails on its next call, PATHCONF in its own flavour, with knfsd too).  The
-        call acts as its credential, squashed."""
-        verdict = self.admit(export, address, privileged_port, header)
-        if verdict.__class__ is not Refused or header.pseudoflavor or verdict is not wrong_security(header.security):
-            return verdict
+    def admit_on_root(self, refused: Refused, export: Export, address: str,
+                      header: CallHeader) -> Optional[Admitted]:
+        """What a GETATTR or FSINFO of ``export``'s root that :meth:`admit` ``refused`` gets instead, or None: an
+        AUTH_SYS or AUTH_NONE call refused for its flavour alone is admitted if the client's ``sec=`` lists a
+        Kerberos flavour (RFC 2623 section 2.3.2: a client may use AUTH_SYS while it mounts; knfsd's
+        ``NFSD_MAY_BYPASS_GSS_ON_ROOT``).  The Linux client asks so when its FSINFO of the root in the mount's
+        flavour fails (``nfs3_proc_fsinfo`` and ``nfs3_proc_get_root`` ask again with AUTH_SYS; seen with Linux
+        6.1 as root without Kerberos credentials, whose mount then fails on its next call, PATHCONF in its own
+        flavour, with knfsd too).  The call acts as its credential, squashed.  Whether the handle is the root is
+        the caller's to know (:meth:`~nfsstack.nfs3.frame.Call.enter`)."""
+        if header.pseudoflavor or refused is not wrong_security(header.security):
+            return None
         options = self.table.options_for(export, address)
         if options is None or all(flavor in (AUTH_NONE, AUTH_SYS) for flavor in options.security):
-            return verdict
+            return None
         return Admitted(options, effective(header.credential, options))
 
     def _admit_principal(self, export: Export, address: str, privileged_port: bool,

@@ -122,6 +122,9 @@ class ExportTable:
         #: export id -> (fd, mount id) of a clone of the export's mount without what is mounted below it.
         self._clones: dict[int, tuple[int, int]] = {}
         self.exports = exports
+        #: (the exports, each one's path with its symlinks resolved, as read with them): what :meth:`locate`
+        #: matches MNT's paths with, made again for a reload's exports.
+        self._real_roots: Optional[tuple[Exports, list[tuple[str, Export]]]] = None
 
     #: Writes a subclass keeps until :meth:`flush` (PathHandles' map of places): none here.
     pending: tuple = ()
@@ -238,18 +241,29 @@ class ExportTable:
         """Whether ``st`` is the export's root directory (where ``..`` stops)."""
         return (st.st_dev, st.st_ino) == self._root(export)[3]
 
-    def containing(self, path: str) -> Optional[Export]:
-        """The export that contains ``path`` (the longest exported prefix), as mountd finds it: the path as
-        written, else with every symlink resolved on both sides (``realpath``, as the server), as rpc.mountd
-        canonicalizes the path asked for and the exports (``nfsd_realpath``, ``e_realpath``): an export written
-        as a symlink is mounted by the path it names too, and a path whose symlinks lead into an export is
-        that export's.  A path written inside one export whose symlinks lead into another stays the first's
-        (whose MNT then refuses it as leaving the export), where rpc.mountd would give the second's."""
-        found = _longest_prefix(normalize(path), ((export.path, export) for export in self.exports))
-        if found is None:
-            real = os.path.realpath(path)
-            found = _longest_prefix(real, ((os.path.realpath(export.path), export) for export in self.exports))
-        return found
+    def locate(self, path: str) -> Optional[tuple[Export, str]]:
+        """The export a MNT of ``path`` names, and the path to mount it by; None if no export holds ``path``.
+
+        Matched as rpc.mountd matches them: ``path`` with every symlink resolved (``realpath``, as the server)
+        against each export's path resolved so when the exports were read (its ``e_realpath``); the longest
+        wins.  So an export written as a symlink is mounted by the path it names too, a path that reaches an
+        export through a symlink is that export's, and a path written inside one export whose symlinks lead into
+        another is the other's.  The path to mount is the export's own as written with what lies below its
+        resolved root, so that a backend finds it under the export as it knows it.  A path with a NUL, which no
+        file has, is no export's."""
+        if "\0" in path:
+            return None
+        real = os.path.realpath(path)
+        roots = self._real_roots
+        if roots is None or roots[0] is not self.exports:
+            roots = self._real_roots = (self.exports, [(os.path.realpath(e.path), e) for e in self.exports])
+        best, best_root = None, ""
+        for root, export in roots[1]:
+            if (real == root or real.startswith(root.rstrip("/") + "/")) and (best is None or len(root) > len(best_root)):
+                best, best_root = export, root
+        if best is None:
+            return None
+        return best, normalize(os.path.join(best.path, real[len(best_root):].lstrip("/")))
 
     def inside(self, export: Export, fd: int) -> bool:
         """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
@@ -675,14 +689,5 @@ class ExportTable:
         return entry
 
 
-def _longest_prefix(path: str, roots) -> Optional[Export]:
-    """Of (root, export) pairs, the export whose root is ``path`` or the longest one above it."""
-    best, best_root = None, ""
-    for root, export in roots:
-        if (path == root or path.startswith(root.rstrip("/") + "/")) and (best is None or len(root) > len(best_root)):
-            best, best_root = export, root
-    return best
-
 
 __all__ = ["ExportTable", "BadHandle", "StaleHandle", "ExportGone"]
-

@@ -135,11 +135,12 @@ class Mountd:
 
     def _mnt(self, ctx: CallContext, path: str) -> tuple:
         address = ctx.peer[0]
-        export = self.table.containing(path) if path.startswith("/") else None
-        if export is None:
+        located = self.table.locate(path) if path.startswith("/") else None
+        if located is None:
             status = MountStat.MNT3ERR_NOENT if not os.path.lexists(path) else MountStat.MNT3ERR_ACCES
             self.refusals.refused(address, "mount request: not exported", path)
             return status, b"", ()
+        export, where = located
         try:
             verdict = self.admission.admit(export, address, ctx.privileged_port, ctx.header)
         except LookupPending as e:
@@ -153,7 +154,7 @@ class Mountd:
             return MountStat.MNT3ERR_ACCES, b"", ()
         options = verdict.options
         try:
-            handle = self.mount(export, path, options, address)
+            handle = self.mount(export, where, options, address)
         except MountRefused as refused:
             self.refusals.refused(address, "mount request: " + refused.reason, path)
             return (MountStat.MNT3ERR_NOENT if refused.noent else MountStat.MNT3ERR_ACCES), b"", ()

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from nfsstack.exports import Export, ExportOptions
 from nfsstack.exports.handles import BadHandle, StaleHandle
 from nfsstack.exports.identity import Identity
-from nfsstack.exports.policy import Refused
+from nfsstack.exports.policy import MountRefused, Refused
 from nfsstack.exports.table import ExportGone
 from nfsstack.logs import logger
 from nfsstack.nfs3.codec import RTMAX, UDP_XFER, NFSError, Stat, check_name, post_op_attr, stat_of, wcc_data
@@ -44,6 +44,8 @@ _GENERATOR = types.GeneratorType
 #: What a backend's answer or a procedure's result most often is: told apart from a Deferred by its class alone.
 #: ``isinstance`` against Deferred goes through ABCMeta.__instancecheck__, about 0.4 us a question.
 _AT_ONCE = frozenset((tuple, types.FunctionType, types.MethodType, list, bytes, type(None), int, Found))
+#: Root handles :meth:`Call._is_root` keeps at most (one per export; a reload's exports replace the old).
+MAX_ROOT_HANDLES = 4096
 
 
 def then(answer: Any, continuation: Callable[..., Any], *args: Any) -> Any:
@@ -130,24 +132,33 @@ class Call:
         admission = self.nfsd.admission
         verdict = admission.admit(export, ctx.peer[0], ctx.privileged_port, ctx.header)
         if verdict.__class__ is Refused:
-            if root is not None and self._is_root(export, root):
-                verdict = admission.admit_root(export, ctx.peer[0], ctx.privileged_port, ctx.header)
+            if root is not None:
+                lenient = admission.admit_on_root(verdict, export, ctx.peer[0], ctx.header)
+                if lenient is not None and self._is_root(export, root):
+                    verdict = lenient
             if verdict.__class__ is Refused:
                 self.nfsd.refusals.refused(ctx.peer[0], verdict.reason, export.path)
                 raise NFSError(Stat[verdict.status])
         return verdict
 
     def _is_root(self, export: Export, handle: bytes) -> bool:
-        """Whether ``handle`` is ``export``'s root: the handle MNT gives for the export's path (asked only of a
-        call that would be refused otherwise)."""
-        address = self.ctx.peer[0]
-        options = self.nfsd.admission.table.options_for(export, address)
-        if options is None:
-            return False
-        try:
-            return self.fs.mount(export, export.path, options, address) == handle
-        except Exception:  # the backend cannot mount it now (MountRefused, OSError): not served as the root
-            return False
+        """Whether ``handle`` is ``export``'s root: the handle MNT gives for the export's own path, asked of the
+        backend once per export (:attr:`~nfsstack.nfs3.program.Nfsd.root_handles`)."""
+        roots = self.nfsd.root_handles
+        known = roots.get(export.export_id)
+        if known is None or known[0] is not export:
+            address = self.ctx.peer[0]
+            options = self.nfsd.table.options_for(export, address)
+            if options is None:
+                return False
+            try:
+                known = (export, self.fs.mount(export, export.path, options, address))
+            except (MountRefused, OSError):  # not mountable now (a mountpoint without its disk): not served so
+                return False
+            if len(roots) >= MAX_ROOT_HANDLES:
+                roots.clear()
+            roots[export.export_id] = known
+        return known[1] == handle
 
     def watch(self, obj: Any, attrs: Any) -> Any:
         """Include the object in the reply's attributes (post_op_attr, or wcc_data with ``attrs`` as "before")."""

@@ -218,7 +218,9 @@ class IFilesystem(Interface):
     def mount(export, path: str, options, address: str) -> bytes:
         """The handle of ``path`` (the export's path, or a directory below it) that MNT gives a client already
         admitted to ``export`` with ``options`` (RFC 1813 section 5.2.1).  Raises an :class:`OSError` (ENOENT,
-        ENOTDIR, EACCES...) or :class:`nfsstack.exports.policy.MountRefused`.  Answers at once."""
+        ENOTDIR, EACCES...) or :class:`nfsstack.exports.policy.MountRefused`.  Answers at once, and the same
+        handle for the same path each time: nfsd also asks it for an export's own path, once, to know the
+        export's root (GETATTR and FSINFO in AUTH_SYS on a Kerberos export, :meth:`Call._is_root`)."""
 
     def lock_key(handle: bytes) -> tuple:
         """``(export, key)``: the export of the object of ``handle`` and a hashable key that stands for the
