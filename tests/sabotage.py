@@ -456,7 +456,7 @@ SABOTAGES = (
     Sabotage(
         "backend-probed-in-the-working-directory", "the backend is chosen by probing the exports' filesystems",
         "src/nfsstack/tap.py",
-        (("    candidates = probed or ([] if waiting else [os.getcwd()])\n",
+        (("    candidates = probed or ([os.getcwd()] if default else [])\n",
           "    candidates = [os.getcwd()]\n"),),
         ("tests/integration/test_unprivileged.py::test_root_serves_a_containers_own_overlay_files_by_paths",),
     ),
@@ -494,7 +494,7 @@ SABOTAGES = (
     Sabotage(
         "mountpoint-probed-below", "a mountpoint export whose disk is not mounted is not judged by the directory below",
         "src/nfsstack/tap.py",
-        (("    waiting = [export for export in exports if _waits_for_its_mount(export)]\n", "    waiting = []\n"),),
+        (("    waiting = {id(export) for export in exports if _waits_for_its_mount(export)}\n", "    waiting = set()\n"),),
         ("tests/integration/test_unprivileged.py::test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk",),
     ),
     Sabotage(
@@ -513,8 +513,7 @@ SABOTAGES = (
     Sabotage(
         "mnt-symlinks-unresolved", "MNT matches exports with symlinks resolved, as rpc.mountd",
         "src/nfsstack/exports/table.py",
-        (("        real = os.path.realpath(path)\n        roots = self._real_roots\n",
-          "        real = path\n        roots = self._real_roots\n"),),
+        (("        real = os.path.realpath(path)\n        literal =", "        real = written\n        literal ="),),
         ("tests/unit/test_mountd.py::test_mnt_resolves_symlinks_on_both_sides_as_rpc_mountd",),
     ),
 )

@@ -578,9 +578,9 @@ def kerberos_engine(keytab: Optional[str], reactor, principals: Principals, quie
             log.info("Kerberos: the users of {realms} are local users, their machine principals root; other realms' "
                      "principals are the anonymous user", realms=", ".join(sorted(principals.realms)))
         else:
-            log.warn("Kerberos: no realm's users are local users (no --local-realms, no Local-Realms in idmapd.conf, "
-                     "no default_realm in krb5.conf): every principal, machine principals too, is the anonymous "
-                     "user; name the realms with --local-realms")
+            log.warn("Kerberos: no realm's users are local users (none from --local-realms, idmapd.conf's "
+                     "Local-Realms or krb5.conf's default_realm): every principal, machine principals too, is the "
+                     "anonymous user; name the realms with --local-realms")
     if gss is not None:
         principals.look_up_in_threads(partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()),
                                       reactor.callLater)

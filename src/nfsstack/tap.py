@@ -164,8 +164,9 @@ class Options(usage.Options):
                                "(sec=krb5, krb5i, krb5p) on every RPC service; default /etc/krb5.keytab. Without "
                                "it (or the gssapi package) Kerberos calls are refused and the rest is served."],
         ["local-realms", None, None, "Kerberos realms whose users (user@REALM) are the local users of the same "
-                                     "name, comma-separated, as idmapd.conf's Local-Realms; default: that, else "
-                                     "krb5.conf's default_realm. Other realms' principals are the anonymous user."],
+                                     "name, comma-separated, as idmapd.conf's Local-Realms ('': none); default: "
+                                     "that, else krb5.conf's default_realm. Other realms' principals are the "
+                                     "anonymous user."],
         ["log-level", None, "info", "Least level of the stack's own log messages: debug, info, warn, error or "
                                     "critical.", _log_level],
     ]
@@ -391,23 +392,21 @@ def _kernel_handles_refused(options: Options) -> Optional[tuple[str, bool]]:
     serve them instead; or None: kernel handles serve.
 
     Probed on each export that exists now, but not on one whose every line says ``mountpoint`` while nothing is
-    mounted there yet (the directory below is not what will be served); if none is probed and none waits so,
-    in the working directory (where the default export is made).  Whether its filesystem gives file handles
-    (overlayfs does not, without ``nfs_export=on``), and whether this process may open them
-    (CAP_DAC_READ_SEARCH: a property of the process, so asked even when only waiting exports remain, of the
-    working directory or ``/``).  If every export lies on filesystems without handles, or the process may not
+    mounted there yet (the directory below is not what will be served); for the default export, not made yet,
+    in the working directory where it will be.  Whether its filesystem gives file handles (overlayfs does not,
+    without ``nfs_export=on``), and whether this process may open them (CAP_DAC_READ_SEARCH: a property of the
+    process, so asked even when no export could be probed, of the working directory or ``/``).  If every export lies on filesystems without handles, or the process may not
     open them, all are served by paths (unless every export was probed and none gives identities to know its
     files by either: nothing could be served); where only some lie on such filesystems, the others keep kernel
     handles (their clients' handles, and ``crossmnt``, go on working) and those are refused by mountd, saying
     why, as an export a reload adds on such a filesystem is."""
     exports = getattr(options, "exports", None)
-    if exports is None:
-        exports = default_export_list()
-    exports = list(exports)
-    waiting = [export for export in exports if _waits_for_its_mount(export)]
-    probed = [export.path for export in exports if export not in waiting and os.path.isdir(export.path)]
+    default = exports is None
+    exports = list(default_export_list() if default else exports)
+    waiting = {id(export) for export in exports if _waits_for_its_mount(export)}
+    probed = [export.path for export in exports if id(export) not in waiting and os.path.isdir(export.path)]
     every_export = bool(exports) and len(probed) == len(exports)
-    candidates = probed or ([] if waiting else [os.getcwd()])
+    candidates = probed or ([os.getcwd()] if default else [])
     without = {path: no for path in candidates if (no := filesystem_without_handles(path)) is not None}
     with_handles = [path for path in candidates if path not in without]
     if candidates and not with_handles:

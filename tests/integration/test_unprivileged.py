@@ -386,6 +386,7 @@ def test_an_empty_exports_file_is_not_judged_by_the_working_directorys_filesyste
         stack.stop()
         log = stack.log_text()
         assert "cannot run" not in log and "Traceback" not in log, log
+        assert "without open_by_handle_at" not in log, log  # kernel handles, the default: not the directory's
     finally:
         subprocess.run(["umount", "-l", str(ram)], check=False)
         shutil.rmtree(top, ignore_errors=True)

@@ -131,6 +131,22 @@ def test_mnt_of_a_path_whose_symlinks_lead_into_another_export_is_that_exports(t
         table.close()
 
 
+def test_two_exports_of_one_directory_are_told_apart_by_the_path_written(tmp_path):
+    """``/link`` (a symlink to ``/real``) and ``/real`` both exported, each to another client: each client mounts
+    the one it names, whichever the file lists first (the resolved paths tie)."""
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    table = ExportTable(parse_exports(f"{tmp_path / 'link'} 127.0.0.1(rw)\n{tmp_path / 'real'} 127.0.0.2(rw)\n"),
+                        HandleCodec(b"k" * 32))
+    d = Dispatcher([Mountd(table, MountList(str(tmp_path / "state")), LocalFilesystem(table, None).mount).program])
+    try:
+        assert mnt3(d, tmp_path / "real", ("127.0.0.2", 700))[0] == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "link", ("127.0.0.1", 700))[0] == MountStat.MNT3_OK
+        assert mnt3(d, tmp_path / "real", ("127.0.0.1", 700))[0] == MountStat.MNT3ERR_ACCES
+    finally:
+        table.close()
+
+
 def test_insecure_export_admits_unprivileged_ports(env):
     tmp, table, mountd, d = env
     assert mnt3(d, tmp / "open", USER_PORT)[0] == MountStat.MNT3_OK

@@ -37,7 +37,7 @@ import stat
 import threading
 import time
 import zlib
-from typing import Optional
+from typing import Iterable, Optional
 
 from nfsstack.exports.file import WILDCARD, Export, ExportOptions, Exports, normalize
 from nfsstack.exports.handles import (BadHandle, HandleCodec, StaleHandle, kernel_handle, object_id,
@@ -122,9 +122,9 @@ class ExportTable:
         #: export id -> (fd, mount id) of a clone of the export's mount without what is mounted below it.
         self._clones: dict[int, tuple[int, int]] = {}
         self.exports = exports
-        #: (the exports, each one's path with its symlinks resolved, as read with them): what :meth:`locate`
-        #: matches MNT's paths with, made again for a reload's exports.
-        self._real_roots: Optional[tuple[Exports, list[tuple[str, Export]]]] = None
+        #: (the exports, id of each -> its path with its symlinks resolved, as read with them): what
+        #: :meth:`locate` matches MNT's paths with, made again for a reload's exports.
+        self._real_roots: Optional[tuple[Exports, dict[int, str]]] = None
 
     #: Writes a subclass keeps until :meth:`flush` (PathHandles' map of places): none here.
     pending: tuple = ()
@@ -244,26 +244,31 @@ class ExportTable:
     def locate(self, path: str) -> Optional[tuple[Export, str]]:
         """The export a MNT of ``path`` names, and the path to mount it by; None if no export holds ``path``.
 
-        Matched as rpc.mountd matches them: ``path`` with every symlink resolved (``realpath``, as the server)
-        against each export's path resolved so when the exports were read (its ``e_realpath``); the longest
-        wins.  So an export written as a symlink is mounted by the path it names too, a path that reaches an
-        export through a symlink is that export's, and a path written inside one export whose symlinks lead into
-        another is the other's.  The path to mount is the export's own as written with what lies below its
-        resolved root, so that a backend finds it under the export as it knows it.  A path with a NUL, which no
-        file has, is no export's."""
+        As rpc.mountd matches them, with every symlink resolved (``realpath``, as the server) in ``path`` and in
+        each export's path (resolved so when the exports were read, its ``e_realpath``): an export written as a
+        symlink is mounted by the path it names too, and a path that reaches an export only through a symlink is
+        that export's, mounted by the export's path as written with what lies below its resolved root.  But a
+        path that lies as written in an export stays that export's, as written, unless its resolved path lies
+        deeper in another export (a directory of an export reached through the symlink of another, which
+        rpc.mountd gives its own export): so two exports of one directory, one through a symlink, are told apart
+        by the path a client writes, and a backend whose exports are not the host's directories (memory, a
+        tree of the user's) gets the paths its clients wrote.  A path with a NUL, which no file has, is no
+        export's."""
         if "\0" in path:
             return None
-        real = os.path.realpath(path)
+        written = normalize(path)
         roots = self._real_roots
         if roots is None or roots[0] is not self.exports:
-            roots = self._real_roots = (self.exports, [(os.path.realpath(e.path), e) for e in self.exports])
-        best, best_root = None, ""
-        for root, export in roots[1]:
-            if (real == root or real.startswith(root.rstrip("/") + "/")) and (best is None or len(root) > len(best_root)):
-                best, best_root = export, root
-        if best is None:
+            roots = self._real_roots = (self.exports, {id(e): os.path.realpath(e.path) for e in self.exports})
+        real = os.path.realpath(path)
+        literal = _longest(written, ((export.path, export) for export in self.exports))
+        resolved = _longest(real, ((roots[1][id(e)], e) for e in self.exports))
+        if literal is not None and (resolved is None or len(resolved[0]) <= len(roots[1][id(literal[1])])):
+            return literal[1], written
+        if resolved is None:
             return None
-        return best, normalize(os.path.join(best.path, real[len(best_root):].lstrip("/")))
+        root, export = resolved
+        return export, normalize(os.path.join(export.path, real[len(root):].lstrip("/")))
 
     def inside(self, export: Export, fd: int) -> bool:
         """Whether the object open at ``fd`` lies inside ``export`` (its real path, symlinks resolved).
@@ -688,6 +693,15 @@ class ExportTable:
             raise OSError(errno.EXDEV, "filesystems mounted below the export are not crossed (no open_tree)")
         return entry
 
+
+
+def _longest(path: str, roots: Iterable[tuple[str, Export]]) -> Optional[tuple[str, Export]]:
+    """Of (root, export) pairs, the one whose root is ``path`` or the longest above it (the first of equals)."""
+    best: Optional[tuple[str, Export]] = None
+    for root, export in roots:
+        if (path == root or path.startswith(root.rstrip("/") + "/")) and (best is None or len(root) > len(best[0])):
+            best = (root, export)
+    return best
 
 
 __all__ = ["ExportTable", "BadHandle", "StaleHandle", "ExportGone"]

@@ -16,6 +16,7 @@ call resolved (``Row.fail``).  docs/architecture.md ("The nfsd frame") has the w
 
 from __future__ import annotations
 
+import time
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -44,8 +45,10 @@ _GENERATOR = types.GeneratorType
 #: What a backend's answer or a procedure's result most often is: told apart from a Deferred by its class alone.
 #: ``isinstance`` against Deferred goes through ABCMeta.__instancecheck__, about 0.4 us a question.
 _AT_ONCE = frozenset((tuple, types.FunctionType, types.MethodType, list, bytes, type(None), int, Found))
-#: Root handles :meth:`Call._is_root` keeps at most (one per export; a reload's exports replace the old).
+#: Root handles :meth:`Call._is_root` keeps at most (one per export; a reload's exports replace the old), and for
+#: how many seconds each.
 MAX_ROOT_HANDLES = 4096
+ROOT_HANDLE_LIFETIME = 60.0
 
 
 def then(answer: Any, continuation: Callable[..., Any], *args: Any) -> Any:
@@ -98,7 +101,7 @@ class Call:
         """The object of ``handle`` and its attributes, after checking this client may use its export (on every
         call: the options, the client's port, squashing).  ``write``: the call changes something.
         ``sys_on_root``: an AUTH_SYS call on the export's root is admitted on a Kerberos export
-        (:meth:`~nfsstack.exports.policy.Admission.admit_root`: GETATTR and FSINFO, as knfsd's)."""
+        (:meth:`~nfsstack.exports.policy.Admission.admit_on_root`: GETATTR and FSINFO, as knfsd's)."""
         try:
             export, obj, attrs = self.fs.resolve(self, handle)
         except BadHandle:
@@ -143,16 +146,18 @@ class Call:
 
     def _is_root(self, export: Export, handle: bytes) -> bool:
         """Whether ``handle`` is ``export``'s root: the handle MNT gives for the export's own path, asked of the
-        backend once per export (:attr:`~nfsstack.nfs3.program.Nfsd.root_handles`)."""
+        backend once per export and :data:`ROOT_HANDLE_LIFETIME` (:attr:`~nfsstack.nfs3.program.Nfsd.root_handles`:
+        a root made again, or a ``mountpoint`` disk mounted since, is its root within that time)."""
         roots = self.nfsd.root_handles
         known = roots.get(export.export_id)
-        if known is None or known[0] is not export:
+        now = time.monotonic()
+        if known is None or known[0] is not export or now >= known[2]:
             address = self.ctx.peer[0]
             options = self.nfsd.table.options_for(export, address)
             if options is None:
                 return False
             try:
-                known = (export, self.fs.mount(export, export.path, options, address))
+                known = (export, self.fs.mount(export, export.path, options, address), now + ROOT_HANDLE_LIFETIME)
             except (MountRefused, OSError):  # not mountable now (a mountpoint without its disk): not served so
                 return False
             if len(roots) >= MAX_ROOT_HANDLES:

@@ -98,9 +98,9 @@ class Nfsd:
         self.bytes_read = 0
         self.bytes_written = 0
         self.failures: collections.Counter = collections.Counter()
-        #: export id -> (the export, its root's handle as MNT gives it): what a GETATTR or FSINFO in AUTH_SYS on
-        #: a Kerberos export is compared with (:meth:`~nfsstack.nfs3.frame.Call._is_root`).
-        self.root_handles: dict[int, tuple[Export, bytes]] = {}
+        #: export id -> (the export, its root's handle as MNT gives it, until when it is kept): what a GETATTR or
+        #: FSINFO in AUTH_SYS on a Kerberos export is compared with (:meth:`~nfsstack.nfs3.frame.Call._is_root`).
+        self.root_handles: dict[int, tuple[Export, bytes, float]] = {}
         frame = Frame(self)
         procedures = {0: null_procedure()}
         for number, row in PROCEDURES.items():
