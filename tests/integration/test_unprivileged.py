@@ -283,6 +283,18 @@ def _ramfs(top: Path, name: str) -> Path:
     return top / name
 
 
+def _disk_mounted_then_read(disk: Path, port: int) -> None:
+    """A tmpfs mounted at the ``mountpoint`` export ``disk`` of the running stack: a file on it is read through NFS."""
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+    (disk / "file").write_text("on the disk\n")
+    c = NfsClient(str(disk), port)
+    try:
+        f = c("LOOKUP", c.root, b"file").object
+        assert c("READ", f, 0, 100).data == b"on the disk\n"
+    finally:
+        c.close()
+
+
 def test_exports_that_nothing_can_serve_stop_the_start_saying_why():
     """Every export on a filesystem that gives neither file handles nor identities to know its files by: no
     backend can serve them, so the start stops with the one line naming the services and why (before, the
@@ -321,14 +333,7 @@ def test_a_mountpoint_export_is_not_judged_by_the_directory_below_its_disk():
                       "--exports", str(top / "exports"), "--state-dir", str(top / "work" / "state"),
                       "--grace-time", "0", workdir=str(top / "work")).start(port, timeout=30)
         try:
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
-            (disk / "file").write_text("on the disk\n")
-            c = NfsClient(str(disk), port)
-            try:
-                f = c("LOOKUP", c.root, b"file").object
-                assert c("READ", f, 0, 100).data == b"on the disk\n"
-            finally:
-                c.close()
+            _disk_mounted_then_read(disk, port)
         finally:
             stack.stop()
         log = stack.log_text()
@@ -354,14 +359,7 @@ def test_a_container_whose_only_export_waits_for_its_disk_still_finds_it_lacks_t
     try:
         stack.start(port, timeout=30)
         try:
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
-            (disk / "file").write_text("on the disk\n")
-            c = NfsClient(str(disk), port)
-            try:
-                f = c("LOOKUP", c.root, b"file").object
-                assert c("READ", f, 0, 100).data == b"on the disk\n"
-            finally:
-                c.close()
+            _disk_mounted_then_read(disk, port)
         finally:
             stack.stop()
         log = stack.log_text()
