@@ -395,11 +395,12 @@ def _kernel_handles_refused(options: Options) -> Optional[tuple[str, bool]]:
     mounted there yet (the directory below is not what will be served); for the default export, not made yet,
     in the working directory where it will be.  Whether its filesystem gives file handles (overlayfs does not,
     without ``nfs_export=on``), and whether this process may open them (CAP_DAC_READ_SEARCH: a property of the
-    process, so asked even when no export could be probed, of the working directory or ``/``).  If every export lies on filesystems without handles, or the process may not
-    open them, all are served by paths (unless every export was probed and none gives identities to know its
-    files by either: nothing could be served); where only some lie on such filesystems, the others keep kernel
-    handles (their clients' handles, and ``crossmnt``, go on working) and those are refused by mountd, saying
-    why, as an export a reload adds on such a filesystem is."""
+    process, so asked even when no export could be probed, of the working directory or ``/``).  If every
+    export lies on filesystems without handles, or the process may not open them, all are served by paths
+    (unless every export was probed and none gives identities to know its files by either: nothing could be
+    served); where only some lie on such filesystems, the others keep kernel handles (their clients' handles,
+    and ``crossmnt``, go on working) and those are refused by mountd, saying why, as an export a reload adds on
+    such a filesystem is."""
     exports = getattr(options, "exports", None)
     default = exports is None
     exports = list(default_export_list() if default else exports)

@@ -384,11 +384,10 @@ def realm_list(text: str) -> frozenset[str]:
 
 def local_realms(given: Optional[str] = None) -> frozenset[str]:
     """The realms whose users are local users: ``given`` (``--local-realms``, a comma-separated list; empty:
-    none), else
-    idmapd.conf's ``Local-Realms`` (as libnfsidmap, which knfsd's rpc.svcgssd maps principals with), else as
-    krb5's default ``auth_to_local`` rule has it, krb5.conf's ``default_realm`` alone; none (every principal
-    the anonymous user) when none of them names one.  A principal of a realm not listed, one that only trusts
-    ours (cross-realm) for instance, is never taken for the local user of the same name."""
+    none), else idmapd.conf's ``Local-Realms`` (as libnfsidmap, which knfsd's rpc.svcgssd maps principals
+    with), else as krb5's default ``auth_to_local`` rule has it, krb5.conf's ``default_realm`` alone; none
+    (every principal the anonymous user) when none of them names one.  A principal of a realm not listed, one
+    that only trusts ours (cross-realm) for instance, is never taken for the local user of the same name."""
     if given is not None:
         return realm_list(given)
     listed = idmapd_local_realms()

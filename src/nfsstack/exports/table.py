@@ -694,7 +694,6 @@ class ExportTable:
         return entry
 
 
-
 def _longest(path: str, roots: Iterable[tuple[str, Export]]) -> Optional[tuple[str, Export]]:
     """Of (root, export) pairs, the one whose root is ``path`` or the longest above it (the first of equals)."""
     best: Optional[tuple[str, Export]] = None

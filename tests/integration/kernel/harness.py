@@ -231,7 +231,7 @@ def run_script(server_name: str, text: str, timeout: float = 300.0, prepare=None
                 return capture.start()
             elif verb == "capture-stop" and capture is not None:  # "BYTES HITS": the marker's count in it
                 return capture.stop()
-            elif verb == "sys-getattr":  # AUTH_SYS GETATTR and READDIR (uid 0) of export NAME's root, from the namespace
+            elif verb == "sys-getattr":  # AUTH_SYS GETATTR and READDIR (uid 0) of export NAME's root, from the netns
                 return sys_getattr(ns, f"{server.mount_path}{arg}")
             elif verb == "stat":
                 try:
